@@ -1,23 +1,26 @@
-"""Few-shot classification of image files, from class folders to predictions.
+"""Few-shot classification of images, from labeled examples to predictions.
 
-The glue between files and learners, shared by the command line and anything
-else that classifies folders: scan, embed (through the cache), fit, predict.
-Unreadable files are reported per file and skipped; only input that leaves
-nothing to learn from or nothing to predict raises :class:`UnusableInputError`.
+The glue between image sources and learners, shared by the command line and
+the app: embed (through the cache), fit, predict. Unreadable images are
+reported one by one and skipped; only input that leaves nothing to learn from
+or nothing to predict raises :class:`UnusableInputError`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
-from fsl_app.embeddings import Embedder, ProgressCallback
-from fsl_app.learners import create_learner
+from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
+from fsl_app.learners import DEFAULT_LEARNER, create_learner
+
+# Given a stage ("examples" or "queries"), a progress callback for it, or None.
+ProgressFactory = Callable[[str], ProgressCallback | None]
 
 
 class UnusableInputError(ValueError):
@@ -26,9 +29,12 @@ class UnusableInputError(ValueError):
 
 @dataclass(frozen=True)
 class QueryResult:
-    """One query file: a prediction with its probabilities, or why it was skipped."""
+    """One query image: a prediction with its probabilities, or why it was skipped.
 
-    path: str
+    ``name`` is the file path, or the upload's name for raw bytes.
+    """
+
+    name: str
     prediction: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
@@ -39,11 +45,73 @@ class QueryResult:
 class Classification:
     classes: list[str]
     results: list[QueryResult]
-    skipped_support: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
     @property
     def n_predicted(self) -> int:
         return sum(r.error is None for r in self.results)
+
+
+def classify_images(
+    embedder: Embedder,
+    examples: Sequence[ImageSource],
+    labels: Sequence[str],
+    queries: Sequence[ImageSource],
+    *,
+    example_names: Sequence[str] | None = None,
+    query_names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    learner: str = DEFAULT_LEARNER,
+    progress: ProgressFactory = lambda stage: None,
+) -> Classification:
+    """Learn the classes from labeled ``examples`` and classify ``queries``.
+
+    Sources are file paths or raw bytes; ``*_names`` name raw bytes in messages
+    and results. ``classes`` lists every class the user defined, so that one
+    whose examples are all unreadable is reported instead of silently dropped.
+    """
+    example_names = example_names or [str(s) for s in examples]
+    query_names = query_names or [str(s) for s in queries]
+    classes = list(classes) if classes is not None else sorted(set(labels))
+    if len(classes) < 2:
+        raise UnusableInputError(
+            "At least two classes are needed to tell images apart; "
+            f"found {len(classes)}. Add examples of another class."
+        )
+    if not queries:
+        raise UnusableInputError("There are no images to predict.")
+
+    embedded = embedder.embed(examples, names=example_names, progress=progress("examples"))
+    skipped = [(example_names[i], reason) for i, reason in embedded.errors]
+    fitted_labels = [labels[i] for i in embedded.indices]
+    empty = [c for c in classes if c not in set(fitted_labels)]
+    if empty:
+        raise UnusableInputError(
+            f"These classes have no readable image: {', '.join(empty)}. "
+            "Add at least one image to each class (or remove the class)."
+        )
+    model = create_learner(learner).fit(embedded.embeddings, fitted_labels)
+
+    embedded_queries = embedder.embed(queries, names=query_names, progress=progress("queries"))
+    results = {i: QueryResult(query_names[i], error=why) for i, why in embedded_queries.errors}
+    if embedded_queries.indices:
+        probabilities = model.predict_proba(embedded_queries.embeddings)
+        class_names = [str(c) for c in model.classes_]
+        for index, row in zip(embedded_queries.indices, probabilities, strict=True):
+            best = int(np.argmax(row))
+            results[index] = QueryResult(
+                query_names[index],
+                prediction=class_names[best],
+                confidence=float(row[best]),
+                probabilities=dict(zip(class_names, row.tolist(), strict=True)),
+            )
+    classification = Classification(classes, [results[i] for i in sorted(results)], skipped)
+    if classification.n_predicted == 0:
+        raise UnusableInputError(
+            f"None of the {len(queries)} query image(s) is readable, so there is nothing to "
+            "predict."
+        )
+    return classification
 
 
 def classify_files(
@@ -51,50 +119,27 @@ def classify_files(
     support_dir: str | os.PathLike,
     query: str | os.PathLike,
     *,
-    learner: str = "protonet",
-    progress: Callable[[str], ProgressCallback | None] = lambda stage: None,
+    learner: str = DEFAULT_LEARNER,
+    progress: ProgressFactory = lambda stage: None,
 ) -> Classification:
     """Learn the classes in ``support_dir`` (one subfolder each) and classify ``query``.
 
-    ``query`` is one image or a folder of images at any depth. ``progress(stage)``
-    may return a callback for the "examples" and "queries" embedding stages.
+    ``query`` is one image or a folder of images at any depth.
     """
     support = _scan_support(support_dir)
     query_files = _list_queries(query)
-
-    embedded = embedder.embed(support.paths, progress=progress("examples"))
-    skipped = [(str(path), "it is not inside a class folder") for path in support.loose_files]
-    skipped += [(str(support.paths[i]), reason) for i, reason in embedded.errors]
-    labels = [support.labels[i] for i in embedded.indices]
-    empty = [c for c in support.classes if c not in set(labels)]
-    if empty:
-        raise UnusableInputError(
-            f"These classes have no readable image: {', '.join(empty)}. "
-            "Add at least one image to each class folder (or remove the folder)."
-        )
-
-    model = create_learner(learner).fit(embedded.embeddings, labels)
-    queries = embedder.embed(query_files, progress=progress("queries"))
-    results: dict[int, QueryResult] = {
-        i: QueryResult(str(query_files[i]), error=reason) for i, reason in queries.errors
-    }
-    if queries.indices:
-        probabilities = model.predict_proba(queries.embeddings)
-        classes = [str(c) for c in model.classes_]
-        for index, row in zip(queries.indices, probabilities, strict=True):
-            best = int(np.argmax(row))
-            results[index] = QueryResult(
-                str(query_files[index]),
-                prediction=classes[best],
-                confidence=float(row[best]),
-                probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
-            )
-    classification = Classification(support.classes, [results[i] for i in sorted(results)], skipped)
-    if classification.n_predicted == 0:
-        raise UnusableInputError(
-            f"None of the {len(query_files)} query file(s) is a readable image, "
-            "so there is nothing to predict."
-        )
+    classification = classify_images(
+        embedder,
+        support.paths,
+        support.labels,
+        query_files,
+        classes=support.classes,
+        learner=learner,
+        progress=progress,
+    )
+    classification.skipped_examples[:0] = [
+        (str(path), "it is not inside a class folder") for path in support.loose_files
+    ]
     return classification
 
 

@@ -105,11 +105,11 @@ def _predict(args: argparse.Namespace) -> int:
         )
     finally:
         cache.close()
-    for path, reason in result.skipped_support:
+    for path, reason in result.skipped_examples:
         print(f"skipped example {path}: {reason}", file=sys.stderr)
     for query in result.results:
         if query.error:
-            print(f"skipped query {query.path}: {query.error}", file=sys.stderr)
+            print(f"skipped query {query.name}: {query.error}", file=sys.stderr)
     {"table": _print_table, "csv": _print_csv, "json": _print_json}[args.format](result)
     return 0
 
@@ -133,11 +133,11 @@ def _print_json(result: Classification) -> None:
     rows = []
     for query in result.results:
         if query.error:
-            rows.append({"path": query.path, "error": query.error})
+            rows.append({"path": query.name, "error": query.error})
         else:
             rows.append(
                 {
-                    "path": query.path,
+                    "path": query.name,
                     "prediction": query.prediction,
                     "confidence": query.confidence,
                     "probabilities": query.probabilities,
@@ -154,7 +154,7 @@ def _print_csv(result: Classification) -> None:
         probabilities = query.probabilities or {}
         writer.writerow(
             [
-                query.path,
+                query.name,
                 query.prediction or "",
                 "" if query.confidence is None else f"{query.confidence:.4f}",
                 query.error or "",
@@ -167,7 +167,7 @@ def _print_table(result: Classification) -> None:
     header = ["path", "prediction", "confidence", *result.classes]
     rows = [
         [
-            query.path,
+            query.name,
             query.prediction,
             f"{query.confidence:.1%}",
             *(f"{query.probabilities[c]:.1%}" for c in result.classes),

@@ -1,0 +1,1 @@
+"""Streamlit glue shared by the pages: the only part of fsl_app that imports streamlit."""

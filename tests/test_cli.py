@@ -1,0 +1,139 @@
+"""`python -m fsl_app predict`: real photos in, right classes out; bad input never crashes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsl_app.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predicts_the_right_classes_of_real_photos(folders, capsys):
+    code, out, _ = run_cli(
+        capsys, "--support", folders.support, "--query", folders.query, "--format", "json"
+    )
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 15
+    correct = sum(row["prediction"] == folders.true_class(row["path"]) for row in rows)
+    assert correct >= 13, rows
+    for row in rows:
+        assert set(row) == {"path", "prediction", "confidence", "probabilities"}
+        assert set(row["probabilities"]) == {"bird", "flower", "fruit"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+        assert row["confidence"] == max(row["probabilities"].values())
+
+
+def test_corrupt_files_are_reported_and_skipped(folders, capsys):
+    good = next(folders.query.rglob("*.png"))
+    (folders.query / "bird" / "cut.png").write_bytes(good.read_bytes()[:300])
+    (folders.query / "notes.txt").write_text("not a picture")
+    (folders.support / "fruit" / "empty.jpg").write_bytes(b"")
+    code, out, err = run_cli(
+        capsys, "--support", folders.support, "--query", folders.query, "--format", "json"
+    )
+    assert code == 0
+    rows = {Path(row["path"]).name: row for row in json.loads(out)}
+    assert len(rows) == 17
+    assert "cut short" in rows["cut.png"]["error"] and "prediction" not in rows["cut.png"]
+    assert "not an image" in rows["notes.txt"]["error"]
+    assert "cut.png" in err and "notes.txt" in err and "empty.jpg" in err
+    assert "Traceback" not in err
+
+
+def test_one_query_image_as_a_table(folders, capsys):
+    query = next((folders.query / "flower").iterdir())
+    code, out, _ = run_cli(capsys, "--support", folders.support, "--query", query)
+    assert code == 0
+    header, row = out.strip().splitlines()
+    assert header.split() == ["path", "prediction", "confidence", "bird", "flower", "fruit"]
+    assert row.split()[:2] == [str(query), "flower"]
+
+
+def test_csv_has_one_row_per_query_with_probabilities(folders, capsys):
+    code, out, _ = run_cli(
+        capsys, "--support", folders.support, "--query", folders.query, "--format", "csv"
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 15
+    assert all(row["prediction"] in folders.classes and not row["error"] for row in rows)
+    assert all(float(row["confidence"]) == float(row[row["prediction"]]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("make_support", "message"),
+    [
+        (lambda root: [(root / "bird").mkdir()], "at least two class"),
+        (lambda root: [(root / "bird").mkdir(), (root / "cat").mkdir()], "no readable image"),
+    ],
+)
+def test_unusable_support_exits_2_with_a_clear_message(
+    folders, tmp_path, capsys, make_support, message
+):
+    support = tmp_path / "only"
+    support.mkdir()
+    make_support(support)
+    for folder in support.iterdir():
+        (folder / "bad.jpg").write_text("nope")
+    code, out, err = run_cli(capsys, "--support", support, "--query", folders.query)
+    assert code == 2
+    assert message in err and out == ""
+
+
+def test_no_readable_query_exits_2(folders, tmp_path, capsys):
+    queries = tmp_path / "q"
+    queries.mkdir()
+    (queries / "a.jpg").write_bytes(b"")
+    code, _, err = run_cli(capsys, "--support", folders.support, "--query", queries)
+    assert code == 2 and "nothing to predict" in err
+
+
+def test_missing_query_exits_2(folders, capsys):
+    code, _, err = run_cli(capsys, "--support", folders.support, "--query", "/no/such/path")
+    assert code == 2 and "does not exist" in err
+
+
+def test_module_entry_point_in_a_new_process(folders, tmp_path):
+    """The real command, as a user types it, twice on the same cache file."""
+    command = [
+        sys.executable,
+        "-m",
+        "fsl_app",
+        "predict",
+        "--support",
+        str(folders.support),
+        "--query",
+        str(folders.query / "fruit"),
+        "--format",
+        "json",
+        "--cache",
+        str(tmp_path / "cache.sqlite"),
+    ]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert [row["prediction"] for row in json.loads(done.stdout)].count("fruit") >= 4
+
+
+def test_help_documents_the_predict_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "fsl_app", "predict", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    for option in ("--support", "--query", "--backbone", "--learner", "--format", "--device"):
+        assert option in done.stdout
