@@ -87,7 +87,7 @@ except (UnusableInputError, BackboneError) as err:
     st.stop()
 progress_bar.empty()
 
-for name, reason in result.skipped_examples:
+for _name, reason in result.skipped_examples:
     st.warning(f"Example left out: {reason}")
 st.subheader("Predictions")
 by_name = {file.name: file for file in uploaded_queries}
@@ -97,5 +97,7 @@ for query in result.results:
         continue
     picture, verdict = st.columns([1, 3])
     picture.image(by_name[query.name].getvalue(), width=160)
-    verdict.metric("Looks like", query.prediction, f"{query.confidence:.0%} sure", delta_color="off")
+    verdict.metric(
+        "Looks like", query.prediction, f"{query.confidence:.0%} sure", delta_color="off"
+    )
     verdict.bar_chart(query.probabilities, horizontal=True, height=40 + 30 * len(result.classes))

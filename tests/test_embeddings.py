@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsl_app.embeddings import EmbeddingCache, Embedder, default_cache_path, resolve_device
+from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path, resolve_device
 
 
 @pytest.fixture
@@ -65,7 +65,8 @@ def test_cache_survives_a_new_process(backbone, some_photos, cache_file):
         f"""
         from fsl_app.backbones import load_backbone
         from fsl_app.embeddings import EmbeddingCache, Embedder
-        embedder = Embedder(load_backbone(), device="cpu", cache=EmbeddingCache({str(cache_file)!r}))
+        cache = EmbeddingCache({str(cache_file)!r})
+        embedder = Embedder(load_backbone(), device="cpu", cache=cache)
         result = embedder.embed({[str(p) for p in some_photos]!r})
         print(embedder.images_forwarded, len(result.indices))
         """
