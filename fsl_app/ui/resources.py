@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from fsl_app.backbones import load_backbone
-from fsl_app.embeddings import EmbeddingCache, Embedder, default_cache_path
+from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path
 
 
 @st.cache_resource(show_spinner="Loading the image model (first time only)…")
