@@ -1,15 +1,22 @@
-"""Finding images on disk: class folders (ImageFolder layout) and loose queries.
+"""Labeled images: class folders on disk and the offline datasets used for evaluation.
 
 Scanning only lists files; reading and validating them is the job of
 :mod:`fsl_app.images`, so a broken file is reported where it is read, with its
-reason, instead of vanishing here.
+reason, instead of vanishing here. Array datasets (Fashion-MNIST, scikit-learn's
+digits) are encoded to PNG bytes, so they go through the same door and the same
+content-addressed embedding cache as a user's photos.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 # Files that operating systems drop into folders; never a user's image.
 _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
@@ -104,3 +111,135 @@ def tuxpaint_photos(
             raise FileNotFoundError(f"No stamp photos under '{root / category}'.")
         photos[name] = files
     return photos
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """Images with class labels, as sources the embedder reads (file paths or PNG bytes)."""
+
+    name: str
+    sources: list[bytes | Path]
+    labels: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def subset(self, per_class: int | None, seed: int = 0) -> LabeledImages:
+        """At most ``per_class`` images of each class, drawn with a fixed seed."""
+        if per_class is None:
+            return self
+        keep = balanced_indices(self.labels, per_class, seed)
+        return LabeledImages(
+            self.name, [self.sources[i] for i in keep], [self.labels[i] for i in keep]
+        )
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+OFFLINE_DATASETS = ("fashion-mnist", "fashion-mnist-test", "digits", "tuxpaint")
+
+
+def load_dataset(name: str, *, per_class: int | None = None, seed: int = 0) -> LabeledImages:
+    """One of :data:`OFFLINE_DATASETS`, optionally subsampled to ``per_class`` images a class.
+
+    ``fashion-mnist`` is the train split (meta-training's base classes),
+    ``fashion-mnist-test`` the test split; ``digits`` is scikit-learn's 8x8
+    digits; ``tuxpaint`` the demo photos.
+    """
+    if name in ("fashion-mnist", "fashion-mnist-test"):
+        split = "t10k" if name.endswith("test") else "train"
+        return fashion_mnist(split, per_class=per_class, seed=seed)
+    elif name == "digits":
+        dataset = sklearn_digits()
+    elif name == "tuxpaint":
+        photos = tuxpaint_photos()
+        dataset = LabeledImages(
+            name,
+            [p for files in photos.values() for p in files],
+            [c for c, files in photos.items() for _ in files],
+        )
+    else:
+        raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(OFFLINE_DATASETS)}.")
+    return dataset.subset(per_class, seed)
+
+
+def image_folder_dataset(root: str | os.PathLike) -> LabeledImages:
+    folder = scan_image_folder(root)
+    return LabeledImages(str(root), list(folder.paths), list(folder.labels))
+
+
+def balanced_indices(labels: list, per_class: int, seed: int = 0) -> list[int]:
+    """Sorted indices of at most ``per_class`` items of each label, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    keep = []
+    for name in np.unique(labels):
+        keep.extend(rng.permutation(np.flatnonzero(labels == name))[:per_class].tolist())
+    return sorted(keep)
+
+
+def fashion_mnist(
+    split: str = "train",
+    *,
+    per_class: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike = FASHION_MNIST_DIR,
+) -> LabeledImages:
+    """Fashion-MNIST (Xiao et al. 2017) from Debian's dataset-fashion-mnist package.
+
+    ``per_class`` subsamples before encoding, so a small subset is quick to make.
+    """
+    root = Path(root)
+    images_file = root / f"{split}-images-idx3-ubyte.gz"
+    if not images_file.is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not installed at '{root}'. Install it with: "
+            "apt-get install dataset-fashion-mnist"
+        )
+    images = _read_idx(images_file)
+    targets = _read_idx(root / f"{split}-labels-idx1-ubyte.gz")
+    keep = range(len(targets)) if per_class is None else balanced_indices(targets, per_class, seed)
+    return LabeledImages(
+        f"fashion-mnist-{split}",
+        [_png_bytes(images[i]) for i in keep],
+        [FASHION_MNIST_CLASSES[targets[i]] for i in keep],
+    )
+
+
+def sklearn_digits() -> LabeledImages:
+    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), bundled offline."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Values run 0..16; stretch to 0..255 so they look like ordinary greyscale images.
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)
+    return LabeledImages(
+        "digits", [_png_bytes(image) for image in images], [str(t) for t in digits.target]
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format): magic, dimensions, then unsigned bytes."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    n_dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * n_dims).reshape(shape)
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()

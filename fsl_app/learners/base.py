@@ -49,12 +49,18 @@ class FewShotLearner(ABC):
         self._fit(features, torch.as_tensor(targets, dtype=torch.long))
         return self
 
-    def predict_proba(self, query: ArrayLike) -> np.ndarray:
-        """Class probabilities of shape (n_query, n_classes), columns in ``classes_`` order."""
+    def decision_function(self, query: ArrayLike) -> np.ndarray:
+        """Unnormalised class scores (logits) of shape (n_query, n_classes).
+
+        Calibration divides these by a temperature before the softmax.
+        """
         features = self._check_query(query)
         with torch.no_grad():
-            logits = self._logits(features)
-        return torch.softmax(logits.double(), dim=1).numpy()
+            return self._logits(features).double().numpy()
+
+    def predict_proba(self, query: ArrayLike) -> np.ndarray:
+        """Class probabilities of shape (n_query, n_classes), columns in ``classes_`` order."""
+        return softmax(self.decision_function(query))
 
     def predict(self, query: ArrayLike) -> np.ndarray:
         """The most probable class label of each query, of shape (n_query,)."""
@@ -81,6 +87,13 @@ class FewShotLearner(ABC):
     @abstractmethod
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         """Unnormalised class scores of shape (n_query, n_classes)."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _as_features(array: ArrayLike, what: str) -> torch.Tensor:
