@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
-from fsl_app.commands import predict
+from fsl_app.commands import evaluate, predict
 
-COMMANDS = (predict,)
+COMMANDS = (predict, evaluate)
 EXIT_UNUSABLE_INPUT = 2
 
 
