@@ -12,10 +12,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fsl_app.backbones import Backbone, load_backbone
 from fsl_app.datasets import tuxpaint_photos
+from fsl_app.embeddings import Embedder, EmbeddingCache
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +73,21 @@ def make_folders(
 def folders(tmp_path, photos) -> FewShotFolders:
     """3-way 5-shot: birds, flowers and fruit, 5 query photos each."""
     return make_folders(tmp_path, photos, ["bird", "flower", "fruit"], shots=5, queries=5)
+
+
+@dataclass
+class EmbeddedPhotos:
+    features: np.ndarray  # (n, 1280) real embeddings of Tux Paint photos
+    labels: np.ndarray  # (n,) class names
+    paths: list[Path]
+
+
+@pytest.fixture(scope="session")
+def tux_embeddings(backbone, photos, tmp_path_factory) -> EmbeddedPhotos:
+    """Every Tux Paint demo photo embedded once per test session by the real backbone."""
+    paths = [p for files in photos.values() for p in files]
+    labels = [c for c, files in photos.items() for _ in files]
+    cache = EmbeddingCache(tmp_path_factory.mktemp("tux") / "embeddings.sqlite")
+    embedded = Embedder(backbone, device="cpu", cache=cache).embed(paths)
+    assert not embedded.errors
+    return EmbeddedPhotos(embedded.embeddings, np.asarray(labels), paths)

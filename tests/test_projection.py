@@ -1,0 +1,89 @@
+"""Embedding maps: right shapes, the same map for the same seed, clicks map back to images."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from fsl_app.projection import METHODS, map_figure, map_points, project, selected_ids
+
+
+@pytest.fixture
+def points(tux_embeddings):
+    rows = np.r_[0:8, 36:44]  # 8 birds, then 8 fish: two real groups
+    queries = np.r_[60:64]
+    return map_points(
+        tux_embeddings.features[rows],
+        tux_embeddings.labels[rows].tolist(),
+        [f"img{i}" for i in rows],
+        query_features=tux_embeddings.features[queries],
+        query_predictions=tux_embeddings.labels[queries].tolist(),
+        query_ids=[f"q{i}" for i in queries],
+        suggested_ids=["q61"],
+    )
+
+
+@pytest.mark.parametrize(
+    "method", [m if m == "pca" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
+)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_projection_shape_and_determinism(tux_embeddings, method, dims):
+    features = tux_embeddings.features[:60]
+    first = project(features, method, dims, seed=0)
+    assert first.shape == (60, dims)
+    assert np.isfinite(first).all()
+    project.__globals__["_cache"].clear()  # recompute, not a cache hit
+    np.testing.assert_allclose(project(features, method, dims, seed=0), first, rtol=1e-4, atol=1e-4)
+
+
+def test_pca_map_separates_real_classes(tux_embeddings):
+    """Birds and fruit sit apart on the map: their centres are further apart than their spread."""
+    mask = np.isin(tux_embeddings.labels, ["bird", "fruit"])
+    coords = project(tux_embeddings.features[mask], "pca", 2)
+    labels = tux_embeddings.labels[mask]
+    centres = {c: coords[labels == c].mean(axis=0) for c in ("bird", "fruit")}
+    gap = np.linalg.norm(centres["bird"] - centres["fruit"])
+    spread = np.mean([coords[labels == c].std(axis=0).mean() for c in centres])
+    assert gap > spread
+
+
+def test_tiny_sets_still_get_a_map():
+    assert project(np.ones((1, 8)), "tsne", 2).shape == (1, 2)
+    assert project(np.eye(3, 8), "umap", 3).shape == (3, 3)
+
+
+def test_map_points_add_one_prototype_per_class(points):
+    assert points.roles.count("prototype") == 2
+    assert points.roles.count("suggested") == 1 and points.roles.count("query") == 3
+    assert points.ids[-2:] == ["prototype:bird", "prototype:fish"]
+    bird_rows = [i for i, label in enumerate(points.labels[:16]) if label == "bird"]
+    np.testing.assert_allclose(
+        points.features[-2], points.features[bird_rows].mean(axis=0), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_figure_has_every_point_with_its_id(points, dims):
+    coords = project(points.features, "pca", dims)
+    figure = map_figure(coords, points, color_by="class")
+    assert isinstance(figure, go.Figure)
+    ids = [i for trace in figure.data for i in trace.customdata]
+    assert sorted(ids) == sorted(points.ids)
+    symbols = {trace.marker.symbol for trace in figure.data}
+    assert len(symbols) == 4  # one marker per role
+
+
+def test_user_names_are_escaped_in_hover_text(tux_embeddings):
+    features = tux_embeddings.features[:4]
+    points = map_points(features, ["<b>x</b>", "<b>x</b>", "y", "y"], ["a", "b", "c", "d"])
+    figure = map_figure(project(points.features, "pca", 2), points)
+    hover = " ".join(t for trace in figure.data for t in trace.hovertext)
+    assert "<b>x</b>" not in hover and "&lt;b&gt;x&lt;/b&gt;" in hover
+
+
+def test_selection_maps_back_to_image_ids():
+    event = {"selection": {"points": [{"customdata": "a"}, {"customdata": ["b"]}, {"x": 1}]}}
+    assert selected_ids(event) == ["a", "b"]
+    assert selected_ids({"points": [{"customdata": "a"}, {"customdata": "a"}]}) == ["a"]
+    assert selected_ids(None) == []
