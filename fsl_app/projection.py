@@ -58,6 +58,11 @@ def project(
     return coords.copy()
 
 
+def clear_cache() -> None:
+    """Forget every cached map (benchmarks and tests measure the real work)."""
+    _cache.clear()
+
+
 def _project(features: np.ndarray, method: str, dims: int, seed: int) -> np.ndarray:
     n = len(features)
     norms = np.linalg.norm(features, axis=1, keepdims=True)

@@ -6,7 +6,14 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from fsl_app.projection import METHODS, map_figure, map_points, project, selected_ids
+from fsl_app.projection import (
+    METHODS,
+    clear_cache,
+    map_figure,
+    map_points,
+    project,
+    selected_ids,
+)
 
 
 @pytest.fixture
@@ -33,7 +40,7 @@ def test_projection_shape_and_determinism(tux_embeddings, method, dims):
     first = project(features, method, dims, seed=0)
     assert first.shape == (60, dims)
     assert np.isfinite(first).all()
-    project.__globals__["_cache"].clear()  # recompute, not a cache hit
+    clear_cache()  # recompute, not a cache hit
     np.testing.assert_allclose(project(features, method, dims, seed=0), first, rtol=1e-4, atol=1e-4)
 
 
