@@ -1,0 +1,783 @@
+"""Projects on disk: SQLite for what people said, content-addressed files for what they uploaded.
+
+A project (its classes, labeled examples, unlabeled images, predictions and settings) has to
+survive restarts, two browser tabs writing at once, and a crash in the middle of a save. So:
+
+- every change is one SQLite transaction (WAL journal), begun IMMEDIATE so that two writers queue
+  up behind SQLite's busy timeout instead of failing half-way, and anything that goes wrong
+  inside it rolls the whole change back;
+- image bytes are kept once per sha256 under ``images/ab/abcdef....ext``, written to a temporary
+  file that is renamed into place, so a file under its final name is always complete. A file
+  left behind by a failed save belongs to no row; :meth:`Store.vacuum_blobs` removes it;
+- names people type are data: files are named by hash only, never by a project or class.
+
+The store keeps and returns plain data. It decodes uploads only to refuse bad ones, through
+:func:`fsl_app.images.load_image`, and computes nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from fsl_app.images import ImageLoadError, load_image
+
+DATA_DIR_ENV = "FSL_APP_DATA"
+DEFAULT_DATA_DIR = "fsl_data"
+DATABASE_NAME = "fsl.sqlite"
+MAX_NAME_LENGTH = 100
+
+_BUSY_TIMEOUT_SECONDS = 30
+_TEMP_SUFFIX = ".part"
+# A temporary image file this old belongs to no save still running, so vacuum_blobs may take it.
+_STALE_TEMP_SECONDS = 3600
+
+# File name endings for the formats fsl_app.images accepts (MPO is a multi-picture JPEG).
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+    "TIFF": ".tif",
+    "HEIF": ".heic",
+}
+
+# _MIGRATIONS[v] brings a database from user_version v to v + 1. A new version of the schema is
+# one more entry here; existing data folders are upgraded when a Store opens them.
+_SCHEMA_V1 = (
+    # AUTOINCREMENT keeps ids from being reused: a tab still holding the id of a deleted project
+    # must get "no longer exists", not someone else's new project.
+    """CREATE TABLE projects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        created TEXT NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings))
+    )""",
+    """CREATE TABLE classes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        name TEXT NOT NULL COLLATE NOCASE,
+        position INTEGER NOT NULL,
+        UNIQUE (project_id, name),
+        UNIQUE (project_id, id)
+    )""",
+    # One row per stored file, whichever projects use it.
+    """CREATE TABLE images (
+        sha256 TEXT PRIMARY KEY,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        ext TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        added TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    # An image is in a project once: labeled (class_id) or unlabeled (NULL). The two-column
+    # foreign key makes a label from another project's classes impossible.
+    """CREATE TABLE project_images (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL REFERENCES images (sha256),
+        class_id INTEGER,
+        name TEXT NOT NULL,
+        added TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, class_id) REFERENCES classes (project_id, id)
+    )""",
+    "CREATE INDEX project_images_by_class ON project_images (project_id, class_id)",
+    "CREATE INDEX project_images_by_sha256 ON project_images (sha256)",
+    # The latest prediction per image, learner and backbone; it goes when its image leaves.
+    """CREATE TABLE predictions (
+        project_id INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        learner TEXT NOT NULL,
+        backbone TEXT NOT NULL,
+        predicted_class TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        unknown INTEGER NOT NULL,
+        probabilities TEXT NOT NULL CHECK (json_valid(probabilities)),
+        updated TEXT NOT NULL,
+        PRIMARY KEY (project_id, learner, backbone, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+
+_IMAGE_COLUMNS = """
+    SELECT pi.sha256, pi.name, c.name, pi.added, i.width, i.height
+    FROM project_images AS pi
+    JOIN images AS i ON i.sha256 = pi.sha256
+    LEFT JOIN classes AS c ON c.id = pi.class_id
+"""
+
+
+class StoreError(Exception):
+    """Something a person can act on went wrong; ``str(err)`` says what and what to do.
+
+    Whenever it is raised from a change, nothing was changed.
+    """
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    created: str  # ISO 8601, UTC
+    settings: dict[str, Any]  # backbone, learner, thresholds, ... as the app chose to keep them
+
+
+@dataclass(frozen=True)
+class ProjectClass:
+    id: int
+    name: str
+    n_examples: int
+
+
+@dataclass(frozen=True)
+class ProjectImage:
+    sha256: str
+    name: str  # the file name it was uploaded under
+    class_name: str | None  # None: unlabeled
+    added: str  # ISO 8601, UTC
+    width: int  # upright size, as the picture is shown
+    height: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    sha256: str
+    predicted_class: str
+    confidence: float
+    unknown: bool  # the learner answered "none of these"
+    probabilities: dict[str, float]  # class name -> probability
+    updated: str | None = None  # when the store saved it (ISO 8601, UTC); None before
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An upload whose bytes are already in the project, so it was not added again."""
+
+    name: str
+    sha256: str
+    existing_name: str
+    class_name: str | None  # where the existing copy is; None: unlabeled
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str
+    message: str  # a full sentence for a person, from fsl_app.images
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Store.add_images` did with each file it was given."""
+
+    added: list[ProjectImage] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """An upload that load_image accepted: the bytes and the few facts the store keeps."""
+
+    name: str
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+    format: str
+    ext: str
+
+
+def default_data_dir() -> Path:
+    """``$FSL_APP_DATA``, else ``./fsl_data``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+class Store:
+    """All projects in one data folder.
+
+    One SQLite connection per Store, shared by threads under a lock (Streamlit runs each session
+    in a thread). Other Store objects on the same folder, in this process or another, coordinate
+    through SQLite's own locking, so each browser tab or command may open its own.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root if root is not None else default_data_dir()).expanduser().absolute()
+        self._blobs = self.root / "images"
+        self._lock = threading.RLock()
+        try:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            # SQLite would only notice a read-only folder at the first write, and the image
+            # folder not at all; find out now, while the message can still say what to do.
+            for folder in (self.root, self._blobs):
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+        except OSError as err:
+            raise StoreError(_unwritable_message(self.root, err.strerror or str(err))) from err
+        try:
+            self._db = sqlite3.connect(
+                self.root / DATABASE_NAME,
+                timeout=_BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # transactions are begun explicitly, see _transaction
+                check_same_thread=False,
+            )
+        except sqlite3.Error as err:
+            raise StoreError(_unwritable_message(self.root, str(err))) from err
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except StoreError:
+            self._db.close()
+            raise
+        except sqlite3.OperationalError as err:
+            self._db.close()
+            raise StoreError(_unwritable_message(self.root, str(err))) from err
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise StoreError(
+                f"'{self.root / DATABASE_NAME}' is not a project database this app can read "
+                f"({err}). Choose another folder with {DATA_DIR_ENV}, or restore the file from "
+                "a backup."
+            ) from err
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Projects
+
+    def create_project(self, name: str, settings: Mapping[str, Any] | None = None) -> Project:
+        name = _clean_name("project", name)
+        with self._transaction() as db:
+            self._refuse_taken_project_name(db, name)
+            cursor = db.execute(
+                "INSERT INTO projects (name, created, settings) VALUES (?, ?, ?)",
+                (name, _now(), json.dumps(dict(settings or {}))),
+            )
+            return self._project(db, cursor.lastrowid)
+
+    def list_projects(self) -> list[Project]:
+        rows = self._fetch("SELECT id, name, created, settings FROM projects ORDER BY name, id")
+        return [Project(i, name, created, json.loads(s)) for i, name, created, s in rows]
+
+    def get_project(self, project_id: int) -> Project:
+        with self._lock:
+            return self._project(self._db, project_id)
+
+    def rename_project(self, project_id: int, name: str) -> Project:
+        name = _clean_name("project", name)
+        with self._transaction() as db:
+            self._project(db, project_id)
+            self._refuse_taken_project_name(db, name, project_id)
+            db.execute("UPDATE projects SET name = ? WHERE id = ?", (name, project_id))
+            return self._project(db, project_id)
+
+    def delete_project(self, project_id: int) -> None:
+        """Delete the project and everything in it; its image files go at the next vacuum."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+
+    def update_settings(self, project_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into the settings and return them all.
+
+        Read and write happen in one transaction, so two tabs changing different settings at
+        once both keep their change.
+        """
+        with self._transaction() as db:
+            settings = self._project(db, project_id).settings | dict(changes)
+            db.execute(
+                "UPDATE projects SET settings = ? WHERE id = ?",
+                (json.dumps(settings), project_id),
+            )
+            return settings
+
+    # Classes
+
+    def add_class(self, project_id: int, name: str) -> ProjectClass:
+        name = _clean_name("class", name)
+        with self._transaction() as db:
+            self._project(db, project_id)
+            self._refuse_taken_class_name(db, project_id, name)
+            cursor = db.execute(
+                "INSERT INTO classes (project_id, name, position) SELECT ?, ?,"
+                " COALESCE(MAX(position), -1) + 1 FROM classes WHERE project_id = ?",
+                (project_id, name, project_id),
+            )
+            return ProjectClass(cursor.lastrowid, name, 0)
+
+    def list_classes(self, project_id: int) -> list[ProjectClass]:
+        """The project's classes in the order they were made, with their number of examples."""
+        rows = self._fetch(
+            "SELECT c.id, c.name, COUNT(pi.sha256) FROM classes AS c"
+            " LEFT JOIN project_images AS pi ON pi.class_id = c.id"
+            " WHERE c.project_id = ? GROUP BY c.id ORDER BY c.position",
+            (project_id,),
+        )
+        return [ProjectClass(*row) for row in rows]
+
+    def rename_class(self, project_id: int, name: str, new_name: str) -> None:
+        """Rename a class; the project's saved predictions go, since they name the old class."""
+        new_name = _clean_name("class", new_name)
+        with self._transaction() as db:
+            class_id, _ = self._find_class(db, project_id, name)
+            self._refuse_taken_class_name(db, project_id, new_name, class_id)
+            db.execute("UPDATE classes SET name = ? WHERE id = ?", (new_name, class_id))
+            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
+
+    def delete_class(self, project_id: int, name: str, *, keep_images: bool) -> None:
+        """Delete a class; its examples become unlabeled images or leave the project.
+
+        The project's saved predictions go too, since they may name the deleted class.
+        """
+        with self._transaction() as db:
+            class_id, _ = self._find_class(db, project_id, name)
+            if keep_images:
+                db.execute(
+                    "UPDATE project_images SET class_id = NULL WHERE class_id = ?", (class_id,)
+                )
+            else:
+                db.execute("DELETE FROM project_images WHERE class_id = ?", (class_id,))
+            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
+            db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
+
+    # Images
+
+    def add_images(
+        self,
+        project_id: int,
+        files: Sequence[tuple[str, bytes]],
+        class_name: str | None = None,
+    ) -> AddReport:
+        """Add uploaded files (name, bytes) to a class, or unlabeled when ``class_name`` is None.
+
+        Every file is checked by :func:`fsl_app.images.load_image` first: one that is not a
+        usable image is reported in ``rejected`` and never stored, and the others are added all
+        together or, if saving fails, not at all. Files whose bytes are already in the project
+        are reported in ``duplicates`` with the class they are in, and left where they are.
+        """
+        if class_name is not None:
+            with self._lock:  # fail before the slow part, and report the class as it is spelled
+                _, class_name = self._find_class(self._db, project_id, class_name)
+        report = AddReport()
+        uploads: dict[str, _Upload] = {}
+        for name, data in files:
+            try:
+                upload = _checked_upload(name, data)
+            except ImageLoadError as err:
+                report.rejected.append(Rejected(name, str(err)))
+                continue
+            first = uploads.setdefault(upload.sha256, upload)
+            if first is not upload:
+                report.duplicates.append(Duplicate(name, upload.sha256, first.name, class_name))
+        # The slow file writes happen before the transaction, so other tabs are not kept waiting.
+        for upload in uploads.values():
+            self._store_blob(upload)
+        with self._transaction() as db:
+            self._project(db, project_id)
+            class_id = (
+                None if class_name is None else self._find_class(db, project_id, class_name)[0]
+            )
+            existing = {
+                sha256: (name, existing_class)
+                for sha256, name, existing_class in db.execute(
+                    "SELECT pi.sha256, pi.name, c.name FROM project_images AS pi"
+                    " LEFT JOIN classes AS c ON c.id = pi.class_id"
+                    " WHERE pi.project_id = ? AND pi.sha256 IN (SELECT value FROM json_each(?))",
+                    (project_id, _json_list(uploads.keys())),
+                )
+            }
+            added = _now()
+            for upload in uploads.values():
+                if upload.sha256 in existing:
+                    name, existing_class = existing[upload.sha256]
+                    report.duplicates.append(
+                        Duplicate(upload.name, upload.sha256, name, existing_class)
+                    )
+                    continue
+                # vacuum_blobs may have taken the file since it was written; it deletes only
+                # while holding the write lock, which this transaction now holds.
+                self._store_blob(upload)
+                db.execute(
+                    "INSERT OR IGNORE INTO images"
+                    " (sha256, width, height, format, ext, size_bytes, added)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        upload.sha256,
+                        upload.width,
+                        upload.height,
+                        upload.format,
+                        upload.ext,
+                        len(upload.data),
+                        added,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO project_images (project_id, sha256, class_id, name, added)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (project_id, upload.sha256, class_id, upload.name, added),
+                )
+                report.added.append(
+                    ProjectImage(
+                        upload.sha256, upload.name, class_name, added, upload.width, upload.height
+                    )
+                )
+        return report
+
+    def label(self, project_id: int, sha256s: Iterable[str], class_name: str | None) -> int:
+        """Move images of the project into a class, or to unlabeled when ``class_name`` is None.
+
+        Returns how many of them are in the project (and so now in that class); the others,
+        removed meanwhile in another window, are skipped.
+        """
+        with self._transaction() as db:
+            class_id = (
+                None if class_name is None else self._find_class(db, project_id, class_name)[0]
+            )
+            return db.execute(
+                "UPDATE project_images SET class_id = ?"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (class_id, project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def remove_images(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Take images out of the project; returns how many were in it."""
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM project_images"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def list_images(
+        self,
+        project_id: int,
+        *,
+        class_name: str | None = None,
+        labeled: bool | None = None,
+    ) -> list[ProjectImage]:
+        """The project's images in the order they were added.
+
+        ``class_name`` keeps one class; ``labeled`` keeps labeled (True) or unlabeled (False)
+        images; with neither, all of them.
+        """
+        if class_name is not None and labeled is False:
+            raise ValueError("class_name selects labeled images; it cannot go with labeled=False")
+        query, params = _IMAGE_COLUMNS + " WHERE pi.project_id = ?", [project_id]
+        if class_name is not None:
+            query += " AND c.name = ?"
+            params.append(class_name.strip())
+        elif labeled is not None:
+            query += f" AND pi.class_id IS {'NOT ' if labeled else ''}NULL"
+        rows = self._fetch(query + " ORDER BY pi.rowid", params)
+        return [ProjectImage(*row) for row in rows]
+
+    def image_path(self, sha256: str) -> Path:
+        """Where the image's file is; the name is its hash, whatever it was uploaded as."""
+        rows = self._fetch("SELECT ext FROM images WHERE sha256 = ?", (sha256,))
+        if not rows:
+            raise StoreError("This image is no longer stored; it may have been removed.")
+        return self._blob_path(sha256, rows[0][0])
+
+    def image_bytes(self, sha256: str) -> bytes:
+        path = self.image_path(sha256)
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            raise StoreError(
+                f"The file of this image, '{path}', cannot be read ({err.strerror or err}). "
+                "It may have been moved or deleted outside the app; add the image again."
+            ) from err
+
+    # Predictions
+
+    def save_predictions(
+        self, project_id: int, learner: str, backbone: str, predictions: Iterable[Prediction]
+    ) -> None:
+        """Keep the latest prediction per image for this learner and backbone.
+
+        Predictions for images that left the project meanwhile are dropped.
+        """
+        updated = _now()
+        rows = [
+            (
+                learner,
+                backbone,
+                p.predicted_class,
+                float(p.confidence),
+                bool(p.unknown),
+                json.dumps({str(k): float(v) for k, v in p.probabilities.items()}),
+                updated,
+                project_id,
+                p.sha256,
+            )
+            for p in predictions
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO predictions (project_id, sha256, learner, backbone,"
+                " predicted_class, confidence, unknown, probabilities, updated)"
+                " SELECT project_id, sha256, ?, ?, ?, ?, ?, ?, ? FROM project_images"
+                " WHERE project_id = ? AND sha256 = ?",
+                rows,
+            )
+
+    def list_predictions(self, project_id: int, learner: str, backbone: str) -> list[Prediction]:
+        rows = self._fetch(
+            "SELECT p.sha256, p.predicted_class, p.confidence, p.unknown, p.probabilities,"
+            " p.updated FROM predictions AS p JOIN project_images AS pi"
+            " ON pi.project_id = p.project_id AND pi.sha256 = p.sha256"
+            " WHERE p.project_id = ? AND p.learner = ? AND p.backbone = ? ORDER BY pi.rowid",
+            (project_id, learner, backbone),
+        )
+        return [
+            Prediction(sha256, predicted, confidence, bool(unknown), json.loads(probs), updated)
+            for sha256, predicted, confidence, unknown, probs, updated in rows
+        ]
+
+    # Maintenance
+
+    def vacuum_blobs(self) -> int:
+        """Delete the image files no project uses any more; returns how many.
+
+        Runs inside a write transaction so that no save can start using a file while it goes.
+        """
+        removed = 0
+        with self._transaction() as db:
+            db.execute("DELETE FROM images WHERE sha256 NOT IN (SELECT sha256 FROM project_images)")
+            kept = {sha256 for (sha256,) in db.execute("SELECT sha256 FROM images")}
+            now = time.time()
+            for path in self._blobs.glob("*/*"):
+                if path.name.endswith(_TEMP_SUFFIX):
+                    # A save in progress in another process may be writing this one.
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - path.stat().st_mtime > _STALE_TEMP_SECONDS:
+                            path.unlink()
+                elif path.name.split(".")[0] not in kept:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    # Internals
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed if the block finishes, rolled back otherwise.
+
+        BEGIN IMMEDIATE takes SQLite's write lock up front, so a read-then-write inside the
+        block cannot be overtaken by another tab, and a busy database is waited for (busy
+        timeout) at the start rather than failing half-way.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                raise StoreError(_not_saved_message(err, self.root)) from err
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as err:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.OperationalError):
+                    raise StoreError(_not_saved_message(err, self.root)) from err
+                raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(_MIGRATIONS):
+                raise StoreError(
+                    f"The data folder '{self.root}' was written by a newer version of this app. "
+                    f"Update the app, or choose another folder with {DATA_DIR_ENV}."
+                )
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+
+    def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(query, params).fetchall()
+
+    def _project(self, db: sqlite3.Connection, project_id: int) -> Project:
+        row = db.execute(
+            "SELECT id, name, created, settings FROM projects WHERE id = ?", (project_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(
+                "This project no longer exists; it may have been deleted in another window."
+            )
+        return Project(row[0], row[1], row[2], json.loads(row[3]))
+
+    def _find_class(self, db: sqlite3.Connection, project_id: int, name: str) -> tuple[int, str]:
+        """The id of the class called ``name`` and its name as stored (spacing and case)."""
+        self._project(db, project_id)
+        row = db.execute(
+            "SELECT id, name FROM classes WHERE project_id = ? AND name = ?",
+            (project_id, name.strip()),
+        ).fetchone()
+        if row is None:
+            raise StoreError(
+                f"There is no class '{name}' in this project any more; it may have been renamed "
+                "or deleted in another window."
+            )
+        return row[0], row[1]
+
+    def _refuse_taken_project_name(
+        self, db: sqlite3.Connection, name: str, project_id: int | None = None
+    ) -> None:
+        row = db.execute(
+            "SELECT name FROM projects WHERE name = ? AND id IS NOT ?", (name, project_id)
+        ).fetchone()
+        if row is not None:
+            raise StoreError(f"There is already a project called '{row[0]}'; pick another name.")
+
+    def _refuse_taken_class_name(
+        self, db: sqlite3.Connection, project_id: int, name: str, class_id: int | None = None
+    ) -> None:
+        row = db.execute(
+            "SELECT name FROM classes WHERE project_id = ? AND name = ? AND id IS NOT ?",
+            (project_id, name, class_id),
+        ).fetchone()
+        if row is not None:
+            raise StoreError(
+                f"This project already has a class called '{row[0]}'; pick another name."
+            )
+
+    def _blob_path(self, sha256: str, ext: str) -> Path:
+        return self._blobs / sha256[:2] / f"{sha256}{ext}"
+
+    def _store_blob(self, upload: _Upload) -> None:
+        """Write the upload's file unless it is there already (identical bytes are kept once)."""
+        path = self._blob_path(upload.sha256, upload.ext)
+        if path.exists():
+            return
+        try:
+            _write_blob(path, upload.data)
+        except OSError as err:
+            raise StoreError(
+                f"'{upload.name}' could not be saved in the data folder '{self.root}' "
+                f"({err.strerror or err}), so nothing was added. Free some disk space or fix "
+                "the folder's permissions, then try again."
+            ) from err
+
+
+def _write_blob(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the final name only ever holds the complete file.
+
+    The bytes go to a temporary file in the same folder, reach the disk (fsync), and are then
+    renamed over the final name in one step; the folder is synced so the rename lasts too.
+    """
+    path.parent.mkdir(exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=_TEMP_SUFFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    if os.name == "posix":  # Windows cannot open a folder to sync it
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def _checked_upload(name: str, data: bytes) -> _Upload:
+    """Refuse anything load_image refuses; otherwise note what the store keeps about the file."""
+    loaded = load_image(data, name=name)
+    width, height = loaded.original_size
+    # load_image hands back converted pixels; the file's format is read from its header again,
+    # which is safe now that the whole file has been decoded once.
+    with Image.open(io.BytesIO(data)) as file:
+        image_format = file.format or ""
+    return _Upload(
+        name=name,
+        data=data,
+        sha256=loaded.sha256,
+        width=width,
+        height=height,
+        format=image_format,
+        ext=_EXTENSIONS.get(image_format, ".img"),
+    )
+
+
+def _clean_name(kind: str, name: str) -> str:
+    """A project or class name as it will be kept: trimmed, checked, otherwise as typed."""
+    cleaned = name.strip()
+    if not cleaned:
+        raise StoreError(f"The {kind} name is empty; type a name.")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise StoreError(
+            f"The {kind} name is too long ({len(cleaned)} characters); "
+            f"keep it to {MAX_NAME_LENGTH} characters or fewer."
+        )
+    if any(unicodedata.category(char) == "Cc" for char in cleaned):
+        raise StoreError(
+            f"The {kind} name contains a line break, tab or other invisible character; "
+            "type it on one line."
+        )
+    return cleaned
+
+
+def _json_list(values: Iterable[str]) -> str:
+    """Many values as one SQL parameter, unpacked by json_each (no limit on their number)."""
+    if isinstance(values, str):
+        raise TypeError("expected several sha256 values, got a single string")
+    return json.dumps(list(values))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _unwritable_message(root: Path, reason: str) -> str:
+    return (
+        f"The data folder '{root}' cannot be written to: {reason}. Choose another folder with "
+        f"{DATA_DIR_ENV} or fix its permissions."
+    )
+
+
+def _not_saved_message(err: sqlite3.OperationalError, root: Path) -> str:
+    text = str(err).lower()
+    if "locked" in text or "busy" in text:
+        return (
+            "The project is busy in another window or program, so nothing was saved; "
+            "try again in a moment."
+        )
+    if "full" in text:
+        return "The disk is full, so nothing was saved; free some space and try again."
+    if "readonly" in text or "read-only" in text:
+        return _unwritable_message(root, "its database file is read-only")
+    return f"The project could not be saved ({err}), so nothing was changed."
