@@ -1,0 +1,252 @@
+"""``meta-train``: meta-learn MAML's initialisation for a backbone on offline base classes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fsl_app.classify import UnusableInputError
+from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
+from fsl_app.commands.predict import print_table
+from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
+from fsl_app.embeddings import Embedder
+from fsl_app.episodes import EvaluationResult
+from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
+from fsl_app.meta_training import (
+    MetaProgress,
+    MetaTrainingConfig,
+    compare_initialisations,
+    meta_train,
+    split_classes,
+    training_state_path,
+)
+
+DEFAULTS = MetaTrainingConfig()
+EVAL_QUERIES = 15  # per class, fewer when a class has too few images
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "meta-train",
+        help="meta-learn the MAML initialisation for a backbone",
+        description=(
+            "Meta-train MAML's initialisation on the embeddings of base classes (embedded once, "
+            "through the cache), hold some classes out, and report accuracy with a 95% "
+            "confidence interval of the meta-learned initialisation against none, on episodes "
+            "of the held-out classes."
+        ),
+    )
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", metavar="DIR", help="folder with one subfolder per class")
+    data.add_argument(
+        "--dataset",
+        nargs="+",
+        choices=OFFLINE_DATASETS,
+        metavar="NAME",
+        help=f"offline datasets ({', '.join(OFFLINE_DATASETS)})",
+    )
+    parser.add_argument("--learner", default="maml", choices=["maml"], help="learner to meta-train")
+    parser.add_argument(
+        "--algorithm",
+        default=DEFAULTS.algorithm,
+        choices=["maml", "fomaml"],
+        help="maml: second-order meta-gradients; fomaml: first-order, cheaper",
+    )
+    parser.add_argument(
+        "--no-meta-sgd",
+        dest="meta_sgd",
+        action="store_false",
+        help="keep the inner step size fixed instead of learning one per parameter (Meta-SGD)",
+    )
+    parser.add_argument("--ways", type=int, default=DEFAULTS.ways, metavar="N")
+    parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULTS.shots), metavar="K")
+    parser.add_argument("--queries", type=int, default=DEFAULTS.queries, metavar="Q")
+    parser.add_argument(
+        "--episodes", type=int, default=DEFAULTS.episodes, metavar="N", help="tasks in all"
+    )
+    parser.add_argument(
+        "--meta-batch",
+        type=int,
+        default=DEFAULTS.meta_batch,
+        metavar="N",
+        help="tasks per outer step",
+    )
+    parser.add_argument("--inner-steps", type=int, default=DEFAULTS.inner_steps, metavar="N")
+    parser.add_argument("--inner-lr", type=float, default=DEFAULTS.inner_lr, metavar="LR")
+    parser.add_argument("--outer-lr", type=float, default=DEFAULTS.outer_lr, metavar="LR")
+    parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN, metavar="N")
+    parser.add_argument(
+        "--per-class", type=int, metavar="N", help="use at most N images of each class"
+    )
+    parser.add_argument(
+        "--holdout-classes",
+        type=int,
+        default=3,
+        metavar="N",
+        help="classes of each dataset kept out of meta-training for the evaluation",
+    )
+    parser.add_argument("--eval-episodes", type=int, default=300, metavar="N")
+    parser.add_argument(
+        "--evaluate-on",
+        nargs="+",
+        default=[],
+        choices=OFFLINE_DATASETS,
+        metavar="NAME",
+        help="also evaluate on all classes of these datasets (e.g. tuxpaint: cross-domain)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="checkpoint to write (default: pretrained/maml-<backbone>.safetensors)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULTS.checkpoint_every,
+        metavar="N",
+        help="save the resumable training state every N tasks",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the training state next to --out"
+    )
+    add_embedding_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else default_checkpoint_path(args.backbone)
+    try:
+        config = MetaTrainingConfig(
+            ways=args.ways,
+            shots=tuple(args.shots),
+            queries=args.queries,
+            episodes=args.episodes,
+            meta_batch=args.meta_batch,
+            algorithm=args.algorithm,
+            meta_sgd=args.meta_sgd,
+            inner_steps=args.inner_steps,
+            inner_lr=args.inner_lr,
+            outer_lr=args.outer_lr,
+            hidden=args.hidden,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )
+        datasets = _load(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise UnusableInputError(str(err)) from err
+    with open_embedder(args) as embedder:
+        started = time.perf_counter()
+        features, labels, domains = _embed_all(embedder, datasets)
+        extra = {name: _embed_all(embedder, [_load_one(name, args)]) for name in args.evaluate_on}
+        embed_seconds = time.perf_counter() - started
+        backbone_id = embedder.backbone.id
+    try:
+        held_out = split_classes(labels, domains, holdout=args.holdout_classes, seed=args.seed)
+    except ValueError as err:
+        raise UnusableInputError(str(err)) from err
+    train = ~np.isin(labels, held_out)
+    print(
+        f"Embedded {len(labels)} images in {embed_seconds:.0f} s. Meta-training on "
+        f"{len(set(labels[train]))} classes, holding out {len(held_out)}: {', '.join(held_out)}.",
+        file=sys.stderr,
+    )
+    metadata = {
+        "datasets": [d.name for d in datasets],
+        "per_class": args.per_class,
+        "data_seed": args.seed,
+        "classes": sorted(set(labels[train].tolist())),
+        "held_out": held_out,
+    }
+    try:
+        result = meta_train(
+            features[train],
+            labels[train],
+            config,
+            backbone=args.backbone,
+            backbone_id=backbone_id,
+            out=out,
+            resume=args.resume,
+            progress=_training_bar(),
+            metadata=metadata,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise UnusableInputError(str(err)) from err
+    print(
+        f"Meta-trained on {result.episodes} tasks in {result.seconds:.0f} s"
+        + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")
+        + f"; wrote {out} (training state: {training_state_path(out)}).",
+        file=sys.stderr,
+    )
+    evaluations = {"held-out classes": (features[~train], labels[~train])}
+    evaluations.update({name: (x, y) for name, (x, y, _) in extra.items()})
+    rows = []
+    for name, (x, y) in evaluations.items():
+        results = compare_initialisations(
+            result.checkpoint,
+            x,
+            y,
+            ways=config.ways,
+            shots=config.shots,
+            queries=EVAL_QUERIES,
+            n_episodes=args.eval_episodes,
+            seed=args.seed,
+        )
+        rows.extend(_row(name, r) for r in results)
+    print_table(["evaluated on", "ways", "shots", "learner", "accuracy", "ECE"], rows)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> list[LabeledImages]:
+    if args.data:
+        return [image_folder_dataset(args.data).subset(args.per_class, args.seed)]
+    return [_load_one(name, args) for name in args.dataset]
+
+
+def _load_one(name: str, args: argparse.Namespace) -> LabeledImages:
+    return load_dataset(name, per_class=args.per_class, seed=args.seed)
+
+
+def _embed_all(
+    embedder: Embedder, datasets: list[LabeledImages]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings of every dataset, labels as "dataset:class" so classes never collide."""
+    features, labels, domains = [], [], []
+    for dataset in datasets:
+        embedded = embedder.embed(dataset.sources, progress=progress_bar(dataset.name))
+        for index, reason in embedded.errors:
+            print(f"skipped {dataset.name} image {index + 1}: {reason}", file=sys.stderr)
+        features.append(embedded.embeddings)
+        labels.extend(f"{dataset.name}:{dataset.labels[i]}" for i in embedded.indices)
+        domains.extend([dataset.name] * len(embedded.indices))
+    return np.concatenate(features), np.asarray(labels), np.asarray(domains)
+
+
+def _training_bar() -> MetaProgress:
+    from tqdm import tqdm
+
+    bar = tqdm(desc="Meta-training", unit="task", disable=None, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int, running: dict[str, float]) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['accuracy']:.1%}")
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _row(dataset: str, result: EvaluationResult) -> list[str]:
+    return [
+        dataset,
+        str(result.ways),
+        str(result.shots),
+        result.learner,
+        f"{result.accuracy:.1%} ± {result.ci95:.1%}",
+        f"{result.ece:.3f}",
+    ]

@@ -1,0 +1,383 @@
+"""Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017, arXiv:1703.03400).
+
+A small head on the backbone's embeddings starts from a meta-learned
+initialisation and is adapted to the user's classes by a few gradient steps on
+their examples. The head is a residual adapter ``z = normalize(h + W2 relu(W1 h
++ b1))`` over SimpleShot-normalised embeddings ``h`` (centred on the support
+mean, unit length), followed by a linear classifier initialised from the
+support prototypes ``c_k`` of the adapted features: ``W_k = 2 c_k``, ``b_k =
+-|c_k|^2``, logits divided by a temperature (Proto-MAML, Triantafillou et al.,
+ICLR 2020, arXiv:1903.03096). So any number of classes works, and before any
+step the head is a nearest-prototype classifier. The inner step sizes may be
+learned per parameter (Meta-SGD, Li et al. 2017, arXiv:1707.09835).
+
+The inner loop adapts ``b1``, ``W2`` and the classifier; ``W1`` is learned by
+meta-training only. Adapting only the top of a network loses nothing (Raghu
+et al., ICLR 2020, arXiv:1909.09157), and it lets ``fit`` project the support
+through ``W1`` once instead of at every step, which halves its time.
+
+The initialisation (W1, b1, W2, the temperature and the step sizes) is
+meta-trained per backbone by :mod:`fsl_app.meta_training` and shipped as
+``pretrained/maml-<backbone>.safetensors``. ``W2`` starts at zero, so an
+adapter that was never meta-trained is the identity. The functions below are
+shared by ``fit`` and meta-training: the same inner loop runs with
+``create_graph=True`` for second-order meta-gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from fsl_app.backbones import DEFAULT_BACKBONE, pretrained_dir
+from fsl_app.learners.base import FewShotLearner
+from fsl_app.learners.protonet import class_means, simpleshot_normalize
+
+Parameters = dict[str, torch.Tensor]
+
+CHECKPOINT_FORMAT = "fsl_app.maml"
+CHECKPOINT_VERSION = 1
+ADAPTER_KEYS = ("w1", "b1", "w2")
+FAST_KEYS = ("b1", "w2", "weight", "bias")  # what the inner loop adapts
+STEP_SIZE_PREFIX = "step_size."
+# Used without a checkpoint and as meta-training's defaults.
+DEFAULT_INNER_STEPS = 10
+DEFAULT_INNER_LR = 0.1
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_HIDDEN = 256
+
+
+def init_adapter(dim: int, hidden: int = DEFAULT_HIDDEN, seed: int = 0) -> Parameters:
+    """A fresh adapter for ``dim``-d embeddings: W1 (hidden, dim) random, W2 (dim, hidden) zero.
+
+    ``h`` has unit length, so W1 with entries of variance 1/hidden gives a
+    hidden vector of about unit length too; larger hidden units would make
+    every gradient step on W2 hidden-times larger. The zero W2 makes the
+    adapter the identity.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "w1": torch.randn(hidden, dim, generator=generator) / math.sqrt(hidden),
+        "b1": torch.zeros(hidden),
+        "w2": torch.zeros(dim, hidden),
+    }
+
+
+@dataclass(frozen=True)
+class _Projected:
+    """Embeddings as the adapter sees them: ``h`` (n, dim) and ``W1 h`` (n, hidden)."""
+
+    h: torch.Tensor
+    hidden: torch.Tensor
+
+    @classmethod
+    def of(cls, features: torch.Tensor, mean: torch.Tensor, w1: torch.Tensor) -> _Projected:
+        h = simpleshot_normalize(features, "cl2", mean)
+        return cls(h, h @ w1.T)
+
+    def adapted(self, head: Parameters) -> torch.Tensor:
+        """The adapter's output ``z`` of shape (n, dim), unit length."""
+        residual = F.relu(self.hidden + head["b1"]) @ head["w2"].T
+        return F.normalize(self.h + residual, dim=1)
+
+    def logits(self, head: Parameters, temperature: torch.Tensor | float) -> torch.Tensor:
+        return (self.adapted(head) @ head["weight"].T + head["bias"]) / temperature
+
+
+def prototype_classifier(z: torch.Tensor, targets: torch.Tensor, n_classes: int) -> Parameters:
+    """Proto-MAML's classifier: weight (n_classes, dim) = 2 c_k, bias (n_classes,) = -|c_k|^2.
+
+    ``c_k`` are the class means of the adapted support ``z`` (n, dim). With
+    this classifier, logits are negative squared distances to the prototypes
+    plus |z|^2 = 1, the same for every class. Gradients flow through the
+    prototypes into the adapter, as in the paper.
+    """
+    prototypes = class_means(z, targets, n_classes)
+    return {"weight": 2 * prototypes, "bias": -prototypes.pow(2).sum(dim=1)}
+
+
+def head_logits(
+    head: Parameters, features: torch.Tensor, mean: torch.Tensor, temperature: torch.Tensor | float
+) -> torch.Tensor:
+    """Logits of shape (n, n_classes) of the adapter + classifier ``head``.
+
+    ``features`` (n, dim) are centred on ``mean`` (dim,), the support mean.
+    """
+    return _Projected.of(features, mean, head["w1"]).logits(head, temperature)
+
+
+def adapt(
+    adapter: Parameters,
+    step_sizes: Parameters,
+    support: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int,
+    temperature: torch.Tensor | float,
+    create_graph: bool = False,
+) -> tuple[Parameters, list[float]]:
+    """MAML's inner loop: ``steps`` gradient steps on the support cross-entropy.
+
+    Starts from ``adapter`` plus the prototype classifier of ``support`` (n,
+    dim) with ``targets`` (n,), and steps each of :data:`FAST_KEYS` by its
+    entry in ``step_sizes`` (a scalar or one size per element).
+    ``create_graph=True`` keeps the steps differentiable for second-order
+    meta-gradients; without it the gradients are constants (first-order
+    MAML), but the result still depends on ``adapter`` and ``step_sizes``.
+    Returns the adapted head (``w1`` included) and the support loss before
+    each step and after the last (``steps + 1`` values).
+    """
+    projected = _Projected.of(support, support.mean(dim=0), adapter["w1"])
+    classifier = prototype_classifier(
+        projected.adapted(adapter), targets, n_classes=int(targets.max()) + 1
+    )
+    # Fresh graph nodes: the inner gradients are partial derivatives (the classifier is a
+    # parameter of its own once initialised), and a first-order step never frees the graph
+    # from the initialisation that the outer gradient needs.
+    fast = {"b1": adapter["b1"].clone(), "w2": adapter["w2"].clone(), **classifier}
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(projected.logits(fast, temperature), targets)
+        losses.append(loss.item())
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph)
+        fast = {
+            name: value - step_sizes[name] * grad
+            for (name, value), grad in zip(fast.items(), grads, strict=True)
+        }
+    with torch.no_grad():
+        losses.append(F.cross_entropy(projected.logits(fast, temperature), targets).item())
+    return {"w1": adapter["w1"], **fast}, losses
+
+
+def uniform_step_sizes(lr: float) -> Parameters:
+    return {name: torch.tensor(float(lr)) for name in FAST_KEYS}
+
+
+@dataclass(frozen=True)
+class MAMLCheckpoint:
+    """A meta-learned initialisation: adapter, step sizes, temperature and where they came from.
+
+    ``metadata`` holds the safetensors header's strings: ``backbone``,
+    ``backbone_id``, ``embedding_dim``, the hyper-parameters and a JSON
+    ``meta_training`` record.
+    """
+
+    path: Path | None
+    adapter: Parameters
+    step_sizes: Parameters
+    log_temperature: torch.Tensor
+    metadata: dict[str, str]
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.metadata["embedding_dim"])
+
+    @property
+    def backbone(self) -> str:
+        return self.metadata["backbone"]
+
+    @property
+    def inner_steps(self) -> int:
+        return int(self.metadata["inner_steps"])
+
+    def tensors(self) -> Parameters:
+        step_sizes = {STEP_SIZE_PREFIX + k: v for k, v in self.step_sizes.items()}
+        return {**self.adapter, **step_sizes, "log_temperature": self.log_temperature}
+
+
+def default_checkpoint_path(backbone: str = DEFAULT_BACKBONE) -> Path:
+    """Where the meta-learned initialisation for ``backbone`` lives (``checkpoint="auto"``)."""
+    return pretrained_dir() / f"maml-{backbone}.safetensors"
+
+
+def save_checkpoint(checkpoint: MAMLCheckpoint, path: str | os.PathLike) -> Path:
+    """Write ``checkpoint`` as safetensors, atomically, in half precision to keep the file small."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: v.detach().to(torch.float16).contiguous() for k, v in checkpoint.tensors().items()
+    }
+    metadata = {
+        **checkpoint.metadata,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(CHECKPOINT_VERSION),
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    # Through open(), not safetensors' save_file, which makes files only their owner can read.
+    temporary.write_bytes(save(tensors, metadata=metadata))
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> MAMLCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; its tensors come back as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"There is no MAML checkpoint at '{path}'.")
+    stat = path.stat()
+    return _read_checkpoint(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(path: str, mtime_ns: int, size: int) -> MAMLCheckpoint:
+    """Cached by (path, mtime, size): evaluation fits thousands of learners from one file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from err
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"'{path}' is not a MAML checkpoint of this app.")
+    if int(metadata.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"'{path}' was written by a newer version of this app "
+            f"(format {metadata['format_version']}); update the app to use it."
+        )
+    return MAMLCheckpoint(
+        Path(path),
+        {k: tensors[k] for k in ADAPTER_KEYS},
+        {
+            k[len(STEP_SIZE_PREFIX) :]: v
+            for k, v in tensors.items()
+            if k.startswith(STEP_SIZE_PREFIX)
+        },
+        tensors["log_temperature"],
+        metadata,
+    )
+
+
+class MAML(FewShotLearner):
+    """Proto-MAML head adapted to the support by ``inner_steps`` gradient steps.
+
+    ``checkpoint="auto"`` uses :func:`default_checkpoint_path` for ``backbone``
+    when it exists and fits the embeddings; otherwise (or with ``None``) the
+    adapter starts as the identity and the classifier from the prototypes, and
+    ``notes_`` says so. An explicit checkpoint made for another embedding size
+    is refused. ``inner_steps``, ``inner_lr`` and ``temperature`` left at
+    ``None`` come from the checkpoint (its learned Meta-SGD step sizes and
+    temperature), else from the module defaults; a given ``inner_lr`` replaces
+    every step size. ``hidden`` and ``seed`` (the size and the fixed random
+    draw of W1) matter only without a checkpoint.
+
+    After ``fit``: ``head_`` holds the adapted tensors (classifier ``weight``
+    of shape (n_classes, dim)), ``mean_`` the support mean (dim,),
+    ``support_losses_`` the support cross-entropy before each step and after
+    the last, ``checkpoint_`` the file used (or None), ``notes_`` plain-language
+    remarks about the initialisation.
+    """
+
+    name: ClassVar[str] = "maml"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = "auto",
+        backbone: str = DEFAULT_BACKBONE,
+        inner_steps: int | None = None,
+        inner_lr: float | None = None,
+        temperature: float | None = None,
+        hidden: int = DEFAULT_HIDDEN,
+        seed: int = 0,
+    ):
+        self.checkpoint = checkpoint
+        self.backbone = backbone
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.temperature = temperature
+        self.hidden = hidden
+        self.seed = seed
+
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+        self.notes_: list[str] = []
+        found = self._initialisation(support.shape[1])
+        self.checkpoint_ = found.path if found else None
+        if found is not None:
+            adapter, step_sizes = found.adapter, found.step_sizes
+            temperature = math.exp(found.log_temperature.item())
+            steps = found.inner_steps
+        else:
+            adapter = init_adapter(support.shape[1], self.hidden, self.seed)
+            step_sizes = uniform_step_sizes(DEFAULT_INNER_LR)
+            temperature, steps = DEFAULT_TEMPERATURE, DEFAULT_INNER_STEPS
+        if self.inner_lr is not None:
+            step_sizes = uniform_step_sizes(self.inner_lr)
+        self.temperature_ = float(self.temperature or temperature)
+        self.inner_steps_ = int(steps if self.inner_steps is None else self.inner_steps)
+        if self.inner_steps_ < 0:
+            raise ValueError("inner_steps must be 0 (no adaptation) or a positive number of steps.")
+        start = {k: v.detach().requires_grad_(k in FAST_KEYS) for k, v in adapter.items()}
+        with torch.enable_grad():
+            head, self.support_losses_ = adapt(
+                start,
+                step_sizes,
+                support,
+                targets,
+                steps=self.inner_steps_,
+                temperature=self.temperature_,
+            )
+        self.head_ = {k: v.detach() for k, v in head.items()}
+        self.mean_ = support.mean(dim=0)
+
+    def _logits(self, query: torch.Tensor) -> torch.Tensor:
+        return head_logits(self.head_, query, self.mean_, self.temperature_)
+
+    def _initialisation(self, dim: int) -> MAMLCheckpoint | None:
+        """The checkpoint to start from, or None for the prototype initialisation (with a note)."""
+        if self.checkpoint is None:
+            self.notes_.append(
+                "Started from the class prototypes: no meta-learned initialisation was asked for."
+            )
+            return None
+        if self.checkpoint != "auto":
+            found = load_checkpoint(self.checkpoint)
+            if found.embedding_dim != dim:
+                raise ValueError(
+                    f"The MAML checkpoint '{found.path}' was meta-trained on {found.backbone} "
+                    f"embeddings of {found.embedding_dim} dimensions, but these have {dim}. "
+                    "Use the checkpoint made for the backbone that made these embeddings, "
+                    "or checkpoint=None to start from the class prototypes."
+                )
+            self.notes_.append(_describe(found))
+            return found
+        path = default_checkpoint_path(self.backbone)
+        if not path.is_file():
+            return self._fall_back(
+                f"No meta-learned initialisation for the backbone '{self.backbone}' (looked for "
+                f"'{path}'), so MAML started from the class prototypes: expect about the "
+                "accuracy of a prototype classifier tuned on your examples."
+            )
+        found = load_checkpoint(path)
+        if found.embedding_dim != dim:
+            return self._fall_back(
+                f"The meta-learned initialisation '{path.name}' is for {found.embedding_dim}-d "
+                f"{found.backbone} embeddings but these have {dim} dimensions, so MAML started "
+                "from the class prototypes instead. Pass backbone= the backbone that made them."
+            )
+        self.notes_.append(_describe(found))
+        return found
+
+    def _fall_back(self, note: str) -> None:
+        self.notes_.append(note)
+        warnings.warn(note, UserWarning, stacklevel=5)
+
+
+def _describe(checkpoint: MAMLCheckpoint) -> str:
+    training = json.loads(checkpoint.metadata.get("meta_training", "{}"))
+    data = ", ".join(training.get("datasets", [])) or "base classes"
+    return (
+        f"Started from the initialisation meta-learned for {checkpoint.backbone} on {data} "
+        f"('{checkpoint.path.name if checkpoint.path else 'in memory'}')."
+    )

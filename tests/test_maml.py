@@ -1,0 +1,169 @@
+"""MAML adapts a prototype-initialised head by gradient steps, from a checkpoint if there is one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fsl_app.learners import MAML, ProtoNet, create_learner
+from fsl_app.learners.maml import (
+    DEFAULT_TEMPERATURE,
+    MAMLCheckpoint,
+    default_checkpoint_path,
+    init_adapter,
+    load_checkpoint,
+    save_checkpoint,
+    uniform_step_sizes,
+)
+
+
+def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)) * 2
+    features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
+    labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
+    return features.astype(np.float32), labels
+
+
+def a_checkpoint(dim=16, hidden=8, backbone="toy_backbone", seed=1) -> MAMLCheckpoint:
+    """A made-up initialisation: a non-zero W2 so the adapter is not the identity."""
+    adapter = init_adapter(dim, hidden, seed)
+    adapter["w2"] = torch.randn(dim, hidden, generator=torch.Generator().manual_seed(seed)) / 4
+    return MAMLCheckpoint(
+        None,
+        adapter,
+        uniform_step_sizes(0.05),
+        torch.tensor(math.log(0.3)),
+        {
+            "backbone": backbone,
+            "backbone_id": f"{backbone}@0123",
+            "embedding_dim": str(dim),
+            "hidden": str(hidden),
+            "inner_steps": "3",
+            "inner_lr": "0.05",
+            "config": json.dumps({"temperature": 0.2}),
+            "meta_training": json.dumps({"datasets": ["made-up"]}),
+        },
+    )
+
+
+@pytest.fixture
+def pretrained(tmp_path, monkeypatch):
+    """An empty pretrained/ folder for checkpoint="auto" to look in."""
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    return tmp_path
+
+
+def test_is_registered_as_maml():
+    assert isinstance(create_learner("maml"), MAML)
+
+
+def test_inner_loop_lowers_the_support_loss():
+    support, labels = blobs(spread=3.0)  # overlapping classes: the prototypes misfit the support
+    model = MAML(checkpoint=None, inner_steps=10, inner_lr=0.3).fit(support, labels)
+    assert len(model.support_losses_) == 11
+    assert model.support_losses_[-1] < 0.5 * model.support_losses_[0]
+    assert all(np.diff(model.support_losses_) < 0)
+
+
+def test_without_inner_steps_it_is_a_prototype_classifier():
+    """Proto-MAML's head before adaptation: Euclidean ProtoNet on centred, unit-length features."""
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1)
+    maml = MAML(checkpoint=None, inner_steps=0).fit(support, labels)
+    protonet = ProtoNet(metric="euclidean", temperature=DEFAULT_TEMPERATURE, normalize="cl2")
+    protonet.fit(support, labels)
+    np.testing.assert_allclose(
+        maml.predict_proba(query), protonet.predict_proba(query), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_fit_is_deterministic():
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1)
+    first = MAML(checkpoint=None).fit(support, labels).decision_function(query)
+    second = MAML(checkpoint=None).fit(support, labels).decision_function(query)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_without_a_checkpoint_it_falls_back_and_says_so(pretrained):
+    support, labels = blobs()
+    with pytest.warns(UserWarning, match="No meta-learned initialisation"):
+        model = MAML(backbone="toy_backbone").fit(support, labels)
+    assert model.checkpoint_ is None
+    assert "class prototypes" in model.notes_[0]
+    assert str(default_checkpoint_path("toy_backbone")) in model.notes_[0]
+
+
+def test_auto_finds_the_checkpoint_of_its_backbone(pretrained):
+    save_checkpoint(a_checkpoint(), default_checkpoint_path("toy_backbone"))
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1)
+    model = MAML(backbone="toy_backbone").fit(support, labels)
+    assert model.checkpoint_ == pretrained / "maml-toy_backbone.safetensors"
+    assert "made-up" in model.notes_[0]
+    assert model.inner_steps_ == 3 and model.temperature_ == pytest.approx(0.3, rel=1e-3)
+    plain = MAML(checkpoint=None, inner_steps=3, inner_lr=0.05, temperature=0.3)
+    assert not np.allclose(
+        model.predict_proba(query), plain.fit(support, labels).predict_proba(query), atol=1e-3
+    )
+
+
+def test_checkpoint_round_trip_keeps_tensors_and_metadata(tmp_path):
+    checkpoint = a_checkpoint()
+    loaded = load_checkpoint(save_checkpoint(checkpoint, tmp_path / "init.safetensors"))
+    assert loaded.backbone == "toy_backbone" and loaded.embedding_dim == 16
+    assert loaded.metadata["format"] == "fsl_app.maml" and loaded.metadata["format_version"] == "1"
+    for name, tensor in checkpoint.adapter.items():
+        torch.testing.assert_close(loaded.adapter[name], tensor, rtol=1e-3, atol=1e-3)
+    assert loaded.adapter["w1"].dtype == torch.float32
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_checkpoint_for_another_embedding_size_is_refused(tmp_path):
+    path = save_checkpoint(a_checkpoint(dim=32), tmp_path / "init.safetensors")
+    support, labels = blobs(dim=16)
+    with pytest.raises(ValueError, match="32 dimensions, but these have 16"):
+        MAML(checkpoint=path).fit(support, labels)
+
+
+def test_auto_skips_a_checkpoint_for_another_embedding_size(pretrained):
+    save_checkpoint(a_checkpoint(dim=32), default_checkpoint_path("toy_backbone"))
+    support, labels = blobs(dim=16)
+    with pytest.warns(UserWarning, match="32-d"):
+        model = MAML(backbone="toy_backbone").fit(support, labels)
+    assert model.checkpoint_ is None and "class prototypes" in model.notes_[0]
+
+
+def test_a_file_that_is_not_a_maml_checkpoint_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a MAML checkpoint"):
+        MAML(checkpoint=tmp_path / "other.safetensors").fit(*blobs())
+    with pytest.raises(FileNotFoundError, match="no MAML checkpoint"):
+        MAML(checkpoint=tmp_path / "missing.safetensors").fit(*blobs())
+
+
+def test_works_for_any_number_of_classes():
+    support, labels = blobs(n_per_class=2, n_classes=7)
+    query, truth = blobs(n_per_class=3, n_classes=7, seed=0, spread=0.5)
+    model = MAML(checkpoint=None).fit(support, labels)
+    assert model.head_["weight"].shape == (7, 16)
+    assert (model.predict(query) == truth).mean() > 0.8
+
+
+def test_the_shipped_checkpoint_fits_the_default_backbone():
+    path = default_checkpoint_path()
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.backbone == "tf_efficientnet_lite0" and checkpoint.embedding_dim == 1280
+    assert json.loads(checkpoint.metadata["meta_training"])["held_out"]
+    assert path.stat().st_size < 5_000_000
+    assert path.with_suffix(".md").is_file()  # its model card
+    support, labels = blobs(dim=1280)
+    model = MAML().fit(support, labels)
+    assert model.checkpoint_ == path and "meta-learned" in model.notes_[0]

@@ -1,0 +1,281 @@
+"""Meta-training learns an initialisation that the MAML learner loads; backbone fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fsl_app.cli import main
+from fsl_app.datasets import load_dataset
+from fsl_app.embeddings import Embedder, EmbeddingCache
+from fsl_app.finetune import (
+    FineTuningNeedsGPUError,
+    fine_tune_backbone,
+    last_stage_parameters,
+)
+from fsl_app.images import load_image
+from fsl_app.learners import MAML
+from fsl_app.learners.maml import load_checkpoint
+from fsl_app.meta_training import (
+    MetaTrainingConfig,
+    compare_initialisations,
+    initial_meta_parameters,
+    meta_train,
+    split_classes,
+    task_loss,
+    training_state_path,
+    training_tasks,
+)
+
+SMALL = MetaTrainingConfig(
+    ways=3, shots=(1, 3), queries=4, episodes=8, meta_batch=2, inner_steps=2, hidden=8
+)
+
+
+def base_classes(n_classes=6, per_class=12, dim=16, seed=0):
+    """Gaussian classes that share a random distortion, so there is something to meta-learn."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    noise = rng.normal(size=(n_classes * per_class, dim)) @ rng.normal(size=(dim, dim))
+    features = np.repeat(centres, per_class, axis=0) + 0.5 * noise
+    labels = np.repeat([f"class_{i}" for i in range(n_classes)], per_class)
+    return features.astype(np.float32), labels
+
+
+def meta_gradient(config: MetaTrainingConfig) -> dict[str, torch.Tensor]:
+    features, labels = base_classes()
+    meta = initial_meta_parameters(features.shape[1], config)
+    task = training_tasks(labels, config)[0]
+    loss, _ = task_loss(meta, torch.as_tensor(features), labels, task, config)
+    loss.backward()
+    return {name: value.grad for name, value in meta.items() if value.requires_grad}
+
+
+def test_first_and_second_order_meta_gradients_differ():
+    second = meta_gradient(SMALL)
+    first = meta_gradient(MetaTrainingConfig(**{**vars(SMALL), "algorithm": "fomaml"}))
+    assert second.keys() == first.keys() >= {"w1", "w2", "log_temperature", "step_size.w2"}
+    for grads in (first, second):
+        assert all(torch.isfinite(g).all() for g in grads.values())
+        assert grads["w2"].abs().sum() > 0
+    assert not torch.allclose(first["w1"], second["w1"])
+
+
+def test_meta_sgd_learns_the_step_sizes(tmp_path):
+    features, labels = base_classes()
+    result = meta_train(features, labels, SMALL, backbone="toy")
+    step_sizes = result.checkpoint.step_sizes
+    assert step_sizes["w2"].shape == (16, 8)  # one step size per parameter
+    assert not torch.allclose(step_sizes["w2"], torch.full((16, 8), SMALL.inner_lr))
+    assert step_sizes["weight"].item() != pytest.approx(SMALL.inner_lr, abs=1e-6)
+
+    fixed = MetaTrainingConfig(**{**vars(SMALL), "meta_sgd": False})
+    fixed_sizes = meta_train(features, labels, fixed, backbone="toy").checkpoint.step_sizes
+    assert all(s.item() == pytest.approx(SMALL.inner_lr) for s in fixed_sizes.values())
+
+
+def test_checkpoint_loads_and_changes_predictions(tmp_path):
+    features, labels = base_classes()
+    out = tmp_path / "maml-toy.safetensors"
+    result = meta_train(features, labels, SMALL, backbone="toy", metadata={"datasets": ["blobs"]})
+    assert result.checkpoint.path is None and not out.exists()
+    result = meta_train(features, labels, SMALL, backbone="toy", out=out, backbone_id="toy@1")
+    assert result.checkpoint.path == out and result.episodes == 8
+    loaded = load_checkpoint(out)
+    assert loaded.metadata["backbone_id"] == "toy@1"
+    assert json.loads(loaded.metadata["config"])["episodes"] == 8
+
+    support, query = features[::6], features[1::6]
+    support_labels = labels[::6]
+    meta_learned = MAML(checkpoint=out).fit(support, support_labels)
+    plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
+    plain.fit(support, support_labels)
+    assert meta_learned.inner_steps_ == SMALL.inner_steps
+    assert not np.allclose(meta_learned.predict_proba(query), plain.predict_proba(query))
+
+
+def test_resume_continues_from_the_saved_episode(tmp_path):
+    features, labels = base_classes()
+    config = MetaTrainingConfig(**{**vars(SMALL), "checkpoint_every": 4})
+    out = tmp_path / "maml-toy.safetensors"
+
+    def interrupt_after_six(done, total, running):
+        if done == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(features, labels, config, backbone="toy", out=out, progress=interrupt_after_six)
+    assert training_state_path(out).is_file() and not out.exists()
+    seen = []
+    resumed = meta_train(
+        features,
+        labels,
+        config,
+        backbone="toy",
+        out=out,
+        resume=True,
+        progress=lambda done, total, running: seen.append(done),
+    )
+    assert resumed.resumed_from == 4 and resumed.episodes == 8 and seen == [6, 8]
+
+    # The interrupted and resumed run ends where an uninterrupted one does.
+    straight = meta_train(features, labels, config, backbone="toy", out=tmp_path / "b.safetensors")
+    for name, tensor in straight.checkpoint.adapter.items():
+        torch.testing.assert_close(resumed.checkpoint.adapter[name], tensor)
+
+
+def test_resume_refuses_other_settings_or_a_missing_state(tmp_path):
+    features, labels = base_classes()
+    out = tmp_path / "maml-toy.safetensors"
+    with pytest.raises(FileNotFoundError, match="Nothing to resume"):
+        meta_train(features, labels, SMALL, backbone="toy", out=out, resume=True)
+    meta_train(features, labels, SMALL, backbone="toy", out=out)
+    longer = MetaTrainingConfig(**{**vars(SMALL), "episodes": 10})
+    assert meta_train(features, labels, longer, backbone="toy", out=out, resume=True).episodes == 10
+    other = MetaTrainingConfig(**{**vars(SMALL), "episodes": 12, "inner_lr": 0.5})
+    with pytest.raises(ValueError, match="inner_lr changed"):
+        meta_train(features, labels, other, backbone="toy", out=out, resume=True)
+
+
+def test_held_out_classes_are_drawn_per_dataset():
+    labels = [f"{d}:{c}" for d in ("a", "b") for c in range(5) for _ in range(2)]
+    domains = [label.split(":")[0] for label in labels]
+    held_out = split_classes(labels, domains, holdout=2, seed=0)
+    assert len(held_out) == 4 and {c.split(":")[0] for c in held_out} == {"a", "b"}
+    assert split_classes(labels, domains, holdout=2, seed=0) == held_out
+    with pytest.raises(ValueError, match="hold out fewer"):
+        split_classes(labels, domains, holdout=4)
+
+
+def test_comparison_scores_three_learners_on_the_same_episodes(tmp_path):
+    features, labels = base_classes(n_classes=8)
+    train = np.isin(labels, [f"class_{i}" for i in range(5)])
+    out = tmp_path / "maml-toy.safetensors"
+    result = meta_train(features[train], labels[train], SMALL, backbone="toy", out=out)
+    results = compare_initialisations(
+        result.checkpoint,
+        features[~train],
+        labels[~train],
+        ways=5,
+        shots=(1, 5),
+        queries=15,
+        n_episodes=5,
+    )
+    assert [(r.learner, r.shots) for r in results] == [
+        ("maml (meta-learned init)", 1),
+        ("maml (prototype init)", 1),
+        ("protonet", 1),
+        ("maml (meta-learned init)", 5),
+        ("maml (prototype init)", 5),
+        ("protonet", 5),
+    ]
+    assert all(r.ways == 3 and 0 <= r.accuracy <= 1 for r in results)  # only 3 held-out classes
+
+
+# Real embeddings: scikit-learn's digits through the default backbone.
+
+
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("digits") / "embeddings.sqlite"
+
+
+@pytest.fixture(scope="module")
+def digits(backbone, digits_cache):
+    dataset = load_dataset("digits", per_class=20)
+    cache = EmbeddingCache(digits_cache)
+    try:
+        embedded = Embedder(backbone, cache=cache).embed(dataset.sources)
+    finally:
+        cache.close()
+    return embedded.embeddings, np.asarray(dataset.labels)[embedded.indices]
+
+
+@pytest.mark.slow
+def test_meta_training_on_real_digit_embeddings(digits, tmp_path):
+    features, labels = digits
+    train = ~np.isin(labels, ["7", "8", "9"])
+    config = MetaTrainingConfig(episodes=12, meta_batch=4, inner_steps=3, queries=5)
+    out = tmp_path / "maml-digits.safetensors"
+    result = meta_train(
+        features[train], labels[train], config, backbone="tf_efficientnet_lite0", out=out
+    )
+    assert load_checkpoint(out).embedding_dim == 1280
+    support = np.flatnonzero(~train)[::10]
+    query = np.flatnonzero(~train)[1::10]
+    meta_learned = MAML(checkpoint=out).fit(features[support], labels[support])
+    plain = MAML(checkpoint=None).fit(features[support], labels[support])
+    assert result.running["accuracy"] > 0.5
+    assert not np.allclose(
+        meta_learned.predict_proba(features[query]), plain.predict_proba(features[query])
+    )
+
+
+@pytest.mark.slow
+def test_meta_train_command_end_to_end(digits, digits_cache, tmp_path, capsys):
+    out = tmp_path / "maml-test.safetensors"
+    code = main(
+        [
+            "meta-train",
+            "--dataset", "digits",
+            "--per-class", "20",
+            "--episodes", "20",
+            "--inner-steps", "3",
+            "--eval-episodes", "10",
+            "--out", str(out),
+            "--cache", str(digits_cache),
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Meta-trained on 20 tasks" in captured.err
+    table = captured.out.splitlines()
+    assert table[0].split()[:4] == ["evaluated", "on", "ways", "shots"]
+    assert sum("held-out classes" in row for row in table) == 6  # 3 learners x 2 shot counts
+    checkpoint = load_checkpoint(out)
+    assert json.loads(checkpoint.metadata["meta_training"])["held_out"] == sorted(
+        json.loads(checkpoint.metadata["meta_training"])["held_out"]
+    )
+    assert training_state_path(out).is_file()
+
+
+def test_meta_train_command_refuses_unusable_input(tmp_path, capsys):
+    (tmp_path / "only").mkdir()
+    code = main(["meta-train", "--data", str(tmp_path), "--no-cache", "--out", str(tmp_path / "x")])
+    assert code == 2 and "error:" in capsys.readouterr().err
+
+
+# Fine-tuning the backbone's last stage on support images.
+
+
+def support_images(photos, per_class=2):
+    names = ["bird", "flower"]
+    images = [load_image(path).image for name in names for path in photos[name][:per_class]]
+    return images, [name for name in names for _ in range(per_class)]
+
+
+def test_fine_tuning_on_a_cpu_is_refused_unless_forced(backbone, photos):
+    images, labels = support_images(photos)
+    with pytest.raises(FineTuningNeedsGPUError, match=r"needs a GPU.*force=True"):
+        fine_tune_backbone(backbone, images, labels, steps=1, device="cpu")
+
+
+@pytest.mark.slow
+def test_fine_tuning_changes_only_the_last_stage(backbone, photos):
+    images, labels = support_images(photos, per_class=1)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    tuned = fine_tune_backbone(backbone, images, labels, steps=1, device="cpu", force=True)
+
+    assert tuned.id != backbone.id and tuned.name == backbone.name
+    last_stage = set(last_stage_parameters(tuned.model))
+    assert "conv_head.weight" in last_stage and "blocks.0.0.conv_dw.weight" not in last_stage
+    after = tuned.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= last_stage
+    assert any(k.startswith("blocks.6.") for k in changed)
+    assert all(torch.equal(v, backbone.model.state_dict()[k]) for k, v in before.items())
+    embeddings = tuned.embed(torch.stack([tuned.transform(images[0])]))
+    assert embeddings.shape == (1, 1280) and not tuned.model.training
