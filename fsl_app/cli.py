@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
-from fsl_app.commands import evaluate, predict
+from fsl_app.commands import evaluate, meta_train, predict, suggest
 
-COMMANDS = (predict, evaluate)
+COMMANDS = (predict, evaluate, meta_train, suggest)
 EXIT_UNUSABLE_INPUT = 2
 
 
