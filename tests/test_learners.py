@@ -1,11 +1,21 @@
-"""Every registered learner honours the protocol; ProtoNet computes what the paper says."""
+"""Every registered learner honours the protocol; each learner computes what its paper says."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
 
-from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
+from fsl_app.learners import (
+    LEARNERS,
+    LinearProbe,
+    MatchingNet,
+    NotFittedError,
+    ProtoNet,
+    create_learner,
+)
+from fsl_app.learners.protonet import soft_kmeans_prototypes
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
@@ -104,3 +114,165 @@ def test_lower_temperature_is_more_confident():
     sharp = ProtoNet(temperature=0.05).fit(support, labels).predict_proba(query).max(axis=1)
     soft = ProtoNet(temperature=0.5).fit(support, labels).predict_proba(query).max(axis=1)
     assert (sharp >= soft).all() and (sharp > soft).any()
+
+
+# SimpleShot normalisation (Wang et al. 2019)
+
+
+def shifted(features, offset=20.0):
+    """The same embeddings moved by one vector shared by support and query."""
+    return features + offset * np.linspace(1.0, 2.0, features.shape[1], dtype=np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_centred_l2_is_blind_to_a_shift_shared_by_support_and_query(metric):
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1, spread=1.5)
+    model = ProtoNet(metric=metric, normalize="cl2")
+    before = model.fit(support, labels).predict_proba(query)
+    after = model.fit(shifted(support), labels).predict_proba(shifted(query))
+    np.testing.assert_allclose(before, after, atol=1e-4)
+    np.testing.assert_allclose(model.mean_, shifted(support).mean(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("metric", "normalize"), [("cosine", "none"), ("euclidean", "l2")])
+def test_without_centring_a_shared_shift_changes_the_predictions(metric, normalize):
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1, spread=1.5)
+    model = ProtoNet(metric=metric, normalize=normalize)
+    before = model.fit(support, labels).predict_proba(query)
+    after = model.fit(shifted(support), labels).predict_proba(shifted(query))
+    assert np.abs(before - after).max() > 0.1
+
+
+def test_plain_euclidean_needs_no_centring_to_ignore_a_shift():
+    # Distances between points do not move when every point moves: centring is only
+    # needed once directions (cosine, or L2 normalisation) enter.
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1, spread=1.5)
+    model = ProtoNet(metric="euclidean", normalize="none", temperature=50.0)
+    before = model.fit(support, labels).predict_proba(query)
+    after = model.fit(shifted(support), labels).predict_proba(shifted(query))
+    np.testing.assert_allclose(before, after, atol=1e-3)
+
+
+def test_l2_prototypes_are_means_of_unit_vectors():
+    support = np.array([[3, 0], [0, 1], [0, 5], [0, 2]], dtype=np.float32)
+    model = ProtoNet(normalize="l2").fit(support, ["a", "a", "b", "b"])
+    np.testing.assert_allclose(model.prototypes_, [[0.5, 0.5], [0, 1]], atol=1e-6)
+
+
+def test_unknown_normalization_names_the_choices():
+    support, labels = blobs()
+    with pytest.raises(ValueError, match="cl2"):
+        ProtoNet(normalize="zscore").fit(support, labels)
+
+
+# Matching Networks (Vinyals et al. 2016)
+
+
+def test_matching_probabilities_are_the_attention_mass_of_each_class():
+    support = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    query = np.array([[2, 1]], dtype=np.float32)
+    model = MatchingNet(temperature=0.5, normalize="none").fit(support, ["a", "b", "b"])
+    # cosines of (2, 1) with the support, by hand: 2/sqrt5, 1/sqrt5, 3/sqrt10
+    cosines = np.array([2 / np.sqrt(5), 1 / np.sqrt(5), 3 / np.sqrt(10)])
+    attention = np.exp(cosines / 0.5) / np.exp(cosines / 0.5).sum()
+    expected = [attention[0], attention[1] + attention[2]]
+    np.testing.assert_allclose(model.predict_proba(query)[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(model.decision_function(query)[0], np.log(expected), rtol=1e-5)
+
+
+def test_matching_keeps_tiny_class_probabilities_finite():
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=2, seed=3)
+    logits = MatchingNet(temperature=0.001).fit(support, labels).decision_function(query)
+    assert np.isfinite(logits).all()
+
+
+# Logistic regression on normalised embeddings (Tian et al. 2020)
+
+
+def test_linear_separates_separable_data_exactly():
+    support, labels = blobs(n_per_class=5, n_classes=4, dim=32)
+    query, truth = blobs(n_per_class=20, n_classes=4, dim=32, spread=0.5)
+    model = LinearProbe().fit(support, labels)
+    assert (model.predict(support) == labels).all()
+    assert (model.predict(query) == truth).all()
+
+
+def test_linear_two_class_logits_agree_with_scikit_learn_probabilities():
+    support, labels = blobs(n_per_class=4, n_classes=2, spread=2.0)
+    query, _ = blobs(n_per_class=5, n_classes=2, seed=4, spread=2.0)
+    model = LinearProbe(C=1.0, normalize="l2").fit(support, labels)
+    logits = model.decision_function(query)
+    assert logits.shape == (10, 2)
+    np.testing.assert_allclose(logits[:, 0], -logits[:, 1])
+    # the same penalised fit made the usual way, on the full-dimensional unit vectors
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    reference = LogisticRegression(C=1.0).fit(unit(support), labels)
+    z = reference.decision_function(unit(query))
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], z, atol=1e-4)
+    np.testing.assert_allclose(
+        model.predict_proba(query), reference.predict_proba(unit(query)), atol=1e-5
+    )
+
+
+# Transductive soft k-means refinement (Ren et al. 2018)
+
+
+def squared_distance_logits(query, prototypes):
+    return -torch.cdist(query, prototypes).pow(2)
+
+
+def test_soft_kmeans_pulls_a_prototype_toward_its_query_cluster():
+    support = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    query = torch.tensor([[0.9, 0.1], [1.0, -0.1], [1.1, 0.0]])
+    refined = soft_kmeans_prototypes(
+        support.clone(), support, targets, query, squared_distance_logits, steps=3
+    )
+    assert 0.0 < refined[0, 0] < 1.0  # between the support point and the queries
+    torch.testing.assert_close(refined[1], support[1], atol=1e-6, rtol=0)  # nothing claimed it
+
+
+def shifted_task(seed=0):
+    """Queries drawn 1.8 to the right of the support: a domain shift."""
+    rng = np.random.default_rng(seed)
+    support = np.array([[0, 0], [0, 0.2], [4, 0], [4, 0.2]], dtype=np.float32)
+    centres = np.repeat([[1.8, 0.0], [5.8, 0.0]], 20, axis=0)
+    query = (centres + 0.3 * rng.normal(size=centres.shape)).astype(np.float32)
+    return support, ["a", "a", "b", "b"], query, np.repeat(["a", "b"], 20)
+
+
+def test_transduction_follows_shifted_queries():
+    support, labels, query, truth = shifted_task()
+    params = dict(metric="euclidean", normalize="none")
+    inductive = ProtoNet(**params).fit(support, labels)
+    transductive = ProtoNet(**params, transductive_steps=5).fit(support, labels)
+    inductive_accuracy = (inductive.predict(query) == truth).mean()
+    transductive_accuracy = (transductive.predict(query) == truth).mean()
+    assert transductive_accuracy > inductive_accuracy and transductive_accuracy >= 0.95
+    np.testing.assert_allclose(transductive.prototypes_, inductive.prototypes_)  # kept as fit
+
+
+@pytest.mark.parametrize("normalize", ["none", "l2", "cl2"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_zero_transductive_steps_is_plain_protonet(metric, normalize):
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1, spread=1.5)
+    params = dict(metric=metric, normalize=normalize)
+    plain = ProtoNet(**params).fit(support, labels)
+    off = ProtoNet(**params, transductive_steps=0).fit(support, labels)
+    np.testing.assert_array_equal(off.predict_proba(query), plain.predict_proba(query))
+    # inductive: a query's probabilities do not depend on the other queries in the call
+    np.testing.assert_allclose(
+        off.predict_proba(query[:1])[0], off.predict_proba(query)[0], atol=1e-6
+    )
+
+
+def test_transductive_probabilities_depend_on_the_query_batch():
+    support, labels, query, _ = shifted_task()
+    model = ProtoNet(metric="euclidean", normalize="none", transductive_steps=3)
+    model.fit(support, labels)
+    assert not np.allclose(model.predict_proba(query[:1])[0], model.predict_proba(query)[0])

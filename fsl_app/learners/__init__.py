@@ -9,9 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from fsl_app.learners.base import FewShotLearner, NotFittedError
+from fsl_app.learners.linear import LinearProbe
+from fsl_app.learners.maml import MAML
+from fsl_app.learners.matching import MatchingNet
 from fsl_app.learners.protonet import ProtoNet
 
-LEARNERS: dict[str, type[FewShotLearner]] = {cls.name: cls for cls in (ProtoNet,)}
+LEARNERS: dict[str, type[FewShotLearner]] = {
+    cls.name: cls
+    for cls in (
+        ProtoNet,
+        MatchingNet,
+        LinearProbe,
+        MAML,
+    )
+}
 DEFAULT_LEARNER = ProtoNet.name
 
 
@@ -33,7 +44,10 @@ def create_learner(name: str = DEFAULT_LEARNER, **params: Any) -> FewShotLearner
 __all__ = [
     "DEFAULT_LEARNER",
     "LEARNERS",
+    "MAML",
     "FewShotLearner",
+    "LinearProbe",
+    "MatchingNet",
     "NotFittedError",
     "ProtoNet",
     "available_learners",

@@ -2,11 +2,16 @@
 
 Each class is the mean of its support embeddings (its prototype); a query's
 logits are its negative squared Euclidean distances to the prototypes, or its
-cosine similarities to them, divided by a temperature.
+cosine similarities to them, divided by a temperature. Embeddings may first be
+normalised as in SimpleShot (Wang et al. 2019, arXiv:1911.04623), and the
+prototypes may be refined on the unlabeled queries by soft k-means (Ren et al.,
+ICLR 2018, arXiv:1803.00676). The normalisation and the refinement are plain
+functions here so the other embedding-space learners reuse them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -15,6 +20,64 @@ import torch.nn.functional as F
 from fsl_app.learners.base import FewShotLearner
 
 Metric = Literal["euclidean", "cosine"]
+Normalization = Literal["none", "l2", "cl2"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "cl2")
+
+
+def check_normalization(normalize: str) -> None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalize '{normalize}': use one of {', '.join(NORMALIZATIONS)}."
+        )
+
+
+def simpleshot_normalize(
+    features: torch.Tensor, normalize: Normalization, mean: torch.Tensor
+) -> torch.Tensor:
+    """SimpleShot feature transform of ``features`` of shape (n, dim), same shape out.
+
+    ``"l2"`` scales each embedding to unit length; ``"cl2"`` first subtracts
+    ``mean`` (dim,), the mean of the support embeddings (SimpleShot uses the
+    base-class mean; a few-shot app has no base classes, so the support set
+    stands in), which makes the result invariant to any shift shared by
+    support and query.
+    """
+    if normalize == "cl2":
+        features = features - mean
+    if normalize in ("l2", "cl2"):
+        features = F.normalize(features, dim=1)
+    return features
+
+
+def class_means(features: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Means of ``features`` (n, dim) per class in ``targets``: shape (n_classes, dim)."""
+    sums = torch.zeros(n_classes, features.shape[1]).index_add_(0, targets, features)
+    counts = torch.bincount(targets, minlength=n_classes).unsqueeze(1)
+    return sums / counts
+
+
+def soft_kmeans_prototypes(
+    prototypes: torch.Tensor,
+    support: torch.Tensor,
+    targets: torch.Tensor,
+    query: torch.Tensor,
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    steps: int,
+) -> torch.Tensor:
+    """Prototypes refined on unlabeled queries by soft k-means (Ren et al. 2018, arXiv:1803.00676).
+
+    Starting from ``prototypes`` (n_classes, dim), each step soft-assigns the
+    ``query`` (n_query, dim) with ``softmax(logits(query, prototypes))`` and
+    recomputes every prototype as the weighted mean of its ``support``
+    examples (n_support, dim; weight 1, classes from ``targets``) and of all
+    queries (weight = their soft assignment to it). Returns (n_classes, dim).
+    """
+    one_hot = F.one_hot(targets, len(prototypes)).to(support.dtype)  # (n_support, n_classes)
+    labeled_sums, labeled_counts = one_hot.T @ support, one_hot.sum(0)
+    for _ in range(steps):
+        weights = logits(query, prototypes).softmax(dim=1)  # (n_query, n_classes)
+        prototypes = (labeled_sums + weights.T @ query) / (labeled_counts + weights.sum(0))[:, None]
+    return prototypes
 
 
 class ProtoNet(FewShotLearner):
@@ -22,28 +85,76 @@ class ProtoNet(FewShotLearner):
 
     ``metric="cosine"`` (the default) compares directions, which suits pooled
     CNN features whose norms vary with image content; ``temperature`` scales
-    the logits (smaller = sharper). ``prototypes_`` is of shape (n_classes, dim).
+    the logits (smaller = sharper). ``prototypes_`` is of shape (n_classes, dim)
+    and lives in the normalised space.
+
+    ``normalize`` is SimpleShot's transform of support and query alike:
+    ``"none"``, ``"l2"`` (unit length) or ``"cl2"`` (subtract ``mean_``, the
+    support mean, then unit length). The default stays ``"none"`` because it
+    was measured at least as accurate: on 300 fixed-seed 5-way episodes of
+    1280-d embeddings (Tux Paint, Fashion-MNIST; 1 and 5 shots) ``"cl2"`` tied
+    within 0.12 points three times and lost 1.2 +- 0.6 points (paired) on Tux
+    Paint 5-shot. ``"cl2"`` is much better calibrated at the default
+    temperature (ECE 0.01-0.07 against 0.09-0.27): the embeddings are
+    non-negative, so raw cosines share an offset (mean 0.3-0.5) and spread
+    little; centring removes it and widens them, so probabilities are
+    sharper. With cosine, ``"l2"`` only makes each support example weigh the
+    same in its prototype (measured a tie).
+
+    ``transductive_steps > 0`` makes ``predict_proba(query)`` refine the
+    prototypes on that batch of queries by soft k-means before scoring, so a
+    query's probabilities then depend on the other queries in the call;
+    ``prototypes_`` stays the inductive ones from ``fit``. With 3 steps it
+    gained 1.6 to 10.7 points on the episodes above (most at 1 shot), whose
+    queries are balanced over the classes; with ``"none"`` it also made the
+    Fashion-MNIST probabilities overconfident (ECE 0.38). It is off by
+    default because an app's query batch may be one image or one class.
     """
 
     name: ClassVar[str] = "protonet"
 
-    def __init__(self, metric: Metric = "cosine", temperature: float | None = None):
+    def __init__(
+        self,
+        metric: Metric = "cosine",
+        temperature: float | None = None,
+        normalize: Normalization = "none",
+        transductive_steps: int = 0,
+    ):
         self.metric = metric
         self.temperature = temperature
+        self.normalize = normalize
+        self.transductive_steps = transductive_steps
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
         if self.metric not in ("euclidean", "cosine"):
             raise ValueError(f"Unknown metric '{self.metric}': use 'euclidean' or 'cosine'.")
-        n_classes = int(targets.max()) + 1
-        sums = torch.zeros(n_classes, support.shape[1]).index_add_(0, targets, support)
-        counts = torch.bincount(targets, minlength=n_classes).unsqueeze(1)
-        self.prototypes_ = sums / counts
+        check_normalization(self.normalize)
+        if int(self.transductive_steps) < 0:
+            raise ValueError("transductive_steps must be 0 (off) or a positive number of steps.")
+        self.mean_ = support.mean(dim=0)
+        self.support_ = simpleshot_normalize(support, self.normalize, self.mean_)
+        self.targets_ = targets
+        self.prototypes_ = class_means(self.support_, targets, int(targets.max()) + 1)
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
+        query = simpleshot_normalize(query, self.normalize, self.mean_)
+        prototypes = self.prototypes_
+        if self.transductive_steps:
+            prototypes = soft_kmeans_prototypes(
+                prototypes,
+                self.support_,
+                self.targets_,
+                query,
+                self._scores,
+                int(self.transductive_steps),
+            )
+        return self._scores(query, prototypes)
+
+    def _scores(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
-            scores = F.normalize(query, dim=1) @ F.normalize(self.prototypes_, dim=1).T
+            scores = F.normalize(query, dim=1) @ F.normalize(prototypes, dim=1).T
             default_temperature = 0.1
         else:
-            scores = -torch.cdist(query, self.prototypes_).pow(2)
+            scores = -torch.cdist(query, prototypes).pow(2)
             default_temperature = 1.0
         return scores / (self.temperature or default_temperature)
