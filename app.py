@@ -19,7 +19,8 @@ st.set_page_config(page_title="fsl_app: teach new image classes", page_icon="ðŸ”
 st.title("Teach the computer new image classes")
 st.write(
     "Name your classes, give a few example photos of each, then drop in new photos: "
-    "the app tells you which class each one belongs to, and how sure it is."
+    "the app tells you which class each one belongs to, how sure it is, "
+    "or that it looks like none of them."
 )
 
 n_classes = st.number_input("How many classes?", min_value=2, max_value=MAX_CLASSES, value=2)
@@ -90,6 +91,13 @@ progress_bar.empty()
 for _name, reason in result.skipped_examples:
     st.warning(f"Example left out: {reason}")
 st.subheader("Predictions")
+for note in result.notes:
+    st.info(note)
+if not result.notes:
+    st.caption(
+        'How sure the app is has been tuned on your own examples, so that "80% sure" '
+        "should be right about 8 times in 10."
+    )
 by_name = {file.name: file for file in uploaded_queries}
 for query in result.results:
     if query.error:
@@ -97,7 +105,15 @@ for query in result.results:
         continue
     picture, verdict = st.columns([1, 3])
     picture.image(by_name[query.name].getvalue(), width=160)
-    verdict.metric(
-        "Looks like", query.prediction, f"{query.confidence:.0%} sure", delta_color="off"
-    )
+    if query.unknown:
+        verdict.metric(
+            "Looks like",
+            f"None of these (closest: {query.prediction})",
+            "unlike the examples of every class",
+            delta_color="off",
+        )
+    else:
+        verdict.metric(
+            "Looks like", query.prediction, f"{query.confidence:.0%} sure", delta_color="off"
+        )
     verdict.bar_chart(query.probabilities, horizontal=True, height=40 + 30 * len(result.classes))

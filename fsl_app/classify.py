@@ -1,7 +1,9 @@
 """Few-shot classification of images, from labeled examples to predictions.
 
 The glue between image sources and learners, shared by the command line and
-the app: embed (through the cache), fit, predict. Unreadable images are
+the app: embed (through the cache), fit a calibrated classifier, predict.
+Confidence is calibrated on the examples, and an image unlike every class is
+marked ``unknown`` ("none of these"). Unreadable images are
 reported one by one and skipped; only input that leaves nothing to learn from
 or nothing to predict raises :class:`UnusableInputError`.
 """
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.calibration import DEFAULT_STRICTNESS
 from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
 from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
-from fsl_app.learners import DEFAULT_LEARNER, create_learner
+from fsl_app.learners import DEFAULT_LEARNER
 
 # Given a stage ("examples" or "queries"), a progress callback for it, or None.
 ProgressFactory = Callable[[str], ProgressCallback | None]
@@ -31,13 +35,17 @@ class UnusableInputError(ValueError):
 class QueryResult:
     """One query image: a prediction with its probabilities, or why it was skipped.
 
-    ``name`` is the file path, or the upload's name for raw bytes.
+    ``name`` is the file path, or the upload's name for raw bytes. ``confidence``
+    is the calibrated probability of ``prediction``; ``unknown`` means the image
+    is unlike every class ("none of these"), and ``prediction`` is then the
+    class it is closest to.
     """
 
     name: str
     prediction: str | None = None
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
+    unknown: bool = False
     error: str | None = None
 
 
@@ -46,6 +54,7 @@ class Classification:
     classes: list[str]
     results: list[QueryResult]
     skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    notes: list[str] = field(default_factory=list)  # what more examples would make more honest
 
     @property
     def n_predicted(self) -> int:
@@ -62,6 +71,7 @@ def classify_images(
     query_names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
     progress: ProgressFactory = lambda stage: None,
 ) -> Classification:
     """Learn the classes from labeled ``examples`` and classify ``queries``.
@@ -69,6 +79,8 @@ def classify_images(
     Sources are file paths or raw bytes; ``*_names`` name raw bytes in messages
     and results. ``classes`` lists every class the user defined, so that one
     whose examples are all unreadable is reported instead of silently dropped.
+    ``strictness`` tunes "none of these": higher marks more images unknown, 0
+    never does.
     """
     example_names = example_names or [str(s) for s in examples]
     query_names = query_names or [str(s) for s in queries]
@@ -90,22 +102,29 @@ def classify_images(
             f"These classes have no readable image: {', '.join(empty)}. "
             "Add at least one image to each class (or remove the class)."
         )
-    model = create_learner(learner).fit(embedded.embeddings, fitted_labels)
+    model = CalibratedClassifier(learner, strictness=strictness).fit(
+        embedded.embeddings, fitted_labels
+    )
 
     embedded_queries = embedder.embed(queries, names=query_names, progress=progress("queries"))
     results = {i: QueryResult(query_names[i], error=why) for i, why in embedded_queries.errors}
     if embedded_queries.indices:
-        probabilities = model.predict_proba(embedded_queries.embeddings)
+        predicted = model.predict(embedded_queries.embeddings)
         class_names = [str(c) for c in model.classes_]
-        for index, row in zip(embedded_queries.indices, probabilities, strict=True):
+        for index, row, unknown in zip(
+            embedded_queries.indices, predicted.probabilities, predicted.unknown, strict=True
+        ):
             best = int(np.argmax(row))
             results[index] = QueryResult(
                 query_names[index],
                 prediction=class_names[best],
                 confidence=float(row[best]),
                 probabilities=dict(zip(class_names, row.tolist(), strict=True)),
+                unknown=bool(unknown),
             )
-    classification = Classification(classes, [results[i] for i in sorted(results)], skipped)
+    classification = Classification(
+        classes, [results[i] for i in sorted(results)], skipped, list(model.notes)
+    )
     if classification.n_predicted == 0:
         raise UnusableInputError(
             f"None of the {len(queries)} query image(s) is readable, so there is nothing to "
@@ -120,11 +139,13 @@ def classify_files(
     query: str | os.PathLike,
     *,
     learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
     progress: ProgressFactory = lambda stage: None,
 ) -> Classification:
     """Learn the classes in ``support_dir`` (one subfolder each) and classify ``query``.
 
-    ``query`` is one image or a folder of images at any depth.
+    ``query`` is one image or a folder of images at any depth; ``strictness``
+    is that of :func:`classify_images`.
     """
     support = _scan_support(support_dir)
     query_files = _list_queries(query)
@@ -135,6 +156,7 @@ def classify_files(
         query_files,
         classes=support.classes,
         learner=learner,
+        strictness=strictness,
         progress=progress,
     )
     classification.skipped_examples[:0] = [

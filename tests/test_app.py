@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from skimage import data as skimage_data
 from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.slow
@@ -24,10 +27,33 @@ def test_predicts_uploaded_photos(photos):
     at.text_input(key="name_1").input("fruit")
     upload(at.file_uploader(key="examples_0"), photos["bird"][:5])
     upload(at.file_uploader(key="examples_1"), photos["fruit"][:5])
-    upload(at.file_uploader(key="queries"), [photos["bird"][10], photos["fruit"][10]])
+    # An apple among apple, apricot, cherry and strawberry examples (a banana is unlike
+    # all of them, so the app may rightly call it "none of these").
+    upload(at.file_uploader(key="queries"), [photos["bird"][10], photos["fruit"][6]])
     at.run()
     assert not at.exception
     assert [m.value for m in at.metric] == ["bird", "fruit"]
+
+
+def test_an_image_unlike_every_class_is_none_of_these(photos):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.text_input(key="name_0").input("bird")
+    at.text_input(key="name_1").input("fruit")
+    upload(at.file_uploader(key="examples_0"), photos["bird"][:5])
+    upload(at.file_uploader(key="examples_1"), photos["fruit"][:5])
+    cameraman = io.BytesIO()
+    Image.fromarray(skimage_data.camera()).save(cameraman, format="PNG")
+    at.file_uploader(key="queries").set_value(
+        [
+            (photos["bird"][10].name, photos["bird"][10].read_bytes(), "image/png"),
+            ("cameraman.png", cameraman.getvalue(), "image/png"),
+        ]
+    )
+    at.run()
+    assert not at.exception
+    verdicts = [m.value for m in at.metric]
+    assert verdicts[0] == "bird"
+    assert verdicts[1].startswith("None of these (closest: ")
 
 
 def test_guides_the_user_until_there_is_enough_to_predict(photos):

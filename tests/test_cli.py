@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from skimage import data as skimage_data
+from sklearn.datasets import load_digits
 
 from fsl_app.cli import main
 
@@ -31,11 +35,43 @@ def test_predicts_the_right_classes_of_real_photos(folders, capsys):
     assert len(rows) == 15
     correct = sum(row["prediction"] == folders.true_class(row["path"]) for row in rows)
     assert correct >= 13, rows
+    assert sum(row["unknown"] for row in rows) <= 5, "most photos of the classes are known"
     for row in rows:
-        assert set(row) == {"path", "prediction", "confidence", "probabilities"}
+        assert set(row) == {"path", "prediction", "confidence", "unknown", "probabilities"}
+        assert isinstance(row["unknown"], bool)
         assert set(row["probabilities"]) == {"bird", "flower", "fruit"}
         assert sum(row["probabilities"].values()) == pytest.approx(1.0)
         assert row["confidence"] == max(row["probabilities"].values())
+
+
+def save_foreign_images(folder: Path) -> list[Path]:
+    """A photo of a cameraman and a handwritten digit: like none of birds, flowers or fruit."""
+    images = {
+        "cameraman.png": skimage_data.camera(),
+        "digit.png": (load_digits().images[5] * (255 / 16)).round().astype(np.uint8),
+    }
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(folder / name)
+    return [folder / name for name in images]
+
+
+def test_an_image_unlike_every_class_is_unknown(folders, capsys):
+    foreign = save_foreign_images(folders.query)
+    code, out, _ = run_cli(
+        capsys, "--support", folders.support, "--query", folders.query, "--format", "json"
+    )
+    assert code == 0
+    rows = {row["path"]: row for row in json.loads(out)}
+    assert all(rows[str(path)]["unknown"] for path in foreign)
+    photos = [row for path, row in rows.items() if Path(path) not in foreign]
+    assert sum(row["unknown"] for row in photos) <= 5
+    assert all(rows[str(path)]["prediction"] in folders.classes for path in foreign)
+
+    one = ["--support", folders.support, "--query", foreign[0]]
+    code, out, _ = run_cli(capsys, *one)
+    assert "none of these (closest: " in out
+    code, out, _ = run_cli(capsys, *one, "--strictness", "0", "--format", "json")
+    assert json.loads(out)[0]["unknown"] is False
 
 
 def test_corrupt_files_are_reported_and_skipped(folders, capsys):
@@ -72,6 +108,7 @@ def test_csv_has_one_row_per_query_with_probabilities(folders, capsys):
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 15
     assert all(row["prediction"] in folders.classes and not row["error"] for row in rows)
+    assert all(row["unknown"] in ("true", "false") for row in rows)
     assert all(float(row["confidence"]) == float(row[row["prediction"]]) for row in rows)
 
 
@@ -137,3 +174,4 @@ def test_help_documents_the_predict_command():
     assert done.returncode == 0
     for option in ("--support", "--query", "--backbone", "--learner", "--format", "--device"):
         assert option in done.stdout
+    assert "--strictness" in done.stdout and "none of these" in done.stdout

@@ -7,7 +7,8 @@ import csv
 import json
 import sys
 
-from fsl_app.classify import Classification, classify_files
+from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.classify import Classification, QueryResult, classify_files
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 
@@ -18,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="classify images from a few examples per class",
         description=(
             "Learn classes from a folder of examples (one subfolder per class, named after "
-            "the class) and predict the class of each query image."
+            "the class) and predict the class of each query image. Confidence is calibrated "
+            "on the examples; an image unlike every class is marked unknown (none of these)."
         ),
     )
     parser.add_argument(
@@ -33,6 +35,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--learner", default=DEFAULT_LEARNER, choices=available_learners(), help="few-shot learner"
     )
+    parser.add_argument(
+        "--strictness",
+        type=_strictness,
+        default=DEFAULT_STRICTNESS,
+        metavar="S",
+        help=(
+            "how readily an image unlike every class is called unknown (none of these): "
+            f"{DEFAULT_STRICTNESS:g} is the default, higher (e.g. 1.1) flags more, lower "
+            "(e.g. 0.9) fewer, 0 never"
+        ),
+    )
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
     add_embedding_options(parser)
     parser.set_defaults(handler=run)
@@ -41,10 +54,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     with open_embedder(args) as embedder:
         result = classify_files(
-            embedder, args.support, args.query, learner=args.learner, progress=progress_bar
+            embedder,
+            args.support,
+            args.query,
+            learner=args.learner,
+            strictness=args.strictness,
+            progress=progress_bar,
         )
     for name, reason in result.skipped_examples:
         print(f"skipped example {name}: {reason}", file=sys.stderr)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     for query in result.results:
         if query.error:
             print(f"skipped query {query.name}: {query.error}", file=sys.stderr)
@@ -63,6 +83,7 @@ def _print_json(result: Classification) -> None:
                     "path": query.name,
                     "prediction": query.prediction,
                     "confidence": query.confidence,
+                    "unknown": query.unknown,
                     "probabilities": query.probabilities,
                 }
             )
@@ -72,7 +93,7 @@ def _print_json(result: Classification) -> None:
 
 def _print_csv(result: Classification) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "prediction", "confidence", "error", *result.classes])
+    writer.writerow(["path", "prediction", "confidence", "unknown", "error", *result.classes])
     for query in result.results:
         probabilities = query.probabilities or {}
         writer.writerow(
@@ -80,6 +101,7 @@ def _print_csv(result: Classification) -> None:
                 query.name,
                 query.prediction or "",
                 "" if query.confidence is None else f"{query.confidence:.4f}",
+                "" if query.error else str(query.unknown).lower(),
                 query.error or "",
                 *(f"{probabilities[c]:.4f}" if c in probabilities else "" for c in result.classes),
             ]
@@ -91,7 +113,7 @@ def _print_table(result: Classification) -> None:
     rows = [
         [
             query.name,
-            query.prediction,
+            _verdict(query),
             f"{query.confidence:.1%}",
             *(f"{query.probabilities[c]:.1%}" for c in result.classes),
         ]
@@ -99,6 +121,22 @@ def _print_table(result: Classification) -> None:
         if not query.error
     ]
     print_table(header, rows)
+
+
+def _verdict(query: QueryResult) -> str:
+    return f"none of these (closest: {query.prediction})" if query.unknown else query.prediction
+
+
+def _strictness(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a strictness: use 0 (never unknown) or a positive number such as 1"
+        )
+    return value
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -1,0 +1,231 @@
+"""Calibrated confidence and "none of these": toy arrays for rules, real embeddings for claims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.calibration import (
+    MIN_CLASS_SIZE,
+    OpenSetDetector,
+    calibrate_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    held_out_logits,
+    negative_log_likelihood,
+)
+from fsl_app.datasets import load_dataset
+from fsl_app.embeddings import Embedder, EmbeddingCache
+from fsl_app.episodes import sample_episodes
+from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
+from fsl_app.learners.base import softmax
+
+
+def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
+    """Gaussian blobs around well-separated centres; a task any learner should solve."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(n_classes, dim)) * 3
+    features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
+    labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
+    return features.astype(np.float32), labels
+
+
+# --- Expected calibration error and temperature ---------------------------------------------
+
+
+def confidences_and_hits(confidence, accuracy, n=20_000, seed=0):
+    """Two-class probabilities whose top class has ``confidence`` and is right with ``accuracy``."""
+    rng = np.random.default_rng(seed)
+    confidence = np.broadcast_to(confidence, n)
+    probabilities = np.stack([confidence, 1 - confidence], axis=1)
+    targets = np.where(rng.random(n) < np.broadcast_to(accuracy, n), 0, 1)
+    return probabilities, targets
+
+
+def test_ece_of_perfectly_calibrated_predictions_is_near_zero():
+    confidence = np.random.default_rng(1).uniform(0.5, 1.0, 20_000)
+    probabilities, targets = confidences_and_hits(confidence, accuracy=confidence)
+    assert expected_calibration_error(probabilities, targets) < 0.02
+
+
+def test_ece_of_overconfident_predictions_is_the_gap():
+    probabilities, targets = confidences_and_hits(0.99, accuracy=0.6)
+    assert expected_calibration_error(probabilities, targets) == pytest.approx(0.39, abs=0.02)
+
+
+def test_temperature_undoes_logits_that_are_five_times_too_sharp():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(scale=2.0, size=(3000, 4))
+    targets = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    sharp = 5 * true_logits
+    temperature = fit_temperature(sharp, targets)
+    assert temperature == pytest.approx(5.0, rel=0.1)
+    calibrated, raw = softmax(sharp / temperature), softmax(sharp)
+    assert negative_log_likelihood(calibrated, targets) < negative_log_likelihood(raw, targets)
+    assert expected_calibration_error(calibrated, targets) < 0.03
+    assert expected_calibration_error(raw, targets) > 0.15
+
+
+def test_a_few_lucky_held_out_predictions_do_not_make_it_certain():
+    """Four right answers would push the maximum-likelihood T to its bound; the prior does not."""
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [1.5, 0.0], [0.0, 1.0]])
+    targets = np.array([0, 1, 0, 1])
+    assert fit_temperature(logits, targets, prior_weight=0) == pytest.approx(0.05, rel=0.01)
+    assert fit_temperature(logits, targets) > 0.3
+
+
+class CountingLearner:
+    """Builds ProtoNets and counts the refits."""
+
+    def __init__(self):
+        self.fits = 0
+
+    def __call__(self):
+        self.fits += 1
+        return ProtoNet()
+
+
+def test_held_out_logits_leave_one_out_on_small_supports():
+    support, labels = blobs(n_per_class=3)
+    make = CountingLearner()
+    logits, targets = held_out_logits(make, support, labels)
+    assert make.fits == 9 and logits.shape == (9, 3)
+    assert sorted(targets) == sorted(np.searchsorted(np.unique(labels), labels))
+    assert (logits.argmax(axis=1) == targets).all()
+
+
+def test_held_out_logits_use_at_most_max_folds_and_never_a_whole_class():
+    support, labels = blobs(n_per_class=12, n_classes=3)
+    small = np.concatenate([support[:36], support[:2] + 0.01])  # class_3: too few to hold out
+    small_labels = np.concatenate([labels, ["class_3"] * 2])
+    make = CountingLearner()
+    logits, targets = held_out_logits(make, small, small_labels, max_folds=5)
+    assert make.fits == 5
+    assert logits.shape == (36, 4) and 3 not in targets
+
+
+def test_one_shot_support_keeps_temperature_one_and_says_why():
+    support, labels = blobs(n_per_class=1)
+    temperature = calibrate_temperature(ProtoNet, support, labels)
+    assert temperature.value == 1.0 and temperature.held_out == 0
+    assert f"{MIN_CLASS_SIZE} examples" in temperature.reason
+
+
+def test_one_shot_classifier_predicts_with_notes_instead_of_crashing():
+    support, labels = blobs(n_per_class=1)
+    query, truth = blobs(n_per_class=4, seed=1)
+    model = CalibratedClassifier().fit(support, labels)
+    predicted = model.predict(query)
+    assert model.temperature_ == 1.0 and np.isfinite(model.threshold_)
+    assert len(model.notes) == 2 and "not calibrated" in model.notes[0]
+    assert (predicted.prediction == truth).all()
+    assert np.allclose(predicted.probabilities.sum(axis=1), 1.0)
+    assert not predicted.unknown.any()
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_every_learner_calibrates_without_changing_its_ranking(name):
+    support, labels = blobs(n_per_class=4)
+    query, _ = blobs(n_per_class=3, seed=1, spread=1.0)
+    model = CalibratedClassifier(name).fit(support, labels)
+    predicted = model.predict(query)
+    assert model.notes == [] and 0.05 <= model.temperature_ <= 20
+    assert predicted.probabilities.shape == (9, 3)
+    assert np.allclose(predicted.probabilities.sum(axis=1), 1.0)
+    own = create_learner(name).fit(support, labels).predict(query)
+    assert (predicted.prediction == own).all()
+    assert (predicted.confidence == predicted.probabilities.max(axis=1)).all()
+
+
+def test_predicting_before_fitting_says_what_to_do():
+    with pytest.raises(NotFittedError, match="fit"):
+        CalibratedClassifier().predict(np.zeros((1, 4)))
+
+
+# --- "None of these" -----------------------------------------------------------------------
+
+
+def photo_like(n_per_class, seed=0):
+    """Blobs on a large shared positive part, as pooled post-ReLU CNN embeddings are."""
+    features, labels = blobs(n_per_class=n_per_class, seed=seed)
+    return features + 4, labels
+
+
+FAR_AWAY = -photo_like(4, seed=2)[0]
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_far_points_are_unknown_and_in_class_points_are_not(shots):
+    support, labels = photo_like(shots)
+    in_class, _ = photo_like(20, seed=1)
+    detector = OpenSetDetector().fit(support, labels)
+    assert detector.is_unknown(in_class).mean() <= 0.1
+    assert detector.is_unknown(FAR_AWAY).all()
+    assert (detector.distance(FAR_AWAY) > detector.distance(in_class).max()).all()
+
+
+def test_one_shot_threshold_falls_back_and_says_so():
+    assert OpenSetDetector().fit(*photo_like(5)).reason_ is None
+    assert "rough rule" in OpenSetDetector().fit(*photo_like(1)).reason_
+
+
+def test_strictness_moves_the_threshold_and_zero_turns_it_off():
+    support, labels = photo_like(5)
+    thresholds = [OpenSetDetector(s).fit(support, labels).threshold_ for s in (0.5, 1, 2)]
+    assert thresholds[0] > thresholds[1] > thresholds[2]
+    off = CalibratedClassifier(strictness=0).fit(support, labels)
+    assert off.threshold_ == np.inf and not off.predict(FAR_AWAY).unknown.any()
+    assert "switched off" in off.notes[0]
+    with pytest.raises(ValueError, match="strictness"):
+        OpenSetDetector(-1).fit(support, labels)
+
+
+# --- Real embeddings -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(backbone, photos):
+    """Embeddings of the Tux Paint photos, and of foreign images (Fashion-MNIST, digits)."""
+    embedder = Embedder(backbone, cache=EmbeddingCache(None))
+    sources = [p for files in photos.values() for p in files]
+    labels = np.array([c for c, files in photos.items() for _ in files])
+    tux = embedder.embed(sources)
+    foreign = [
+        *load_dataset("fashion-mnist-test", per_class=3).sources,
+        *load_dataset("digits", per_class=3).sources,
+    ]
+    return tux.embeddings, labels[tux.indices], embedder.embed(foreign).embeddings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [0.005, 1.0], ids=["overconfident", "underconfident"])
+def test_temperature_fitted_on_the_support_calibrates_held_out_queries(real, scale):
+    """ProtoNet with far too sharp or too flat logits: the support alone puts it right."""
+    features, labels, _ = real
+    raw, calibrated, targets = [], [], []
+    for episode in sample_episodes(labels, ways=3, shots=5, queries=5, n_episodes=10):
+        model = CalibratedClassifier("protonet", temperature=scale)
+        model.fit(features[episode.support], labels[episode.support])
+        query = features[episode.query]
+        raw.append(model.learner_.predict_proba(query))
+        calibrated.append(model.predict(query).probabilities)
+        targets.append(np.searchsorted(model.classes_, labels[episode.query]))
+    raw, calibrated, targets = map(np.concatenate, (raw, calibrated, targets))
+    nll_raw = negative_log_likelihood(raw, targets)
+    assert negative_log_likelihood(calibrated, targets) < 0.8 * nll_raw
+    ece_raw = expected_calibration_error(raw, targets)
+    assert expected_calibration_error(calibrated, targets) < ece_raw
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shots", [1, 5])
+def test_foreign_images_are_flagged_far_more_often_than_photos_of_the_classes(real, shots):
+    features, labels, foreign = real
+    in_class, flagged_foreign = [], []
+    for episode in sample_episodes(labels, ways=3, shots=shots, queries=5, n_episodes=10):
+        model = CalibratedClassifier().fit(features[episode.support], labels[episode.support])
+        in_class.append(model.predict(features[episode.query]).unknown.mean())
+        flagged_foreign.append(model.predict(foreign).unknown.mean())
+    assert np.mean(in_class) < 0.15
+    assert np.mean(flagged_foreign) > max(0.3, 3 * np.mean(in_class))
