@@ -110,5 +110,9 @@ class CalibratedClassifier:
             unknown=distance > self.threshold_,
         )
 
+    def predict_proba(self, query: ArrayLike) -> np.ndarray:
+        """Calibrated probabilities (n_query, n_classes), as a learner's ``predict_proba``."""
+        return self.predict(query).probabilities
+
     def _make_learner(self) -> FewShotLearner:
         return create_learner(self.learner, **self.params)

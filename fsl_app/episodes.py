@@ -12,11 +12,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from fsl_app.calibration import expected_calibration_error
-from fsl_app.learners import FewShotLearner
+
+
+class Classifier(Protocol):
+    """What evaluation needs: a learner, or a learner wrapped with calibration."""
+
+    classes_: np.ndarray
+
+    def fit(self, support: np.ndarray, labels: Sequence) -> Any: ...
+
+    def predict_proba(self, query: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def confidence_interval95(values: Sequence[float]) -> float:
 
 
 def evaluate_learner(
-    make_learner: Callable[[], FewShotLearner],
+    make_learner: Callable[[], Classifier],
     features: np.ndarray,
     labels: Sequence[str],
     episodes: Sequence[Episode],

@@ -81,3 +81,16 @@ def test_evaluate_refuses_more_ways_than_classes(folders, capsys):
     code = main(["evaluate", "--data", str(folders.support), "--ways", "5", "--episodes", "5"])
     assert code == 2
     assert "5 classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibration_keeps_accuracy_and_lowers_calibration_error(capsys):
+    """The temperature rescales confidences only: same answers, more honest confidence."""
+    args = ["evaluate", "--dataset", "tuxpaint", "--ways", "5", "--shots", "5", "--queries", "5"]
+    args += ["--episodes", "60", "--learner", "protonet", "--format", "json"]
+    assert main([*args, "--no-calibration"]) == 0
+    [raw] = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    [calibrated] = json.loads(capsys.readouterr().out)
+    assert calibrated["accuracy"] == raw["accuracy"]
+    assert calibrated["ece"] < raw["ece"]

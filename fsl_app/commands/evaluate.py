@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
+from fsl_app.calibrated import CalibratedClassifier
 from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
-from fsl_app.episodes import EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.episodes import Classifier, EvaluationResult, evaluate_learner, sample_episodes
 from fsl_app.learners import available_learners, create_learner
 
 
@@ -51,6 +53,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=available_learners(),
         help="learners to compare (default: all)",
     )
+    parser.add_argument(
+        "--calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score confidences after the app's leave-one-out temperature (default: on)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", default="table", choices=["table", "json"])
     add_embedding_options(parser)
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {args.ways}-way {shots}-shot ...", file=sys.stderr)
             results.append(
                 evaluate_learner(
-                    lambda name=name: create_learner(name),
+                    _learner_factory(name, args.calibration),
                     embedded.embeddings,
                     labels,
                     episodes,
@@ -94,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_results(results, dataset, labels)
     return 0
+
+
+def _learner_factory(name: str, calibrated: bool) -> Callable[[], Classifier]:
+    """Fresh learners as the app uses them: calibrated, with "none of these" off for scoring."""
+    if calibrated:
+        return lambda: CalibratedClassifier(name, strictness=0)
+    return lambda: create_learner(name)
 
 
 def _load(args: argparse.Namespace) -> LabeledImages:

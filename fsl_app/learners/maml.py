@@ -281,6 +281,8 @@ class MAML(FewShotLearner):
     """
 
     name: ClassVar[str] = "maml"
+    # Each fit runs an inner loop: calibration refits it on 3 folds, not one per example.
+    calibration_folds: ClassVar[int] = 3
 
     def __init__(
         self,
