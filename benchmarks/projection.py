@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# Run as a script from anywhere: make the repository's fsl_app importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fsl_app.backbones import load_backbone
 from fsl_app.datasets import load_dataset
