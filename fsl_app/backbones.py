@@ -208,7 +208,7 @@ def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # tensors of the wrong shape
         raise BackboneError(f"'{path}' does not hold weights for '{name}': {err}") from err
-    classifier = _classifier_prefixes(model)
+    classifier = classifier_prefixes(model)
     missing = [k for k in missing if not k.startswith(classifier)]
     if missing or unexpected:
         raise BackboneError(
@@ -221,7 +221,7 @@ def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
     return model, f"{path}", _file_digest(path)
 
 
-def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     classifier = model.pretrained_cfg.get("classifier") or "classifier"
     names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
     return tuple(f"{n}." for n in names)

@@ -147,8 +147,8 @@ def classify_files(
     ``query`` is one image or a folder of images at any depth; ``strictness``
     is that of :func:`classify_images`.
     """
-    support = _scan_support(support_dir)
-    query_files = _list_queries(query)
+    support = scan_examples_folder(support_dir)
+    query_files = list_input_files(query)
     classification = classify_images(
         embedder,
         support.paths,
@@ -165,26 +165,28 @@ def classify_files(
     return classification
 
 
-def _scan_support(support_dir: str | os.PathLike) -> ImageFolder:
+def scan_examples_folder(support_dir: str | os.PathLike, *, min_classes: int = 2) -> ImageFolder:
+    """The class folders under ``support_dir``, refused clearly when there are too few."""
     if not Path(support_dir).is_dir():
         raise UnusableInputError(
             f"The examples folder '{support_dir}' does not exist or is not a folder."
         )
     support = scan_image_folder(support_dir)
-    if len(support.classes) < 2:
+    if len(support.classes) < min_classes:
         found = f"only '{support.classes[0]}'" if support.classes else "none"
         raise UnusableInputError(
-            f"The examples folder '{support_dir}' needs at least two class subfolders "
+            f"The examples folder '{support_dir}' needs at least {min_classes} class folders "
             f"(one per class, images inside); found {found}."
         )
     return support
 
 
-def _list_queries(query: str | os.PathLike) -> list[Path]:
+def list_input_files(path: str | os.PathLike, what: str = "query") -> list[Path]:
+    """Files of one image or a folder of images, refused clearly when there are none."""
     try:
-        files = list_files(query)
+        files = list_files(path)
     except FileNotFoundError:
-        raise UnusableInputError(f"The query '{query}' does not exist.") from None
+        raise UnusableInputError(f"The {what} '{path}' does not exist.") from None
     if not files:
-        raise UnusableInputError(f"The query folder '{query}' has no files in it.")
+        raise UnusableInputError(f"The {what} folder '{path}' has no files in it.")
     return files

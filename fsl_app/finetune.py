@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fsl_app.backbones import Backbone, _classifier_prefixes
+from fsl_app.backbones import Backbone, classifier_prefixes
 from fsl_app.embeddings import resolve_device
 
 CPU_REFUSAL = (
@@ -113,7 +113,7 @@ def last_stage_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     last_stage = f"{feature_info[-1]['module']}."
     names = [name for name, _ in model.named_parameters()]
     start = next(i for i, name in enumerate(names) if name.startswith(last_stage))
-    classifier = _classifier_prefixes(model)
+    classifier = classifier_prefixes(model)
     parameters = dict(model.named_parameters())
     return {n: parameters[n] for n in names[start:] if not n.startswith(classifier)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_data import gaussian_blobs
 
 from fsl_app.calibrated import CalibratedClassifier
 from fsl_app.calibration import (
@@ -24,11 +25,7 @@ from fsl_app.learners.base import softmax
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
     """Gaussian blobs around well-separated centres; a task any learner should solve."""
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(99).normal(size=(n_classes, dim)) * 3
-    features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
-    labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
-    return features.astype(np.float32), labels
+    return gaussian_blobs(n_per_class, n_classes, dim, seed, spread, centre_seed=99)
 
 
 # --- Expected calibration error and temperature ---------------------------------------------

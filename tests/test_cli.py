@@ -115,7 +115,7 @@ def test_csv_has_one_row_per_query_with_probabilities(folders, capsys):
 @pytest.mark.parametrize(
     ("make_support", "message"),
     [
-        (lambda root: [(root / "bird").mkdir()], "at least two class"),
+        (lambda root: [(root / "bird").mkdir()], "at least 2 class folders"),
         (lambda root: [(root / "bird").mkdir(), (root / "cat").mkdir()], "no readable image"),
     ],
 )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from toy_data import gaussian_blobs
 
 from fsl_app.learners import (
     LEARNERS,
@@ -20,11 +21,7 @@ from fsl_app.learners.protonet import soft_kmeans_prototypes
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
     """Well-separated Gaussian blobs: a task any learner should solve."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim)) * 3
-    features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
-    labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
-    return features.astype(np.float32), labels
+    return gaussian_blobs(n_per_class, n_classes, dim, seed, spread)
 
 
 @pytest.fixture(params=sorted(LEARNERS))

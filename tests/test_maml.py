@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from toy_data import gaussian_blobs
 
 from fsl_app.learners import MAML, ProtoNet, create_learner
 from fsl_app.learners.maml import (
@@ -22,11 +23,7 @@ from fsl_app.learners.maml import (
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=1.0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim)) * 2
-    features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
-    labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
-    return features.astype(np.float32), labels
+    return gaussian_blobs(n_per_class, n_classes, dim, seed, spread, centre_scale=2.0)
 
 
 def a_checkpoint(dim=16, hidden=8, backbone="toy_backbone", seed=1) -> MAMLCheckpoint:

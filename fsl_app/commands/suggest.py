@@ -6,13 +6,11 @@ import argparse
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, Suggestion, available_strategies, rank
-from fsl_app.classify import UnusableInputError
+from fsl_app.classify import UnusableInputError, list_input_files, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
-from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners, create_learner
 
 
@@ -61,8 +59,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    support = _scan_support(args.support)
-    pool_files = _list_pool(args.pool)
+    support = scan_examples_folder(args.support, min_classes=0)
+    pool_files = list_input_files(args.pool, what="pool")
     with open_embedder(args) as embedder:
         examples = embedder.embed(support.paths, progress=progress_bar("examples"))
         pool = embedder.embed(pool_files, progress=progress_bar("pool"))
@@ -134,24 +132,6 @@ def _print_json(suggestions: list[Suggestion], paths: list[str]) -> None:
     ]
     json.dump(rows, sys.stdout, indent=2)
     sys.stdout.write("\n")
-
-
-def _scan_support(support_dir: str) -> ImageFolder:
-    if not Path(support_dir).is_dir():
-        raise UnusableInputError(
-            f"The examples folder '{support_dir}' does not exist or is not a folder."
-        )
-    return scan_image_folder(support_dir)
-
-
-def _list_pool(pool: str) -> list[Path]:
-    try:
-        files = list_files(pool)
-    except FileNotFoundError:
-        raise UnusableInputError(f"The pool '{pool}' does not exist.") from None
-    if not files:
-        raise UnusableInputError(f"The pool folder '{pool}' has no files in it.")
-    return files
 
 
 def _positive(text: str) -> int:
