@@ -6,9 +6,10 @@ kept in an SQLite cache keyed by (backbone id, sha256 of the image bytes), so a
 rerun, a restart or a new label never embeds a known image again: a cache hit
 costs a file read and a hash, not a decode and a forward pass.
 
-While the model runs on one batch, a worker thread reads, hashes and decodes the
-next (Pillow and the file system release the GIL), so on a CPU the pipeline
-keeps close to the speed of the bare forward pass.
+While the model runs on one batch, worker threads (one per core) read, hash,
+decode and preprocess the next, image by image (hashlib, Pillow and the file
+system release the GIL), so the pipeline keeps close to the speed of the bare
+forward pass unless decoding alone costs as much as the model.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import numpy as np
 import torch
 
 from fsl_app.backbones import Backbone
-from fsl_app.images import ImageLoadError, image_sha256, load_image, read_image_bytes
+from fsl_app.images import ImageLoadError, decode_image_bytes, image_sha256, read_image_bytes
 
 # Bump when decoding or preprocessing changes what an image embeds to.
 PIPELINE_VERSION = 1
 CACHE_PATH_ENV = "FSL_APP_CACHE"
+# Decoding scales with cores until the disk or the model becomes the bottleneck.
+_MAX_IMAGE_WORKERS = 8
 
 ImageSource = bytes | str | os.PathLike
 ProgressCallback = Callable[[int, int], None]  # (images done, images in all)
@@ -164,6 +167,7 @@ class Embedder:
         self.cache = cache if cache is not None else EmbeddingCache(None)
         self.cache_key = f"{backbone.id}/v{PIPELINE_VERSION}"
         self.images_forwarded = 0
+        self._image_workers = _image_workers()
         backbone.to(self.device)
 
     def embed(
@@ -207,12 +211,17 @@ class Embedder:
     def _prepared_batches(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None
     ) -> Iterator[_Batch]:
-        """Batches in order, each prepared on a worker while the previous one runs."""
+        """Batches in order, each prepared on worker threads while the previous one runs."""
         starts = range(0, len(sources), self.batch_size)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsl-decode") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsl-prepare") as ahead,
+            ThreadPoolExecutor(
+                max_workers=self._image_workers, thread_name_prefix="fsl-decode"
+            ) as workers,
+        ):
             pending = None
             for start in starts:
-                future = pool.submit(self._prepare, sources, names, start)
+                future = ahead.submit(self._prepare, sources, names, start, workers)
                 if pending is not None:
                     yield pending.result()
                 pending = future
@@ -220,34 +229,46 @@ class Embedder:
                 yield pending.result()
 
     def _prepare(
-        self, sources: Sequence[ImageSource], names: Sequence[str] | None, start: int
+        self,
+        sources: Sequence[ImageSource],
+        names: Sequence[str] | None,
+        start: int,
+        workers: ThreadPoolExecutor,
     ) -> _Batch:
+        """Read and hash one batch, look it up in the cache, decode and preprocess the misses.
+
+        Each image is a separate task for ``workers``: hashing, decoding and resizing release
+        the GIL, so they run in parallel.
+        """
+        indices = range(start, min(start + self.batch_size, len(sources)))
         hashes: dict[int, str] = {}
         raw: dict[int, bytes] = {}
         errors: list[tuple[int, str]] = []
-        for index in range(start, min(start + self.batch_size, len(sources))):
-            source = sources[index]
-            try:
-                data = source if isinstance(source, bytes) else read_image_bytes(source)
-            except ImageLoadError as err:
-                errors.append((index, str(err)))
-                continue
-            raw[index] = data
-            hashes[index] = image_sha256(data)
+        reads = workers.map(self._read, [sources[i] for i in indices])
+        for index, read in zip(indices, reads, strict=True):
+            if isinstance(read, ImageLoadError):
+                errors.append((index, str(read)))
+            else:
+                raw[index], hashes[index] = read
         cached = self.cache.get_many(self.cache_key, list(hashes.values()))
-        pixels: dict[str, torch.Tensor] = {}
-        for index, data in raw.items():
-            digest = hashes[index]
-            if digest in cached or digest in pixels:
-                continue
-            name = _source_name(sources[index], names, index)
-            try:
-                image = load_image(data, name=name, min_side=self.backbone.resize_side).image
-            except ImageLoadError as err:
-                errors.append((index, str(err)))
+        first_of: dict[str, int] = {}  # each new picture is decoded once, for its first source
+        for index, digest in hashes.items():
+            if digest not in cached:
+                first_of.setdefault(digest, index)
+        outcomes = workers.map(
+            self._pixels,
+            [raw[i] for i in first_of.values()],
+            [_source_name(sources[i], names, i) for i in first_of.values()],
+        )
+        decoded = dict(zip(first_of, outcomes, strict=True))
+        for index, digest in list(hashes.items()):
+            failure = decoded.get(digest)
+            if isinstance(failure, ImageLoadError):
+                # The same bytes fail the same way: report it for every source that held them.
+                name = _source_name(sources[index], names, index)
+                errors.append((index, str(ImageLoadError(name, failure.reason))))
                 del hashes[index]
-                continue
-            pixels[digest] = self.backbone.transform(image)
+        pixels = {d: t for d, t in decoded.items() if isinstance(t, torch.Tensor)}
         return _Batch(
             start,
             hashes,
@@ -256,6 +277,21 @@ class Embedder:
             list(pixels),
             torch.stack(list(pixels.values())) if pixels else None,
         )
+
+    @staticmethod
+    def _read(source: ImageSource) -> tuple[bytes, str] | ImageLoadError:
+        try:
+            data = source if isinstance(source, bytes) else read_image_bytes(source)
+        except ImageLoadError as err:
+            return err
+        return data, image_sha256(data)
+
+    def _pixels(self, data: bytes, name: str) -> torch.Tensor | ImageLoadError:
+        try:
+            image, _ = decode_image_bytes(data, name, self.backbone.resize_side)
+        except ImageLoadError as err:
+            return err
+        return self.backbone.transform(image)
 
     def _forward(self, pixels: torch.Tensor) -> np.ndarray:
         autocast = (
@@ -267,6 +303,15 @@ class Embedder:
             features = self.backbone.embed(pixels.to(self.device, non_blocking=True))
         self.images_forwarded += len(pixels)
         return features.float().cpu().numpy()
+
+
+def _image_workers() -> int:
+    """Threads that read, hash and decode images: one per CPU core this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_IMAGE_WORKERS))
 
 
 def _source_name(source: ImageSource, names: Sequence[str] | None, index: int) -> str:

@@ -129,8 +129,12 @@ def read_image_bytes(path: str | os.PathLike[str], *, name: str | None = None) -
             raise ImageLoadError(name, "it is not an ordinary file")
         _check_byte_count(info.st_size, name)
         with open(path, "rb") as file:
-            # One byte past the limit, so a file that grew after stat() is still caught.
-            data = file.read(MAX_FILE_BYTES + 1)
+            # One byte past the size stat() gave, so a file that grew since is noticed; asking
+            # for the whole limit at once would allocate (and fault in) 100 MB for every file.
+            data = file.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                # It grew: read on up to one byte past the limit, so it is still caught.
+                data += file.read(MAX_FILE_BYTES + 1 - len(data))
     except FileNotFoundError as err:
         raise ImageLoadError(name, "the file was not found — check its name and folder") from err
     except PermissionError as err:
@@ -158,19 +162,31 @@ def load_image(
 
     Raises ImageLoadError for anything that is not a usable image.
     """
-    if min_side is not None and min_side < 1:
-        raise ValueError(f"min_side must be at least 1, got {min_side}")
+    _check_min_side(min_side)
     if isinstance(source, bytes):
         name = "image" if name is None else name
         data = source
-        _check_byte_count(len(data), name)
     else:
         name = _display_name(source) if name is None else name
         data = read_image_bytes(source, name=name)
-    image, original_size = _decode(data, name, min_side)
+    image, original_size = decode_image_bytes(data, name, min_side)
     return LoadedImage(
         image=image, sha256=image_sha256(data), name=name, original_size=original_size
     )
+
+
+def decode_image_bytes(
+    data: bytes, name: str, min_side: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_image` of bytes without the sha256, for callers that have hashed them already."""
+    _check_min_side(min_side)
+    _check_byte_count(len(data), name)
+    return _decode(data, name, min_side)
+
+
+def _check_min_side(min_side: int | None) -> None:
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be at least 1, got {min_side}")
 
 
 def _display_name(path: str | os.PathLike[str]) -> str:
