@@ -70,6 +70,9 @@ RESULTS_FILE = ROOT / "benchmarks" / "results" / "embed_throughput.json"
 
 CAMERA_SIZES = ((4000, 3000), (3000, 2000), (1600, 1200), (1000, 750))
 TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+# Environment read once at process start that changes the forward's speed a lot (OpenMP spin
+# policy, glibc malloc thresholds); printed with the results.
+_RUNTIME_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "MALLOC_")
 
 
 # --------------------------------------------------------------------------- input sets
@@ -462,12 +465,7 @@ def machine_context(backbone: Backbone) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        # Settings read once at process start that change the forward's speed a lot.
-        "environment": {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(("OMP_", "MKL_", "MALLOC_", "GOMP_"))
-        },
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(_RUNTIME_ENV)},
         "backbone": backbone.name,
         "backbone_id": backbone.id,
         "input_size": list(backbone.input_size),
@@ -505,10 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{context['processor']}, load average "
         + " ".join(f"{v:.2f}" for v in context["load_average"] or [])
     )
+    runtime_env = " ".join(f"{k}={v}" for k, v in context["environment"].items())
     print(
         f"torch {context['torch']}: {context['torch_threads']} intra-op threads, "
         f"{context['torch_interop_threads']} inter-op threads; Python {context['python']}; "
-        + (" ".join(f"{k}={v}" for k, v in context["environment"].items()) or "no OMP_/MALLOC_ env")
+        f"{runtime_env or 'no OMP_/MALLOC_ variables set'}"
     )
     print(
         f"backbone: {backbone.name} ({backbone.id}), input {backbone.input_size[-1]} px, "
