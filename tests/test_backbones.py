@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import timm
@@ -54,9 +56,15 @@ def test_second_embedded_backbone_loads_offline():
     assert imagenet_class(lite2, data.coffee()) == ESPRESSO
 
 
-def test_backbone_id_changes_with_weights():
-    assert load_backbone().id == load_backbone().id
-    assert load_backbone().id.startswith("tf_efficientnet_lite0@")
+def test_backbone_id_changes_with_weights_and_preprocessing(backbone):
+    """Cache keys: the same backbone keeps its id; other weights or preprocessing get a new one."""
+    assert load_backbone().id == backbone.id
+    assert backbone.id.startswith("tf_efficientnet_lite0@")
+    other_weights = dataclasses.replace(backbone, weights_digest="0" * 64)
+    other_crop = dataclasses.replace(
+        backbone, data_config={**backbone.data_config, "crop_pct": 1.0}
+    )
+    assert len({backbone.id, other_weights.id, other_crop.id}) == 3
 
 
 def test_unknown_model_name_is_refused_with_the_choices():
