@@ -1,20 +1,79 @@
-"""Models as cached resources, loaded once per server process.
+"""Long-lived objects shared by every session: the store, the models, fitted classifiers.
 
-Cached loaders take the backbone *name*, never a module object, so changing
-the backbone in the UI can never serve stale embeddings (Streamlit's caching
-guide); the embedding cache on disk is shared by every session.
+Cached loaders take names and plain values, never module objects, so changing the backbone in
+the UI can never serve stale embeddings (Streamlit's caching guide). The embedding cache lives
+in the data folder beside the projects unless ``FSL_APP_CACHE`` says otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import streamlit as st
 
 from fsl_app.backbones import load_backbone
-from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
+from fsl_app.store import Store, default_data_dir
+from fsl_app.workspace import ProjectFeatures, fit_classifier
+
+EMBEDDING_CACHE_NAME = "embeddings.sqlite"
+
+
+def data_dir() -> Path:
+    return default_data_dir().expanduser().absolute()
+
+
+@st.cache_resource(show_spinner=False)
+def get_store(root: str) -> Store:
+    return Store(root)
+
+
+def open_store() -> Store:
+    """The store of this server's data folder (raises StoreError when it cannot be opened)."""
+    return get_store(str(data_dir()))
+
+
+def embedding_cache_path() -> Path:
+    if os.environ.get(CACHE_PATH_ENV):
+        return Path(os.environ[CACHE_PATH_ENV])
+    return data_dir() / EMBEDDING_CACHE_NAME
 
 
 @st.cache_resource(show_spinner="Loading the image model (first time only)…")
-def get_embedder(backbone_name: str, device: str = "auto") -> Embedder:
-    return Embedder(
-        load_backbone(backbone_name), device=device, cache=EmbeddingCache(default_cache_path())
+def get_embedder(backbone_name: str, device: str = "auto", cache_path: str = "") -> Embedder:
+    cache = EmbeddingCache(cache_path or embedding_cache_path())
+    return Embedder(load_backbone(backbone_name), device=device, cache=cache)
+
+
+@st.cache_resource(show_spinner="Learning your classes…", max_entries=16)
+def _fitted(
+    _features: ProjectFeatures, key: tuple, learner: str, strictness: float, params_json: str
+) -> CalibratedClassifier:
+    return fit_classifier(
+        _features, learner=learner, strictness=strictness, params=json.loads(params_json)
+    )
+
+
+def fitted_classifier(
+    features: ProjectFeatures,
+    *,
+    backbone_key: str,
+    learner: str,
+    strictness: float,
+    params: Mapping[str, Any] | None = None,
+) -> CalibratedClassifier:
+    """The project's classifier, refitted only when its labeled images or settings change."""
+    labeled = tuple(
+        (image_id, label)
+        for image_id, label in zip(features.ids, features.labels, strict=True)
+        if label is not None
+    )
+    key = (backbone_key, labeled)
+    return _fitted(
+        features, key, learner, strictness, json.dumps(dict(params or {}), sort_keys=True)
     )

@@ -1,0 +1,211 @@
+"""How well a project's model does on its own labeled images, measured honestly.
+
+Every labeled image is predicted by a calibrated classifier fitted without it (leave-one-out;
+for a learner too slow to refit that often, a few folds dealt class by class), so the accuracy,
+the confusion matrix and the reliability chart all describe images the model had not seen.
+Accuracy comes with a 95% Wilson score interval, which stays honest with a handful of images
+where the normal approximation does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
+
+# Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
+SLOW_LEARNER_FOLDS = 5
+RELIABILITY_BINS = 5
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    low: float
+    high: float
+    count: int
+    confidence: float  # mean confidence of the images in the bin
+    accuracy: float  # fraction of them predicted right
+
+
+@dataclass(frozen=True)
+class HeldOutEvaluation:
+    """Predictions of held-out labeled images and what they add up to.
+
+    ``confusion[i, j]`` counts images of ``classes[i]`` predicted as ``classes[j]``.
+    ``unknown`` marks held-out images the model called "none of these" although they belong
+    to a class (false alarms); the accuracy counts the closest class either way.
+    """
+
+    method: str
+    classes: list[str]
+    ids: list[str]
+    true: list[str]
+    predicted: list[str]
+    confidence: np.ndarray
+    unknown: np.ndarray
+    accuracy: float
+    low: float
+    high: float
+    confusion: np.ndarray
+    ece: float
+    reliability: list[ReliabilityBin]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def correct(self) -> int:
+        return int(sum(t == p for t, p in zip(self.true, self.predicted, strict=True)))
+
+    def per_class(self) -> dict[str, tuple[int, int]]:
+        """Class -> (right, held out)."""
+        return {
+            c: (int(self.confusion[i, i]), int(self.confusion[i].sum()))
+            for i, c in enumerate(self.classes)
+        }
+
+    def images(self, true_class: str, predicted_class: str) -> list[str]:
+        """Ids of held-out images of ``true_class`` predicted as ``predicted_class``."""
+        return [
+            i
+            for i, t, p in zip(self.ids, self.true, self.predicted, strict=True)
+            if t == true_class and p == predicted_class
+        ]
+
+    def summary(self) -> str:
+        return (
+            f"{self.accuracy:.0%} right ({self.correct} of {self.n} labeled images, each "
+            f"predicted without it; 95% interval {self.low:.0%} to {self.high:.0%})"
+        )
+
+
+def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of ``correct`` out of ``n``."""
+    if n == 0:
+        return 0.0, 1.0
+    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def fold_assignment(labels: Sequence[str], max_folds: int | None) -> np.ndarray:
+    """Fold of each labeled image, -1 for images never held out.
+
+    Only classes with two or more images are held out (a class's last image cannot be
+    predicted without the class). ``max_folds=None`` gives leave-one-out; otherwise images
+    are dealt class by class into at most ``max_folds`` folds.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    order = [i for c in classes[counts >= 2] for i in np.flatnonzero(labels == c)]
+    folds = np.full(len(labels), -1)
+    n_folds = len(order) if max_folds is None else min(max_folds, len(order))
+    if n_folds:
+        folds[order] = np.arange(len(order)) % n_folds
+    return folds
+
+
+def evaluate_held_out(
+    support: np.ndarray,
+    labels: Sequence[str],
+    ids: Sequence[str],
+    *,
+    learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
+    params: Mapping[str, Any] | None = None,
+) -> HeldOutEvaluation:
+    """Held-out evaluation of the project's classifier on its labeled images.
+
+    ValueError when fewer than two classes have two or more images: nothing can be held out.
+    """
+    labels_array = np.asarray(labels)
+    classes = sorted(set(labels))
+    slow = hasattr(LEARNERS[learner], "calibration_folds")
+    folds = fold_assignment(labels, SLOW_LEARNER_FOLDS if slow else None)
+    if len(classes) < 2 or len(np.unique(labels_array[folds >= 0])) < 2:
+        raise ValueError(
+            "To measure accuracy, give at least two classes two or more examples each."
+        )
+    held, predicted, confidence, unknown = [], [], [], []
+    for fold in range(folds.max() + 1):
+        out = folds == fold
+        model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
+        result = model.fit(support[~out], labels_array[~out]).predict(support[out])
+        held.extend(np.flatnonzero(out).tolist())
+        predicted.extend(str(p) for p in result.prediction)
+        confidence.extend(result.confidence.tolist())
+        unknown.extend(result.unknown.tolist())
+    true = [str(labels_array[i]) for i in held]
+    correct = sum(t == p for t, p in zip(true, predicted, strict=True))
+    low, high = accuracy_interval(correct, len(held))
+    index = {c: i for i, c in enumerate(classes)}
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(true, predicted, strict=True):
+        confusion[index[t], index[p]] += 1
+    confidence_array = np.asarray(confidence, dtype=float)
+    correct_mask = np.array([t == p for t, p in zip(true, predicted, strict=True)])
+    notes = []
+    if (folds < 0).any():
+        left = sorted({str(labels_array[i]) for i in np.flatnonzero(folds < 0)})
+        notes.append(
+            f"Not measured: {', '.join(left)} (a class needs two examples to hold one out)."
+        )
+    return HeldOutEvaluation(
+        method=f"{folds.max() + 1}-fold cross-validation" if slow else "leave-one-out",
+        classes=classes,
+        ids=[ids[i] for i in held],
+        true=true,
+        predicted=predicted,
+        confidence=confidence_array,
+        unknown=np.asarray(unknown, dtype=bool),
+        accuracy=correct / len(held),
+        low=low,
+        high=high,
+        confusion=confusion,
+        ece=top_label_ece(confidence_array, correct_mask),
+        reliability=reliability_bins(confidence_array, correct_mask),
+        notes=notes,
+    )
+
+
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = RELIABILITY_BINS
+) -> list[ReliabilityBin]:
+    """Equal-width confidence bins with their mean confidence and accuracy; empty bins left out."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        members = which == b
+        if members.any():
+            bins.append(
+                ReliabilityBin(
+                    float(edges[b]),
+                    float(edges[b + 1]),
+                    int(members.sum()),
+                    float(confidence[members].mean()),
+                    float(correct[members].mean()),
+                )
+            )
+    return bins
+
+
+def top_label_ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of the top label (Guo et al. 2017), equal-width bins."""
+    if len(confidence) == 0:
+        return float("nan")
+    return float(
+        sum(
+            b.count * abs(b.accuracy - b.confidence)
+            for b in reliability_bins(confidence, correct, n_bins)
+        )
+        / len(confidence)
+    )

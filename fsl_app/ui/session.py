@@ -1,0 +1,144 @@
+"""The open project of a browser session, its settings, and its images as embeddings.
+
+Every page but the home page starts with :func:`open_project`: it finds the project this tab
+has open (kept in the session and in the address, so a reload stays on it), or says how to open
+one and stops the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.embeddings import Embedder
+from fsl_app.learners import DEFAULT_LEARNER, available_learners
+from fsl_app.store import Project, Store, StoreError
+from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
+from fsl_app.workspace import ProjectFeatures, project_features, readiness
+
+PROJECT_KEY = "project_id"
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    backbone: str
+    learner: str
+    strictness: float
+    device: str
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectSettings:
+        settings = project.settings
+        learner = settings.get("learner", DEFAULT_LEARNER)
+        return cls(
+            backbone=settings.get("backbone", DEFAULT_BACKBONE),
+            learner=learner if learner in available_learners() else DEFAULT_LEARNER,
+            strictness=float(settings.get("strictness", DEFAULT_STRICTNESS)),
+            device=settings.get("device", "auto"),
+        )
+
+
+def store_or_stop() -> Store:
+    try:
+        return open_store()
+    except StoreError as err:
+        st.error(str(err))
+        st.stop()
+
+
+def select_project(project_id: int | None) -> None:
+    if project_id is None:
+        st.session_state.pop(PROJECT_KEY, None)
+        st.query_params.pop("project", None)
+    else:
+        st.session_state[PROJECT_KEY] = project_id
+        st.query_params["project"] = str(project_id)
+
+
+def current_project(store: Store) -> Project | None:
+    project_id = st.session_state.get(PROJECT_KEY)
+    if project_id is None and st.query_params.get("project", "").isdigit():
+        project_id = int(st.query_params["project"])
+    if project_id is None:
+        return None
+    try:
+        project = store.get_project(project_id)
+    except StoreError:
+        select_project(None)  # deleted in another tab
+        return None
+    select_project(project.id)
+    return project
+
+
+def open_project(store: Store) -> Project:
+    """The tab's open project; without one, a pointer to the Projects page and a stop."""
+    project = current_project(store)
+    if project is None:
+        st.info("Open or create a project first, on the Projects page.")
+        st.page_link("app.py", label="Go to Projects", icon="📁")
+        st.stop()
+    st.sidebar.caption(f"Project: **{project.name}**")
+    return project
+
+
+def embedder_or_stop(settings: ProjectSettings) -> Embedder:
+    try:
+        return get_embedder(settings.backbone, settings.device)
+    except (BackboneError, RuntimeError) as err:
+        st.error(
+            f"The image model '{settings.backbone}' cannot be loaded here: {err} "
+            "Choose another one on the Projects page."
+        )
+        st.stop()
+
+
+def load_features(store: Store, project: Project, embedder: Embedder) -> ProjectFeatures:
+    """The project's embeddings; a progress bar while new images go through the model."""
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Reading new images: {done} of {total}")
+
+    features = project_features(store, project.id, embedder, progress=progress)
+    bar.empty()
+    for name, message in features.failed:
+        st.warning(f"'{name}' is left out: {message}")
+    return features
+
+
+def class_counts(store: Store, project: Project, features: ProjectFeatures) -> dict[str, int]:
+    """Usable examples per class, every class of the project included."""
+    counts = {c.name: 0 for c in store.list_classes(project.id)}
+    for label in features.labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def classifier_or_none(
+    store: Store,
+    project: Project,
+    features: ProjectFeatures,
+    embedder: Embedder,
+    settings: ProjectSettings,
+    *,
+    explain: bool = True,
+) -> CalibratedClassifier | None:
+    """The fitted classifier, or None after saying what to add first (when ``explain``)."""
+    problems = readiness(class_counts(store, project, features))
+    if problems:
+        if explain:
+            for problem in problems:
+                st.info(problem)
+            st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
+        return None
+    return fitted_classifier(
+        features,
+        backbone_key=embedder.cache_key,
+        learner=settings.learner,
+        strictness=settings.strictness,
+    )

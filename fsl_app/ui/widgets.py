@@ -1,0 +1,74 @@
+"""Small pieces of UI the pages share: thumbnails, badges, upload reports."""
+
+from __future__ import annotations
+
+import io
+
+import streamlit as st
+from PIL import Image
+
+from fsl_app.images import ImageLoadError, load_image
+from fsl_app.store import AddReport, Store, StoreError
+from fsl_app.workspace import ImagePrediction
+
+THUMBNAIL_SIDE = 192
+BADGE_COLOURS = {"sure": "green", "fairly sure": "blue", "unsure": "orange", "none of these": "red"}
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _thumbnail(_store: Store, root: str, sha256: str, side: int) -> bytes | None:
+    try:
+        picture = load_image(_store.image_bytes(sha256)).image
+    except (StoreError, ImageLoadError):
+        return None
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def thumbnail(store: Store, sha256: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A small JPEG of a stored image (decoded once per server), None if its file is gone."""
+    return _thumbnail(store, str(store.root), sha256, side)
+
+
+def show_thumbnail(store: Store, sha256: str, caption: str | None = None, width: int = 150) -> None:
+    data = thumbnail(store, sha256)
+    if data is None:
+        st.caption(f"(picture missing) {caption or ''}")
+    else:
+        st.image(data, caption=caption, width=width)
+
+
+def show_badge(prediction: ImagePrediction) -> None:
+    label = (
+        f"none of these (closest: {prediction.prediction})"
+        if prediction.unknown
+        else f"{prediction.badge}: {prediction.confidence:.0%}"
+    )
+    st.badge(label, color=BADGE_COLOURS[prediction.badge])
+
+
+def show_add_report(report: AddReport, where: str) -> None:
+    """What happened to an upload: added, already there, refused (and why)."""
+    if report.added:
+        st.success(
+            f"Added {len(report.added)} image{'s' if len(report.added) != 1 else ''} to {where}."
+        )
+    for duplicate in report.duplicates:
+        place = f"'{duplicate.class_name}'" if duplicate.class_name else "the unlabeled images"
+        st.info(
+            f"'{duplicate.name}' is already in the project (as '{duplicate.existing_name}' in "
+            f"{place}); it was not added twice."
+        )
+    for rejected in report.rejected:
+        st.warning(f"'{rejected.name}' was not added: {rejected.message}")
+
+
+def upload_key(name: str) -> str:
+    """A key for a file uploader that :func:`clear_upload` empties after its files are taken."""
+    return f"{name}_{st.session_state.get(f'_upload_round_{name}', 0)}"
+
+
+def clear_upload(name: str) -> None:
+    st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
