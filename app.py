@@ -1,119 +1,157 @@
-"""fsl_app: teach the computer new image classes from a handful of examples.
-
-A first page: name a few classes, drop example photos into each, drop in new
-photos, and see what they are. Projects that last, the embedding map and
-"label this next" come with the full app.
-"""
+"""fsl_app home: projects (create, open, rename, delete, demo) and what the model runs on."""
 
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
-from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
-from fsl_app.classify import UnusableInputError, classify_images
-from fsl_app.ui.resources import get_embedder
+from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
+from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.demo import create_demo_project
+from fsl_app.learners import DEFAULT_LEARNER, available_learners
+from fsl_app.store import StoreError
+from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 
-MAX_CLASSES = 10
+LEARNER_NAMES = {
+    "protonet": "Prototypes (ProtoNet): fast, the default",
+    "matching": "Nearest examples (Matching Networks)",
+    "linear": "Linear classifier on the examples",
+    "maml": "MAML: a meta-learned start, fine-tuned on your examples (slower)",
+}
 
 st.set_page_config(page_title="fsl_app: teach new image classes", page_icon="🔎", layout="wide")
 st.title("Teach the computer new image classes")
 st.write(
-    "Name your classes, give a few example photos of each, then drop in new photos: "
-    "the app tells you which class each one belongs to, how sure it is, "
-    "or that it looks like none of them."
+    "Give a few example pictures of each class; the app sorts new pictures into your classes, "
+    "says how sure it is, says *none of these* when a picture fits no class, and tells you "
+    "which picture to label next."
 )
 
-n_classes = st.number_input("How many classes?", min_value=2, max_value=MAX_CLASSES, value=2)
-examples: list[bytes] = []
-labels: list[str] = []
-example_names: list[str] = []
-class_names: list[str] = []
-columns = st.columns(min(int(n_classes), 4))
-for i in range(int(n_classes)):
-    with columns[i % len(columns)]:
-        name = st.text_input(f"Name of class {i + 1}", value=f"class {i + 1}", key=f"name_{i}")
-        files = st.file_uploader(
-            f"Example photos of class {i + 1}", accept_multiple_files=True, key=f"examples_{i}"
-        )
-        class_names.append(name.strip())
-        for file in files or []:
-            examples.append(file.getvalue())
-            labels.append(name.strip())
-            example_names.append(file.name)
+store = store_or_stop()
+project = current_project(store)
+projects = store.list_projects()
+
+left, right = st.columns([2, 1])
+with left:
+    st.subheader("Your projects")
+    if not projects:
+        st.info("No projects yet: create one below, or try the demo.")
+    for item in projects:
+        counts = store.list_classes(item.id)
+        n_images = len(store.list_images(item.id))
+        row = st.columns([4, 1])
+        is_open = project is not None and item.id == project.id
+        marker = "▶ " if is_open else ""
+        row[0].text(f"{marker}{item.name} · {len(counts)} classes · {n_images} images")
+        if row[1].button("Open", key=f"open_{item.id}", disabled=is_open):
+            select_project(item.id)
+            st.rerun()
+
+with right:
+    st.subheader("New project")
+    with st.form("new_project", clear_on_submit=True):
+        new_name = st.text_input("Project name", placeholder="e.g. Birds in my garden")
+        if st.form_submit_button("Create project", type="primary"):
+            try:
+                created = store.create_project(new_name)
+            except StoreError as err:
+                st.error(str(err))
+            else:
+                select_project(created.id)
+                st.rerun()
+    st.write("Or start from real photos of birds, fish, flowers, fruit and vegetables:")
+    if st.button("Open the demo project", key="demo"):
+        try:
+            with st.spinner("Copying the demo photos…"):
+                demo = create_demo_project(store)
+        except (FileNotFoundError, StoreError) as err:
+            st.error(f"The demo cannot be made here: {err}")
+        else:
+            select_project(demo.id)
+            st.rerun()
+
+if project is None:
+    st.stop()
 
 st.divider()
-uploaded_queries = st.file_uploader(
-    "New photos to classify", accept_multiple_files=True, key="queries"
-)
+st.subheader(f"Open project: {project.name}")
+settings = ProjectSettings.of(project)
+st.page_link("pages/1_Classes.py", label="Next: define your classes", icon="🏷️")
 
-problems = []
-if any(not name for name in class_names):
-    problems.append("Every class needs a name.")
-if len(set(class_names)) < len(class_names):
-    problems.append("Two classes have the same name; give each class its own name.")
-if missing := [n for n in class_names if n and n not in labels]:
-    problems.append(f"Add at least one example photo to: {', '.join(missing)}.")
-if not uploaded_queries:
-    problems.append("Drop in the new photos you want classified.")
-
-if problems:
-    for problem in problems:
-        st.info(problem)
-    st.stop()
-
-progress_bar = st.progress(0.0, text="Reading the photos…")
-
-
-def show_progress(stage: str):
-    def update(done: int, total: int) -> None:
-        progress_bar.progress(done / max(total, 1), text=f"Reading {stage}: {done} of {total}")
-
-    return update
-
-
-try:
-    result = classify_images(
-        get_embedder(DEFAULT_BACKBONE),
-        examples,
-        labels,
-        [file.getvalue() for file in uploaded_queries],
-        example_names=example_names,
-        query_names=[file.name for file in uploaded_queries],
-        classes=class_names,
-        progress=show_progress,
-    )
-except (UnusableInputError, BackboneError) as err:
-    progress_bar.empty()
-    st.error(str(err))
-    st.stop()
-progress_bar.empty()
-
-for _name, reason in result.skipped_examples:
-    st.warning(f"Example left out: {reason}")
-st.subheader("Predictions")
-for note in result.notes:
-    st.info(note)
-if not result.notes:
-    st.caption(
-        'How sure the app is has been tuned on your own examples, so that "80% sure" '
-        "should be right about 8 times in 10."
-    )
-by_name = {file.name: file for file in uploaded_queries}
-for query in result.results:
-    if query.error:
-        st.warning(query.error)
-        continue
-    picture, verdict = st.columns([1, 3])
-    picture.image(by_name[query.name].getvalue(), width=160)
-    if query.unknown:
-        verdict.metric(
-            "Looks like",
-            f"None of these (closest: {query.prediction})",
-            "unlike the examples of every class",
-            delta_color="off",
-        )
+with st.expander("Rename or delete this project"):
+    renamed = st.text_input("New name", value=project.name, key="rename_value")
+    if st.button("Rename", key="rename"):
+        try:
+            store.rename_project(project.id, renamed)
+        except StoreError as err:
+            st.error(str(err))
+        else:
+            st.rerun()
+    if not st.session_state.get("confirm_delete_project"):
+        if st.button("Delete this project…", key="delete"):
+            st.session_state["confirm_delete_project"] = True
+            st.rerun()
     else:
-        verdict.metric(
-            "Looks like", query.prediction, f"{query.confidence:.0%} sure", delta_color="off"
+        st.warning(
+            f"Delete '{project.name}' with all its classes, images and predictions? "
+            "This cannot be undone."
         )
-    verdict.bar_chart(query.probabilities, horizontal=True, height=40 + 30 * len(result.classes))
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete it", type="primary", key="delete_yes"):
+            store.delete_project(project.id)
+            select_project(None)
+            st.session_state["confirm_delete_project"] = False
+            st.rerun()
+        if no.button("Cancel", key="delete_no"):
+            st.session_state["confirm_delete_project"] = False
+            st.rerun()
+
+st.subheader("How the model works")
+gpu = torch.cuda.is_available()
+st.write(
+    f"Running on: **{'GPU (' + torch.cuda.get_device_name(0) + ')' if gpu else 'CPU'}**"
+    + ("" if gpu else " — no GPU here; everything works, the first reading of images is slower.")
+)
+devices = ["auto", "cpu"] + (["cuda"] if gpu else [])
+backbones = available_backbones()
+learners = available_learners()
+with st.form("model_settings"):
+    device = st.selectbox(
+        "Device",
+        devices,
+        index=devices.index(settings.device) if settings.device in devices else 0,
+        format_func=lambda d: {"auto": "Best available", "cpu": "CPU", "cuda": "GPU"}[d],
+    )
+    backbone = st.selectbox(
+        "Image model (reads each picture once)",
+        backbones,
+        index=backbones.index(settings.backbone) if settings.backbone in backbones else 0,
+        help=f"{DEFAULT_BACKBONE} is fast and works offline. Changing it reads every image again.",
+    )
+    learner = st.selectbox(
+        "Few-shot learner (learns your classes from the examples)",
+        learners,
+        index=learners.index(settings.learner) if settings.learner in learners else 0,
+        format_func=lambda name: LEARNER_NAMES.get(name, name),
+    )
+    strictness = st.slider(
+        '"None of these" strictness',
+        min_value=0.0,
+        max_value=1.5,
+        value=float(settings.strictness),
+        step=0.05,
+        help=(
+            f"{DEFAULT_STRICTNESS:g} is the default. Higher answers 'none of these' more often, "
+            "lower less often, 0 never."
+        ),
+    )
+    if st.form_submit_button("Save model settings"):
+        store.update_settings(
+            project.id,
+            {"device": device, "backbone": backbone, "learner": learner, "strictness": strictness},
+        )
+        st.success("Saved. Every page now uses these settings.")
+if settings.learner != DEFAULT_LEARNER:
+    st.caption(
+        f"This project uses '{settings.learner}' instead of the default '{DEFAULT_LEARNER}'."
+    )

@@ -49,20 +49,39 @@ def show_badge(prediction: ImagePrediction) -> None:
     st.badge(label, color=BADGE_COLOURS[prediction.badge])
 
 
-def show_add_report(report: AddReport, where: str) -> None:
-    """What happened to an upload: added, already there, refused (and why)."""
+def add_report_messages(report: AddReport, where: str) -> list[tuple[str, str]]:
+    """What happened to an upload, as (kind, sentence): added, already there, refused and why."""
+    messages = []
     if report.added:
-        st.success(
-            f"Added {len(report.added)} image{'s' if len(report.added) != 1 else ''} to {where}."
-        )
+        plural = "s" if len(report.added) != 1 else ""
+        messages.append(("success", f"Added {len(report.added)} picture{plural} to {where}."))
     for duplicate in report.duplicates:
-        place = f"'{duplicate.class_name}'" if duplicate.class_name else "the unlabeled images"
-        st.info(
-            f"'{duplicate.name}' is already in the project (as '{duplicate.existing_name}' in "
-            f"{place}); it was not added twice."
+        place = f"'{duplicate.class_name}'" if duplicate.class_name else "the unlabeled pictures"
+        messages.append(
+            (
+                "info",
+                f"'{duplicate.name}' is already in the project (as '{duplicate.existing_name}' "
+                f"in {place}); it was not added twice.",
+            )
         )
-    for rejected in report.rejected:
-        st.warning(f"'{rejected.name}' was not added: {rejected.message}")
+    messages.extend(
+        ("warning", f"'{rejected.name}' was not added: {rejected.message}")
+        for rejected in report.rejected
+    )
+    return messages
+
+
+FLASH_KEY = "_flash_messages"
+
+
+def flash(messages: list[tuple[str, str]]) -> None:
+    """Keep messages to show after the next rerun (st.success, st.info, ... by kind)."""
+    st.session_state.setdefault(FLASH_KEY, []).extend(messages)
+
+
+def show_flashed() -> None:
+    for kind, text in st.session_state.pop(FLASH_KEY, []):
+        getattr(st, kind)(text)
 
 
 def upload_key(name: str) -> str:

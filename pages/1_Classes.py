@@ -1,0 +1,141 @@
+"""Classes: add, rename and delete classes; drop example images into each."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from fsl_app.store import StoreError
+from fsl_app.ui.session import (
+    ProjectSettings,
+    class_counts,
+    embedder_or_stop,
+    load_features,
+    open_project,
+    store_or_stop,
+)
+from fsl_app.ui.widgets import (
+    add_report_messages,
+    clear_upload,
+    flash,
+    show_flashed,
+    show_thumbnail,
+    upload_key,
+)
+from fsl_app.workspace import few_example_hints
+
+PAGE_SIZE = 12
+
+st.set_page_config(page_title="Classes · fsl_app", page_icon="🏷️", layout="wide")
+store = store_or_stop()
+project = open_project(store)
+st.title("Classes")
+st.write("Make a class for each kind of picture, and drop a few example pictures into each.")
+
+show_flashed()
+
+with st.form("add_class", clear_on_submit=True):
+    name = st.text_input("New class name", placeholder="e.g. robin")
+    if st.form_submit_button("Add class", type="primary"):
+        try:
+            store.add_class(project.id, name)
+        except StoreError as err:
+            st.error(str(err))
+        else:
+            st.rerun()
+
+classes = store.list_classes(project.id)
+if not classes:
+    st.info("No classes yet: add the first one above (you will need at least two).")
+    st.stop()
+
+
+def add_files(files, class_name: str | None, where: str, uploader: str) -> None:
+    """Store uploaded files, embed them with a progress bar, and report what happened."""
+    try:
+        report = store.add_images(project.id, [(f.name, f.getvalue()) for f in files], class_name)
+    except StoreError as err:
+        st.error(f"Nothing was added: {err}")
+        return
+    clear_upload(uploader)
+    if report.added:
+        load_features(store, project, embedder)  # embeds the new images now, with progress
+    flash(add_report_messages(report, where))
+    st.rerun()
+
+
+settings = ProjectSettings.of(project)
+embedder = embedder_or_stop(settings)
+features = load_features(store, project, embedder)
+counts = class_counts(store, project, features)
+st.caption(" · ".join(f"{c.name}: {c.n_examples}" for c in classes))
+for hint in few_example_hints(counts):
+    st.info(hint)
+
+tabs = st.tabs([f"{c.name} ({c.n_examples})" for c in classes])
+for tab, item in zip(tabs, classes, strict=True):
+    with tab:
+        key = f"class_{item.id}"
+        files = st.file_uploader(
+            f"Drop example pictures of '{item.name}' here (many at once is fine)",
+            accept_multiple_files=True,
+            key=upload_key(f"{key}_files"),
+        )
+        folder = st.file_uploader(
+            "…or choose a whole folder",
+            accept_multiple_files="directory",
+            key=upload_key(f"{key}_folder"),
+        )
+        with st.expander("Take a picture with the camera"):
+            photo = st.camera_input("Camera", key=upload_key(f"{key}_camera"))
+        if files:
+            add_files(files, item.name, f"'{item.name}'", f"{key}_files")
+        if folder:
+            add_files(folder, item.name, f"'{item.name}'", f"{key}_folder")
+        if photo is not None:
+            add_files([photo], item.name, f"'{item.name}'", f"{key}_camera")
+
+        images = store.list_images(project.id, class_name=item.name)
+        if images:
+            pages = max(1, -(-len(images) // PAGE_SIZE))
+            page = st.pagination(pages, key=f"{key}_page") if pages > 1 else 1
+            shown = images[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+            columns = st.columns(6)
+            for i, image in enumerate(shown):
+                with columns[i % 6]:
+                    show_thumbnail(store, image.sha256, image.name, width=140)
+                    if st.button("Remove", key=f"remove_{item.id}_{image.sha256[:16]}"):
+                        store.remove_images(project.id, [image.sha256])
+                        st.rerun()
+        else:
+            st.caption("No examples yet.")
+
+        with st.expander(f"Rename or delete '{item.name}'"):
+            new_name = st.text_input("New name", value=item.name, key=f"{key}_rename_value")
+            if st.button("Rename", key=f"{key}_rename"):
+                try:
+                    store.rename_class(project.id, item.name, new_name)
+                except StoreError as err:
+                    st.error(str(err))
+                else:
+                    st.rerun()
+            confirm_key = f"{key}_confirm_delete"
+            if not st.session_state.get(confirm_key):
+                if st.button("Delete this class…", key=f"{key}_delete"):
+                    st.session_state[confirm_key] = True
+                    st.rerun()
+            else:
+                st.warning(f"Delete the class '{item.name}'? Its {item.n_examples} pictures:")
+                keep, drop, cancel = st.columns(3)
+                if keep.button("Keep them as unlabeled", key=f"{key}_delete_keep"):
+                    store.delete_class(project.id, item.name, keep_images=True)
+                    st.session_state[confirm_key] = False
+                    st.rerun()
+                if drop.button("Delete them too", key=f"{key}_delete_all", type="primary"):
+                    store.delete_class(project.id, item.name, keep_images=False)
+                    st.session_state[confirm_key] = False
+                    st.rerun()
+                if cancel.button("Cancel", key=f"{key}_delete_cancel"):
+                    st.session_state[confirm_key] = False
+                    st.rerun()
+
+st.page_link("pages/2_Predict.py", label="Next: see what the app predicts", icon="🔮")

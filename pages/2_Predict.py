@@ -1,0 +1,163 @@
+"""Predict: what the model says about each unlabeled picture; accept or correct with one click."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from fsl_app.project_io import image_table, table_csv
+from fsl_app.store import StoreError
+from fsl_app.ui.session import (
+    ProjectSettings,
+    classifier_or_none,
+    embedder_or_stop,
+    load_features,
+    open_project,
+    store_or_stop,
+)
+from fsl_app.ui.widgets import (
+    BADGE_COLOURS,
+    add_report_messages,
+    clear_upload,
+    flash,
+    show_badge,
+    show_flashed,
+    show_thumbnail,
+    upload_key,
+)
+from fsl_app.workspace import predict_images
+
+PAGE_SIZE = 12
+SORTS = {
+    "Least sure first": lambda p: (not p.unknown, p.confidence),
+    "Most sure first": lambda p: (p.unknown, -p.confidence),
+    "By predicted class": lambda p: (p.prediction, -p.confidence),
+    "By name": lambda p: p.name.casefold(),
+}
+
+st.set_page_config(page_title="Predict · fsl_app", page_icon="🔮", layout="wide")
+store = store_or_stop()
+project = open_project(store)
+st.title("Predict")
+show_flashed()
+
+new_files = st.file_uploader(
+    "Drop new pictures to sort here", accept_multiple_files=True, key=upload_key("predict_files")
+)
+if new_files:
+    try:
+        report = store.add_images(project.id, [(f.name, f.getvalue()) for f in new_files])
+    except StoreError as err:
+        st.error(f"Nothing was added: {err}")
+    else:
+        clear_upload("predict_files")
+        flash(add_report_messages(report, "the pictures to sort"))
+        st.rerun()
+
+settings = ProjectSettings.of(project)
+embedder = embedder_or_stop(settings)
+features = load_features(store, project, embedder)
+classifier = classifier_or_none(store, project, features, embedder, settings)
+if classifier is None:
+    st.stop()
+for note in classifier.notes:
+    st.info(note)
+
+pool_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
+if not pool_ids:
+    st.info("Every picture is labeled. Drop new pictures above to see what the app makes of them.")
+    st.stop()
+predictions = predict_images(classifier, features, pool_ids)
+saved_key = (project.id, embedder.cache_key, settings.learner, tuple(features.labels))
+if st.session_state.get("_saved_predictions") != saved_key:
+    store.save_predictions(
+        project.id,
+        settings.learner,
+        embedder.cache_key,
+        [p.as_store_prediction() for p in predictions],
+    )
+    st.session_state["_saved_predictions"] = saved_key
+
+classes = [str(c) for c in classifier.classes_]
+n_unknown = sum(p.unknown for p in predictions)
+summary = st.columns(4)
+summary[0].metric("Pictures to sort", len(predictions))
+summary[1].metric("Sure", sum(p.badge == "sure" for p in predictions))
+summary[2].metric("Unsure", sum(p.badge in ("unsure", "fairly sure") for p in predictions))
+summary[3].metric("None of these", n_unknown)
+st.caption(
+    'Confidence is tuned on your own examples: of the pictures shown as "80% sure", about 8 in '
+    '10 should be right. "None of these" means the picture is unlike the examples of every class.'
+)
+
+controls = st.columns([1, 2, 2])
+order = controls[0].selectbox("Sort", list(SORTS))
+badges = controls[1].multiselect("Show", list(BADGE_COLOURS), default=list(BADGE_COLOURS))
+shown_classes = controls[2].multiselect("Predicted class", classes, default=classes)
+shown = sorted(
+    (p for p in predictions if p.badge in badges and p.prediction in shown_classes),
+    key=SORTS[order],
+)
+st.download_button(
+    "Download predictions (CSV)",
+    table_csv(
+        image_table(
+            store.list_images(project.id, labeled=False),
+            {p.id: p.as_store_prediction() for p in predictions},
+        )
+    ),
+    file_name=f"{project.name}-predictions.csv",
+    mime="text/csv",
+)
+
+if not shown:
+    st.info("No picture matches these filters.")
+    st.stop()
+pages = max(1, -(-len(shown) // PAGE_SIZE))
+page = st.pagination(pages, key="predict_page") if pages > 1 else 1
+for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
+    key = prediction.id[:16]
+    with st.container(border=True):
+        picture, verdict, why = st.columns([1, 2, 2])
+        with picture:
+            show_thumbnail(store, prediction.id, prediction.name, width=160)
+        with verdict:
+            st.markdown("**Looks like:**")
+            st.text(
+                f"none of these (closest: {prediction.prediction})"
+                if prediction.unknown
+                else prediction.prediction
+            )
+            show_badge(prediction)
+            st.caption(f"uncertainty {prediction.uncertainty:.2f} (0 = certain, 1 = no idea)")
+            accept, correct = st.columns(2)
+            if accept.button(
+                f"✓ Yes, {prediction.prediction}", key=f"accept_{key}", disabled=prediction.unknown
+            ):
+                store.label(project.id, [prediction.id], prediction.prediction)
+                flash(
+                    [
+                        (
+                            "success",
+                            f"'{prediction.name}' is now an example of {prediction.prediction}.",
+                        )
+                    ]
+                )
+                st.rerun()
+            choice = correct.selectbox(
+                "No, it is…",
+                classes,
+                index=None,
+                placeholder="No, it is…",
+                key=f"correct_{key}",
+                label_visibility="collapsed",
+            )
+            if choice is not None:
+                store.label(project.id, [prediction.id], choice)
+                flash([("success", f"'{prediction.name}' is now an example of {choice}.")])
+                st.rerun()
+        with why:
+            st.caption(prediction.explanation)
+            near = st.columns(3)
+            for column, neighbour in zip(near, prediction.neighbours, strict=False):
+                with column:
+                    show_thumbnail(store, neighbour, width=80)

@@ -1,0 +1,108 @@
+"""Embedding map: every picture as a point, similar pictures close together; click or lasso to
+label."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from fsl_app import projection
+from fsl_app.projection import map_figure, map_points, selected_ids
+from fsl_app.ui.session import (
+    ProjectSettings,
+    classifier_or_none,
+    embedder_or_stop,
+    load_features,
+    open_project,
+    store_or_stop,
+)
+from fsl_app.ui.widgets import flash, show_flashed, show_thumbnail
+from fsl_app.workspace import predict_images, suggest_next
+
+METHODS = {"pca": "PCA (instant)", "tsne": "t-SNE (clusters)", "umap": "UMAP (clusters, fast)"}
+MAX_SHOWN_SELECTED = 12
+
+st.set_page_config(page_title="Embedding map · fsl_app", page_icon="🗺️", layout="wide")
+store = store_or_stop()
+project = open_project(store)
+st.title("Embedding map")
+st.write(
+    "Each point is a picture; pictures the model finds alike are close together. Big diamonds "
+    "are class centres, stars the pictures suggested for labeling. Click a point to see it, or "
+    "draw a lasso around several to label them at once."
+)
+show_flashed()
+
+settings = ProjectSettings.of(project)
+embedder = embedder_or_stop(settings)
+features = load_features(store, project, embedder)
+labeled = features.labeled
+if not labeled.any():
+    st.info("Add example pictures to a class first; the map shows them with the other pictures.")
+    st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
+    st.stop()
+
+controls = st.columns(3)
+method = controls[0].selectbox("Layout", list(METHODS), format_func=METHODS.get)
+dims = controls[1].radio("View", [2, 3], format_func=lambda d: f"{d}-D", horizontal=True)
+color_by = controls[2].radio(
+    "Colour", ["class", "prediction"], format_func=str.capitalize, horizontal=True
+)
+
+classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
+pool_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
+predictions = predict_images(classifier, features, pool_ids) if classifier else []
+example_predictions = None
+if classifier is not None:
+    example_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label]
+    example_predictions = [p.prediction for p in predict_images(classifier, features, example_ids)]
+suggested = [image_id for image_id, _ in suggest_next(features, k=5, learner=settings.learner)]
+support, labels = features.support()
+points = map_points(
+    support,
+    labels,
+    [i for i, label in zip(features.ids, features.labels, strict=True) if label],
+    example_names=[n for n, label in zip(features.names, features.labels, strict=True) if label],
+    query_features=features.matrix[~labeled],
+    query_predictions=[p.prediction for p in predictions] or [None] * len(pool_ids),
+    query_ids=pool_ids,
+    query_names=[n for n, label in zip(features.names, features.labels, strict=True) if not label],
+    example_predictions=example_predictions,
+    suggested_ids=suggested,
+)
+if len(points.features) < 3:
+    st.info("The map needs at least three pictures.")
+    st.stop()
+with st.spinner("Laying out the map…"):
+    coords = projection.project(points.features, method=method, dims=dims)
+figure = map_figure(coords, points, color_by=color_by)
+state = st.plotly_chart(
+    figure,
+    key=f"map_{method}_{dims}",
+    on_select="rerun",
+    selection_mode=("points", "lasso") if dims == 2 else ("points",),
+)
+
+picked = [i for i in selected_ids(state) if not i.startswith("prototype:")]
+if not picked:
+    st.caption("Nothing selected yet.")
+    st.stop()
+names = dict(zip(features.ids, features.names, strict=True))
+labels_by_id = dict(zip(features.ids, features.labels, strict=True))
+st.subheader(f"{len(picked)} selected")
+columns = st.columns(6)
+for i, image_id in enumerate(picked[:MAX_SHOWN_SELECTED]):
+    with columns[i % 6]:
+        current = labels_by_id.get(image_id)
+        show_thumbnail(store, image_id, f"{names.get(image_id, '')} · {current or 'unlabeled'}")
+if len(picked) > MAX_SHOWN_SELECTED:
+    st.caption(f"…and {len(picked) - MAX_SHOWN_SELECTED} more.")
+classes = [c.name for c in store.list_classes(project.id)]
+target = st.selectbox("Label the selected pictures as", classes, index=None, key="map_label")
+if st.button("Label them", disabled=target is None, type="primary"):
+    moved = store.label(project.id, picked, target)
+    flash([("success", f"{moved} picture{'s' if moved != 1 else ''} labeled as {target}.")])
+    st.rerun()
+if st.button("Make them unlabeled again"):
+    store.label(project.id, picked, None)
+    flash([("info", f"{len(picked)} pictures are unlabeled now.")])
+    st.rerun()

@@ -1,0 +1,137 @@
+"""A project's model: embeddings by stored hash, predictions, suggestions, honest evaluation.
+
+Real Tux Paint photos through the real default backbone, in a real store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fsl_app.demo import DEMO_EXAMPLES_PER_CLASS, DEMO_UNLABELED_PER_CLASS, create_demo_project
+from fsl_app.embeddings import Embedder, EmbeddingCache
+from fsl_app.project_eval import accuracy_interval, evaluate_held_out, fold_assignment
+from fsl_app.store import Store
+from fsl_app.workspace import (
+    badge,
+    few_example_hints,
+    fit_classifier,
+    predict_images,
+    project_features,
+    readiness,
+    suggest_next,
+)
+
+
+@pytest.fixture(scope="session")
+def embedder(backbone, tmp_path_factory) -> Embedder:
+    """One embedder and cache for the module: the demo photos are embedded once."""
+    cache = EmbeddingCache(tmp_path_factory.mktemp("workspace") / "embeddings.sqlite")
+    return Embedder(backbone, cache=cache)
+
+
+@pytest.fixture
+def demo(tmp_path):
+    store = Store(tmp_path / "data")
+    project = create_demo_project(store)
+    yield store, project
+    store.close()
+
+
+def test_demo_project_has_labeled_examples_and_a_pool(demo):
+    store, project = demo
+    classes = store.list_classes(project.id)
+    assert [c.name for c in classes] == ["bird", "fish", "flower", "fruit", "vegetable"]
+    assert all(c.n_examples == DEMO_EXAMPLES_PER_CLASS for c in classes)
+    assert len(store.list_images(project.id, labeled=False)) == 5 * DEMO_UNLABELED_PER_CLASS
+    assert create_demo_project(store).name.endswith("(2)")  # a second demo gets its own name
+
+
+def test_features_come_from_the_cache_by_hash_without_new_forward_passes(demo, embedder):
+    store, project = demo
+    progress = []
+    first = project_features(store, project.id, embedder, progress=lambda *a: progress.append(a))
+    n = len(store.list_images(project.id))
+    assert first.matrix.shape == (n, embedder.backbone.embedding_dim)
+    forwarded = embedder.images_forwarded
+    again = project_features(store, project.id, embedder, progress=lambda *a: progress.append(a))
+    assert embedder.images_forwarded == forwarded
+    np.testing.assert_array_equal(first.matrix, again.matrix)
+    # Labeling changes labels only.
+    store.label(project.id, [first.ids[-1]], "bird")
+    relabeled = project_features(store, project.id, embedder)
+    assert relabeled.labels[-1] == "bird" and embedder.images_forwarded == forwarded
+
+
+def test_predictions_of_the_pool_are_mostly_right_with_explanations(demo, embedder, photos):
+    store, project = demo
+    features = project_features(store, project.id, embedder)
+    classifier = fit_classifier(features)
+    pool = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
+    predictions = predict_images(classifier, features, pool)
+    truth = {p.name: name for name, paths in photos.items() for p in paths}
+    right = sum(p.prediction == truth[p.name] for p in predictions)
+    assert right / len(predictions) >= 0.6  # 5-way 3-shot; chance is 0.2
+    labeled_ids = {i for i, label in zip(features.ids, features.labels, strict=True) if label}
+    for p in predictions:
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-5
+        assert 0 <= p.uncertainty <= 1
+        assert p.badge == badge(p.confidence, p.unknown)
+        assert p.neighbours and set(p.neighbours) <= labeled_ids
+        assert p.explanation
+
+
+def test_readiness_says_what_to_add():
+    assert readiness({"cat": 3}) == [
+        "Add at least two classes: the app tells classes apart, so it needs two or more."
+    ]
+    assert readiness({"cat": 3, "dog": 0}) == ["Add example images to: dog."]
+    assert readiness({"cat": 3, "dog": 1}) == []
+    assert few_example_hints({"cat": 3, "dog": 1})[0].startswith("'dog' has 1 example:")
+
+
+def test_suggestions_come_from_the_pool_with_reasons(demo, embedder):
+    store, project = demo
+    features = project_features(store, project.id, embedder)
+    pool = {i for i, label in zip(features.ids, features.labels, strict=True) if label is None}
+    suggestions = suggest_next(features, k=3)
+    assert len(suggestions) == 3
+    assert {image_id for image_id, _ in suggestions} <= pool
+    assert all(s.reason for _, s in suggestions)
+    skipped = suggestions[0][0]
+    assert skipped not in {i for i, _ in suggest_next(features, k=3, skipped=[skipped])}
+
+
+def test_held_out_evaluation_predicts_each_example_without_it(demo, embedder):
+    store, project = demo
+    features = project_features(store, project.id, embedder)
+    support, labels = features.support()
+    ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label]
+    result = evaluate_held_out(support, labels, ids)
+    assert result.method == "leave-one-out" and result.n == len(labels)
+    assert result.confusion.sum() == result.n
+    assert result.low <= result.accuracy <= result.high
+    assert result.accuracy > 0.4  # 5 classes, 2 examples left per class when one is held out
+    assert sum(right for right, _ in result.per_class().values()) == result.correct
+    assert sum(b.count for b in result.reliability) == result.n
+    true, predicted = result.true[0], result.predicted[0]
+    assert result.ids[0] in result.images(true, predicted)
+
+
+def test_evaluation_needs_two_classes_with_two_examples():
+    features = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="two classes two or more examples"):
+        evaluate_held_out(features, ["a", "a", "b"], ["1", "2", "3"])
+
+
+def test_folds_hold_out_only_classes_that_keep_an_example():
+    assert fold_assignment(["a", "a", "b"], None).tolist() == [0, 1, -1]
+    folds = fold_assignment(["a"] * 6 + ["b"] * 6, 5)
+    assert folds.max() == 4 and (folds >= 0).all()
+
+
+def test_wilson_interval_is_honest_for_small_counts():
+    low, high = accuracy_interval(5, 5)
+    assert high == pytest.approx(1.0) and 0.5 < low < 0.6  # 5 of 5 right is not proof of 100%
+    low, high = accuracy_interval(50, 100)
+    assert low == pytest.approx(0.404, abs=0.002) and high == pytest.approx(0.596, abs=0.002)
