@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,21 @@ class Classification:
         return sum(r.error is None for r in self.results)
 
 
+@dataclass
+class FittedClassifier:
+    """A classifier fitted on the readable examples, with what it was fitted on.
+
+    ``support`` (n, dim) and ``labels`` (n,) are the embeddings and class
+    names of the readable examples, what :func:`fsl_app.export.save_bundle`
+    keeps; ``skipped`` the (name, reason) of the others.
+    """
+
+    model: CalibratedClassifier
+    support: np.ndarray
+    labels: list[str]
+    skipped: list[tuple[str, str]]
+
+
 def classify_images(
     embedder: Embedder,
     examples: Sequence[ImageSource],
@@ -82,17 +97,44 @@ def classify_images(
     ``strictness`` tunes "none of these": higher marks more images unknown, 0
     never does.
     """
-    example_names = example_names or [str(s) for s in examples]
-    query_names = query_names or [str(s) for s in queries]
     classes = list(classes) if classes is not None else sorted(set(labels))
-    if len(classes) < 2:
-        raise UnusableInputError(
-            "At least two classes are needed to tell images apart; "
-            f"found {len(classes)}. Add examples of another class."
-        )
+    _require_two_classes(classes)
     if not queries:
         raise UnusableInputError("There are no images to predict.")
+    fitted = fit_classifier(
+        embedder,
+        examples,
+        labels,
+        example_names=example_names,
+        classes=classes,
+        learner=learner,
+        strictness=strictness,
+        progress=progress,
+    )
+    classification = classify_with(
+        embedder, fitted.model, queries, query_names=query_names, progress=progress
+    )
+    return replace(classification, classes=classes, skipped_examples=fitted.skipped)
 
+
+def fit_classifier(
+    embedder: Embedder,
+    examples: Sequence[ImageSource],
+    labels: Sequence[str],
+    *,
+    example_names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
+    progress: ProgressFactory = lambda stage: None,
+) -> FittedClassifier:
+    """Embed labeled ``examples`` and fit a calibrated classifier on the readable ones.
+
+    Arguments are those of :func:`classify_images`.
+    """
+    example_names = example_names or [str(s) for s in examples]
+    classes = list(classes) if classes is not None else sorted(set(labels))
+    _require_two_classes(classes)
     embedded = embedder.embed(examples, names=example_names, progress=progress("examples"))
     skipped = [(example_names[i], reason) for i, reason in embedded.errors]
     fitted_labels = [labels[i] for i in embedded.indices]
@@ -105,12 +147,30 @@ def classify_images(
     model = CalibratedClassifier(learner, strictness=strictness).fit(
         embedded.embeddings, fitted_labels
     )
+    return FittedClassifier(model, embedded.embeddings, fitted_labels, skipped)
 
+
+def classify_with(
+    embedder: Embedder,
+    model: CalibratedClassifier,
+    queries: Sequence[ImageSource],
+    *,
+    query_names: Sequence[str] | None = None,
+    progress: ProgressFactory = lambda stage: None,
+) -> Classification:
+    """Classify ``queries`` with a fitted ``model``, e.g. one loaded from a saved bundle.
+
+    ``embedder`` must use the backbone the model's examples were embedded
+    with. The result's classes are the model's, in its column order.
+    """
+    if not queries:
+        raise UnusableInputError("There are no images to predict.")
+    query_names = query_names or [str(s) for s in queries]
     embedded_queries = embedder.embed(queries, names=query_names, progress=progress("queries"))
     results = {i: QueryResult(query_names[i], error=why) for i, why in embedded_queries.errors}
+    class_names = [str(c) for c in model.classes_]
     if embedded_queries.indices:
         predicted = model.predict(embedded_queries.embeddings)
-        class_names = [str(c) for c in model.classes_]
         for index, row, unknown in zip(
             embedded_queries.indices, predicted.probabilities, predicted.unknown, strict=True
         ):
@@ -123,7 +183,7 @@ def classify_images(
                 unknown=bool(unknown),
             )
     classification = Classification(
-        classes, [results[i] for i in sorted(results)], skipped, list(model.notes)
+        class_names, [results[i] for i in sorted(results)], notes=list(model.notes)
     )
     if classification.n_predicted == 0:
         raise UnusableInputError(
@@ -149,20 +209,55 @@ def classify_files(
     """
     support = scan_examples_folder(support_dir)
     query_files = list_input_files(query)
-    classification = classify_images(
+    fitted = fit_folder(
+        embedder, support, learner=learner, strictness=strictness, progress=progress
+    )
+    classification = classify_with(embedder, fitted.model, query_files, progress=progress)
+    return replace(classification, classes=support.classes, skipped_examples=fitted.skipped)
+
+
+def classify_files_with(
+    embedder: Embedder,
+    model: CalibratedClassifier,
+    query: str | os.PathLike,
+    *,
+    progress: ProgressFactory = lambda stage: None,
+) -> Classification:
+    """Classify ``query`` (one image or a folder of images) with a fitted ``model``."""
+    return classify_with(embedder, model, list_input_files(query), progress=progress)
+
+
+def fit_folder(
+    embedder: Embedder,
+    support: ImageFolder,
+    *,
+    learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
+    progress: ProgressFactory = lambda stage: None,
+) -> FittedClassifier:
+    """:func:`fit_classifier` on the class folders of ``support``, one class each.
+
+    Files outside every class folder are reported as skipped examples.
+    """
+    fitted = fit_classifier(
         embedder,
         support.paths,
         support.labels,
-        query_files,
         classes=support.classes,
         learner=learner,
         strictness=strictness,
         progress=progress,
     )
-    classification.skipped_examples[:0] = [
-        (str(path), "it is not inside a class folder") for path in support.loose_files
-    ]
-    return classification
+    loose = [(str(path), "it is not inside a class folder") for path in support.loose_files]
+    return replace(fitted, skipped=loose + fitted.skipped)
+
+
+def _require_two_classes(classes: Sequence[str]) -> None:
+    if len(classes) < 2:
+        raise UnusableInputError(
+            "At least two classes are needed to tell images apart; "
+            f"found {len(classes)}. Add examples of another class."
+        )
 
 
 def scan_examples_folder(support_dir: str | os.PathLike, *, min_classes: int = 2) -> ImageFolder:
