@@ -94,6 +94,37 @@ class CalibratedClassifier:
         self.notes = [note for note in (temperature.reason, open_set_note) if note]
         return self
 
+    @classmethod
+    def from_fitted_state(
+        cls,
+        learner: str,
+        support: ArrayLike,
+        labels: Sequence,
+        *,
+        params: dict[str, Any],
+        strictness: float,
+        temperature: float,
+        open_set: OpenSetDetector,
+        notes: Sequence[str] = (),
+    ) -> CalibratedClassifier:
+        """A fitted classifier restored without calibrating again, e.g. from a saved model.
+
+        The learner is refitted on ``support`` (n_support, dim) and ``labels``
+        (n_support,): learners fit deterministically, so it comes back as
+        ``fit`` left it, at the cost of one fit instead of the calibration's
+        many. ``temperature`` and the fitted ``open_set`` are taken as given.
+        """
+        model = cls(learner, strictness=strictness, **params)
+        model.learner_ = model._make_learner().fit(
+            np.asarray(support, dtype=np.float32), np.asarray(labels)
+        )
+        model.classes_ = model.learner_.classes_
+        model.temperature_ = float(temperature)
+        model.open_set_ = open_set
+        model.threshold_ = open_set.threshold_
+        model.notes = list(notes)
+        return model
+
     def predict(self, query: ArrayLike) -> CalibratedPredictions:
         """Calibrated predictions for ``query`` of shape (n_query, dim)."""
         if not hasattr(self, "learner_"):

@@ -261,6 +261,29 @@ class OpenSetDetector:
         self.threshold_ = base / self.strictness if self.strictness > 0 else float("inf")
         return self
 
+    @classmethod
+    def from_fitted_state(
+        cls,
+        *,
+        classes: ArrayLike,
+        prototypes: ArrayLike,
+        threshold: float,
+        strictness: float = DEFAULT_STRICTNESS,
+        reason: str | None = None,
+    ) -> OpenSetDetector:
+        """A detector with the state ``fit`` learned, e.g. read back from a saved model.
+
+        ``classes`` (n_classes,), ``prototypes`` (n_classes, dim) and
+        ``threshold`` are taken as given, not recomputed, so a restored
+        detector flags exactly what the fitted one did.
+        """
+        detector = cls(strictness)
+        detector.classes_ = np.asarray(classes)
+        detector.prototypes_ = np.asarray(prototypes, dtype=np.float64)
+        detector.threshold_ = float(threshold)
+        detector.reason_ = reason
+        return detector
+
     def distance(self, query: ArrayLike) -> np.ndarray:
         """Cosine distance of each query to its nearest prototype, of shape (n_query,)."""
         if not hasattr(self, "prototypes_"):

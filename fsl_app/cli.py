@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
-from fsl_app.commands import evaluate, meta_train, predict, suggest
+from fsl_app.commands import evaluate, export, meta_train, predict, suggest
+from fsl_app.export import BundleError
 
-COMMANDS = (predict, evaluate, meta_train, suggest)
+COMMANDS = (predict, export, evaluate, meta_train, suggest)
 EXIT_UNUSABLE_INPUT = 2
 
 
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UnusableInputError, BackboneError) as err:
+    except (UnusableInputError, BackboneError, BundleError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_UNUSABLE_INPUT
     except BrokenPipeError:

@@ -1,4 +1,4 @@
-"""``predict``: learn classes from a folder of examples and classify new images."""
+"""``predict``: learn classes from a folder of examples, or load a saved model, and classify."""
 
 from __future__ import annotations
 
@@ -6,10 +6,19 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 
+from fsl_app.backbones import DEFAULT_BACKBONE
 from fsl_app.calibration import DEFAULT_STRICTNESS
-from fsl_app.classify import Classification, QueryResult, classify_files
+from fsl_app.classify import (
+    Classification,
+    QueryResult,
+    UnusableInputError,
+    classify_files,
+    classify_files_with,
+)
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
+from fsl_app.export import check_backbone, load_bundle
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 
 
@@ -19,19 +28,34 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="classify images from a few examples per class",
         description=(
             "Learn classes from a folder of examples (one subfolder per class, named after "
-            "the class) and predict the class of each query image. Confidence is calibrated "
-            "on the examples; an image unlike every class is marked unknown (none of these)."
+            "the class), or load a model saved by the export command, and predict the class "
+            "of each query image. Confidence is calibrated on the examples; an image unlike "
+            "every class is marked unknown (none of these)."
         ),
     )
-    parser.add_argument(
+    examples = parser.add_mutually_exclusive_group(required=True)
+    examples.add_argument(
         "--support",
-        required=True,
         metavar="DIR",
         help="folder with one subfolder per class; images inside, at any depth",
+    )
+    examples.add_argument(
+        "--bundle",
+        metavar="FILE",
+        help="a model saved by the export command (it fixes backbone, learner and strictness)",
     )
     parser.add_argument(
         "--query", required=True, metavar="PATH", help="one image, or a folder of images"
     )
+    add_learner_options(parser)
+    parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    add_embedding_options(parser)
+    # None means "not given": --bundle refuses these, --support falls back to the defaults.
+    parser.set_defaults(handler=run, learner=None, strictness=None, backbone=None)
+
+
+def add_learner_options(parser: argparse.ArgumentParser) -> None:
+    """--learner and --strictness."""
     parser.add_argument(
         "--learner", default=DEFAULT_LEARNER, choices=available_learners(), help="few-shot learner"
     )
@@ -46,30 +70,58 @@ def register(commands: argparse._SubParsersAction) -> None:
             "(e.g. 0.9) fewer, 0 never"
         ),
     )
-    parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    add_embedding_options(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_embedder(args) as embedder:
-        result = classify_files(
-            embedder,
-            args.support,
-            args.query,
-            learner=args.learner,
-            strictness=args.strictness,
-            progress=progress_bar,
-        )
-    for name, reason in result.skipped_examples:
-        print(f"skipped example {name}: {reason}", file=sys.stderr)
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+    if args.bundle:
+        result = _classify_with_bundle(args)
+    else:
+        args.backbone = args.backbone or DEFAULT_BACKBONE
+        with open_embedder(args) as embedder:
+            result = classify_files(
+                embedder,
+                args.support,
+                args.query,
+                learner=args.learner or DEFAULT_LEARNER,
+                strictness=DEFAULT_STRICTNESS if args.strictness is None else args.strictness,
+                progress=progress_bar,
+            )
+    report_examples(result.skipped_examples, result.notes)
     for query in result.results:
         if query.error:
             print(f"skipped query {query.name}: {query.error}", file=sys.stderr)
     {"table": _print_table, "csv": _print_csv, "json": _print_json}[args.format](result)
     return 0
+
+
+def _classify_with_bundle(args: argparse.Namespace) -> Classification:
+    given = [
+        option
+        for option, value in (
+            ("--backbone", args.backbone),
+            ("--learner", args.learner),
+            ("--strictness", args.strictness),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UnusableInputError(
+            f"The model file fixes the backbone, learner and strictness: leave out "
+            f"{' and '.join(given)} when using --bundle."
+        )
+    bundle = load_bundle(args.bundle)
+    args.backbone = bundle.backbone_name
+    with open_embedder(args) as embedder:
+        check_backbone(bundle, embedder.backbone)
+        return classify_files_with(embedder, bundle.classifier, args.query, progress=progress_bar)
+
+
+def report_examples(skipped: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
+    """Skipped examples and notes on the examples, on stderr."""
+    for name, reason in skipped:
+        print(f"skipped example {name}: {reason}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _print_json(result: Classification) -> None:

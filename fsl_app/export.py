@@ -1,0 +1,298 @@
+"""A fitted classifier in one portable file: all it takes to classify new images elsewhere.
+
+A bundle is a safetensors file, never a pickle, so opening one cannot run code.
+Its tensors hold the numbers: the support embeddings with their label indices,
+on which the learner is refitted (learners fit deterministically, so the
+prototypes or the adapted head come back), and the calibration as it was
+fitted (temperature, "none of these" prototypes and threshold), never
+recalibrated on load. Its metadata holds the names: format and version,
+backbone name and id, learner and parameters, classes in column order,
+strictness, notes, creation time and app version.
+
+Embeddings mean something only for the backbone that made them, so a bundle
+names the backbone's id and :func:`check_backbone` refuses any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+import timm
+from safetensors import SafetensorError
+
+from fsl_app import __version__
+from fsl_app.backbones import Backbone
+from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.calibration import OpenSetDetector
+from fsl_app.learners import LEARNERS, NotFittedError
+
+FORMAT_NAME = "fsl_app.bundle"
+FORMAT_VERSION = 1
+# A refit on another machine may differ in the last bits (BLAS, torch version). A learner that
+# depends on a file outside the bundle (MAML's meta-learned initialisation) and finds another
+# one differs by far more, and is refused rather than allowed to answer differently.
+LOGIT_TOLERANCE = 1e-4
+
+
+class BundleError(ValueError):
+    """A file cannot be used as a model; the message is one sentence a person can act on."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A model read by :func:`load_bundle`.
+
+    ``classifier`` is fitted, ready to ``predict`` embeddings of shape (n,
+    dim) made by the backbone ``backbone_id``; ``classes`` is its column
+    order. ``created`` is an ISO 8601 UTC time, ``version`` the format version
+    and ``app_version`` the fsl_app version that saved it.
+    """
+
+    classifier: CalibratedClassifier
+    backbone_name: str
+    backbone_id: str
+    classes: list[str]
+    learner: str
+    created: str
+    version: int
+    app_version: str
+
+
+def bundle_bytes(
+    classifier: CalibratedClassifier,
+    *,
+    backbone: Backbone,
+    support: np.ndarray,
+    labels: Sequence[str],
+) -> bytes:
+    """The bundle of ``classifier`` as bytes, e.g. for a download button.
+
+    ``support`` (n_support, dim) and ``labels`` (n_support,) must be the
+    embeddings by ``backbone`` and the class names the classifier was fitted
+    on; other examples raise ``ValueError``.
+    """
+    if not hasattr(classifier, "learner_"):
+        raise NotFittedError("Fit the classifier before saving it: there is nothing to save yet.")
+    classes = classifier.classes_.tolist()
+    if not all(isinstance(name, str) for name in classes):
+        raise ValueError("Only a classifier fitted on class names (strings) can be saved.")
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        targets = np.array([index[label] for label in labels], dtype=np.int64)
+    except KeyError as err:
+        raise ValueError(f"The label {err} is not a class of this classifier.") from None
+    support = np.ascontiguousarray(support, dtype=np.float32)
+    if support.ndim != 2 or support.shape[1] != backbone.embedding_dim:
+        raise ValueError(
+            f"The support embeddings have shape {support.shape} but {backbone.name} makes "
+            f"{backbone.embedding_dim}-d embeddings."
+        )
+    open_set = classifier.open_set_
+    refitted = OpenSetDetector(classifier.strictness).fit(support, targets)
+    if refitted.prototypes_.shape != open_set.prototypes_.shape or not np.allclose(
+        refitted.prototypes_, open_set.prototypes_
+    ):
+        raise ValueError("These support embeddings are not the ones the classifier was fitted on.")
+    try:
+        params = json.dumps(classifier.params, default=os.fspath)
+    except TypeError as err:
+        raise ValueError(f"The learner's parameters must be plain values: {err}") from None
+    tensors = {
+        "support": support,
+        "labels": targets,
+        "support_logits": classifier.learner_.decision_function(support),
+        "temperature": np.asarray(classifier.temperature_, dtype=np.float64),
+        "open_set.prototypes": np.ascontiguousarray(open_set.prototypes_, dtype=np.float64),
+        "open_set.threshold": np.asarray(open_set.threshold_, dtype=np.float64),
+    }
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "backbone": backbone.name,
+        "backbone_id": backbone.id,
+        "learner": classifier.learner,
+        "learner_params": params,
+        "classes": json.dumps(classes),
+        "strictness": repr(float(classifier.strictness)),
+        "open_set_reason": json.dumps(open_set.reason_),
+        "notes": json.dumps(classifier.notes),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fsl_app_version": __version__,
+    }
+    return safetensors.numpy.save(tensors, metadata=metadata)
+
+
+def save_bundle(
+    path: str | os.PathLike,
+    classifier: CalibratedClassifier,
+    *,
+    backbone: Backbone,
+    support: np.ndarray,
+    labels: Sequence[str],
+) -> Path:
+    """Write :func:`bundle_bytes` to ``path`` atomically: no reader ever sees half a file."""
+    data = bundle_bytes(classifier, backbone=backbone, support=support, labels=labels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = None) -> Bundle:
+    """Read a model saved by :func:`save_bundle`, from a path or from the file's bytes.
+
+    ``name`` names the file in messages (e.g. an upload's name). A missing
+    file, one that is not a model of this app, a damaged one or one saved by
+    another format version raises :class:`BundleError`. The learner is
+    refitted here (see :meth:`CalibratedClassifier.from_fitted_state`).
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = bytes(path_or_bytes)
+    else:
+        path = Path(path_or_bytes)
+        name = name or path.name
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise BundleError(f"There is no readable model file at '{path}'.") from None
+    label = f"'{name}'" if name else "This file"
+    metadata = _header_metadata(data)
+    if metadata is None or metadata.get("format") != FORMAT_NAME:
+        raise BundleError(
+            f"{label} is not a model file saved by fsl_app: pick a file exported from the app."
+        )
+    version = metadata.get("format_version", "")
+    if not version.isdigit():
+        raise BundleError(f"{label} is damaged: export the model again.")
+    if int(version) > FORMAT_VERSION:
+        raise BundleError(
+            f"{label} was saved by a newer version of fsl_app (model format {version}); "
+            "update the app to open it."
+        )
+    if int(version) != FORMAT_VERSION:
+        raise BundleError(
+            f"{label} uses model format {version}, which this version of fsl_app cannot read."
+        )
+    try:
+        tensors = safetensors.numpy.load(data)
+    except SafetensorError:
+        raise BundleError(f"{label} is damaged or cut short: export the model again.") from None
+    backbone = metadata.get("backbone", "")
+    if not timm.is_model(backbone):
+        raise BundleError(
+            f"{label} was made with the backbone '{backbone}', which this version of fsl_app "
+            "does not know."
+        )
+    learner = metadata.get("learner", "")
+    if learner not in LEARNERS:
+        raise BundleError(
+            f"{label} uses the learner '{learner}', which this version of fsl_app does not have."
+        )
+    try:
+        classifier, classes = _rebuild(learner, tensors, metadata)
+    except (KeyError, IndexError, ValueError, TypeError) as err:
+        raise BundleError(f"{label} is damaged ({err}): export the model again.") from None
+    logits = classifier.learner_.decision_function(tensors["support"])
+    if not np.allclose(
+        logits, tensors["support_logits"], rtol=LOGIT_TOLERANCE, atol=LOGIT_TOLERANCE
+    ):
+        raise BundleError(
+            f"{label} answers differently here than where it was made (its learner "
+            f"'{learner}' depends on files that differ on this computer): export it again here."
+        )
+    return Bundle(
+        classifier=classifier,
+        backbone_name=backbone,
+        backbone_id=metadata.get("backbone_id", ""),
+        classes=classes,
+        learner=learner,
+        created=metadata.get("created", ""),
+        version=int(version),
+        app_version=metadata.get("fsl_app_version", ""),
+    )
+
+
+def check_backbone(bundle: Bundle, backbone: Backbone) -> None:
+    """Refuse ``backbone`` unless it makes the embeddings the bundle's examples were made with."""
+    if backbone.id == bundle.backbone_id:
+        return
+    if backbone.name != bundle.backbone_name:
+        raise BundleError(
+            f"This model was made with the backbone '{bundle.backbone_name}', not "
+            f"'{backbone.name}': switch to '{bundle.backbone_name}' to use it."
+        )
+    raise BundleError(
+        f"This model was made with other weights or preprocessing for '{backbone.name}' than "
+        "the ones installed here, so new images would not match its examples: export it again "
+        "on this computer."
+    )
+
+
+def _header_metadata(data: bytes) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors header, or None when ``data`` starts with none.
+
+    Read before the tensors, so a file of another kind or version is named as such
+    instead of being called damaged.
+    """
+    if len(data) < 8:
+        return None
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        return None
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except ValueError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    metadata = header.get("__metadata__") or {}
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _rebuild(
+    learner: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> tuple[CalibratedClassifier, list[str]]:
+    """The fitted classifier and its classes; KeyError, ValueError and the like when damaged."""
+    classes = json.loads(metadata["classes"])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError("its class names are not a list of names")
+    support, targets = tensors["support"], tensors["labels"]
+    if targets.dtype.kind not in "iu" or not ((targets >= 0) & (targets < len(classes))).all():
+        raise ValueError("its labels are not class indices")
+    strictness = float(metadata["strictness"])
+    open_set = OpenSetDetector.from_fitted_state(
+        classes=np.asarray(classes),
+        prototypes=tensors["open_set.prototypes"],
+        threshold=float(tensors["open_set.threshold"]),
+        strictness=strictness,
+        reason=json.loads(metadata["open_set_reason"]),
+    )
+    classifier = CalibratedClassifier.from_fitted_state(
+        learner,
+        support,
+        np.asarray(classes)[targets],
+        params=json.loads(metadata["learner_params"]),
+        strictness=strictness,
+        temperature=float(tensors["temperature"]),
+        open_set=open_set,
+        notes=json.loads(metadata["notes"]),
+    )
+    if classifier.classes_.tolist() != classes:
+        raise ValueError("its classes do not match its examples")
+    if open_set.prototypes_.shape != (len(classes), support.shape[1]):
+        raise ValueError("its calibration does not match its examples")
+    if tensors["support_logits"].shape != (len(support), len(classes)):
+        raise ValueError("its learner check does not match its examples")
+    return classifier, classes
