@@ -134,7 +134,7 @@ def few_example_hints(class_counts: Mapping[str, int]) -> list[str]:
     ]
 
 
-def fit_classifier(
+def fit_project_classifier(
     features: ProjectFeatures,
     *,
     learner: str = DEFAULT_LEARNER,

@@ -1,87 +1,292 @@
-"""The app, headless (Streamlit's AppTest): real photo bytes in, predictions on the page."""
+"""The app, page by page, headless (Streamlit's AppTest): real photo bytes in, a project on disk.
+
+Each test runs the multipage app from ``app.py`` and moves between pages with ``switch_page``,
+as the sidebar does, on a data folder of its own.
+"""
 
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from skimage import data as skimage_data
 from streamlit.testing.v1 import AppTest
+
+from fsl_app.demo import DEMO_EXAMPLES_PER_CLASS
+from fsl_app.store import Store
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 180  # the first run loads the backbone
+TIMEOUT = 300  # the first run loads the backbone and embeds the pictures, on 2 cores
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def upload(widget, paths):
-    widget.set_value([(p.name, p.read_bytes(), "image/png") for p in paths])
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "data"
+    monkeypatch.setenv("FSL_APP_DATA", str(folder))
+    return folder
 
 
-def test_predicts_uploaded_photos(photos):
+def start(data_dir: Path) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
-    at.text_input(key="name_0").input("bird")
-    at.text_input(key="name_1").input("fruit")
-    upload(at.file_uploader(key="examples_0"), photos["bird"][:5])
-    upload(at.file_uploader(key="examples_1"), photos["fruit"][:5])
-    # An apple among apple, apricot, cherry and strawberry examples (a banana is unlike
-    # all of them, so the app may rightly call it "none of these").
-    upload(at.file_uploader(key="queries"), [photos["bird"][10], photos["fruit"][6]])
-    at.run()
+    return at
+
+
+def go(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def files(paths) -> list[tuple[str, bytes, str]]:
+    return [(p.name, p.read_bytes(), "image/png") for p in paths]
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page says, as one string."""
+    parts = []
+    for kind in ("markdown", "text", "caption", "info", "success", "warning", "error", "metric"):
+        for element in getattr(at, kind):
+            parts.append(str(getattr(element, "value", "")))
+    return "\n".join(parts)
+
+
+def create_project(at: AppTest, name: str) -> AppTest:
+    at.text_input[0].input(name)
+    at.button(key="FormSubmitter:new_project-Create project").click().run()
     assert not at.exception
-    assert [m.value for m in at.metric] == ["bird", "fruit"]
+    return at
 
 
-def test_an_image_unlike_every_class_is_none_of_these(photos):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    at.text_input(key="name_0").input("bird")
-    at.text_input(key="name_1").input("fruit")
-    upload(at.file_uploader(key="examples_0"), photos["bird"][:5])
-    upload(at.file_uploader(key="examples_1"), photos["fruit"][:5])
-    cameraman = io.BytesIO()
-    Image.fromarray(skimage_data.camera()).save(cameraman, format="PNG")
-    at.file_uploader(key="queries").set_value(
-        [
-            (photos["bird"][10].name, photos["bird"][10].read_bytes(), "image/png"),
-            ("cameraman.png", cameraman.getvalue(), "image/png"),
-        ]
+def add_class(at: AppTest, name: str) -> AppTest:
+    at.text_input[0].input(name)
+    at.button(key="FormSubmitter:add_class-Add class").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def class_uploader(at: AppTest, class_name: str):
+    label = f"Drop example pictures of '{class_name}' here (many at once is fine)"
+    return next(u for u in at.file_uploader if u.label == label)
+
+
+def test_projects_are_created_renamed_and_deleted_only_after_asking(data_dir):
+    at = start(data_dir)
+    assert "No projects yet" in texts(at)
+    create_project(at, "Garden birds")
+    assert "Open project: Garden birds" in [s.value for s in at.subheader]
+    at.text_input(key="rename_value").input("Birds <b>of</b> the garden")
+    at.button(key="rename").click().run()
+    # A typed name is text, shown as typed: no HTML is interpreted anywhere.
+    assert "Birds <b>of</b> the garden" in texts(at)
+    at.button(key="delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="delete_no").click().run()
+    assert len(Store(data_dir).list_projects()) == 1
+    at.button(key="delete").click().run()
+    at.button(key="delete_yes").click().run()
+    assert Store(data_dir).list_projects() == []
+    assert "No projects yet" in texts(at)
+
+
+def test_an_empty_or_taken_project_name_is_refused_clearly(data_dir):
+    at = start(data_dir)
+    create_project(at, "   ")
+    assert at.error and "name is empty" in at.error[0].value
+    create_project(at, "Mine")
+    create_project(at, "mine")
+    assert at.error and "mine" in at.error[0].value.lower()
+    assert len(Store(data_dir).list_projects()) == 1
+
+
+def test_model_settings_are_kept_with_the_project(data_dir):
+    at = start(data_dir)
+    create_project(at, "Settings")
+    at.selectbox[2].set_value("matching")  # device, backbone, learner
+    at.slider[0].set_value(1.2)
+    at.button(key="FormSubmitter:model_settings-Save model settings").click().run()
+    settings = Store(data_dir).list_projects()[0].settings
+    assert settings["learner"] == "matching" and settings["strictness"] == pytest.approx(1.2)
+    assert "Running on: **CPU**" in texts(at)
+
+
+def test_classes_take_real_uploads_and_refuse_bad_files(data_dir, photos):
+    at = start(data_dir)
+    create_project(at, "Uploads")
+    go(at, "1_Classes")
+    assert "No classes yet" in texts(at)
+    add_class(at, "bird")
+    add_class(at, "fruit")
+    class_uploader(at, "bird").set_value(
+        [*files(photos["bird"][:4]), ("notes.png", b"not a picture at all", "image/png")]
     )
     at.run()
     assert not at.exception
-    verdicts = [m.value for m in at.metric]
-    assert verdicts[0] == "bird"
-    assert verdicts[1].startswith("None of these (closest: ")
-
-
-def test_guides_the_user_until_there_is_enough_to_predict(photos):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    assert "Add at least one example photo" in " ".join(i.value for i in at.info)
-    at.text_input(key="name_1").input("class 1")
+    page = texts(at)
+    assert "Added 4 pictures to 'bird'." in page
+    assert "'notes.png' was not added" in page
+    # The same picture again is noticed, and the project keeps what it had.
+    class_uploader(at, "bird").set_value(files(photos["bird"][:1]))
     at.run()
-    assert "same name" in " ".join(i.value for i in at.info)
+    assert "already in the project" in texts(at)
+    with Store(data_dir) as store:
+        project = store.list_projects()[0]
+        assert {c.name: c.n_examples for c in store.list_classes(project.id)} == {
+            "bird": 4,
+            "fruit": 0,
+        }
+    assert "Add example images to: fruit." not in texts(at)  # hints come on Predict
+    go(at, "2_Predict")
+    assert "Add example images to: fruit." in texts(at)
 
 
-def test_a_corrupt_upload_is_reported_and_the_rest_predicted(photos):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    upload(at.file_uploader(key="examples_0"), photos["bird"][:3])
-    upload(at.file_uploader(key="examples_1"), photos["flower"][:3])
-    at.file_uploader(key="queries").set_value(
-        [
-            ("broken.jpg", b"\xff\xd8\xff\xe0 not really", "image/jpeg"),
-            (photos["flower"][5].name, photos["flower"][5].read_bytes(), "image/png"),
-        ]
-    )
+def test_predict_shows_the_right_class_and_a_correction_becomes_an_example(data_dir, photos):
+    at = start(data_dir)
+    create_project(at, "Predict")
+    go(at, "1_Classes")
+    add_class(at, "bird")
+    add_class(at, "fruit")
+    class_uploader(at, "bird").set_value(files(photos["bird"][:5]))
+    at.run()
+    class_uploader(at, "fruit").set_value(files(photos["fruit"][:5]))
+    at.run()
+    go(at, "2_Predict")
+    at.file_uploader[0].set_value(files([photos["bird"][10], photos["fruit"][6]]))
     at.run()
     assert not at.exception
-    assert "broken.jpg" in " ".join(w.value for w in at.warning)
-    assert [m.value for m in at.metric] == ["class 2"]
+    page = texts(at)
+    assert "Added 2 pictures to the pictures to sort." in page
+    verdicts = [t.value for t in at.text]
+    assert sorted(verdicts) == ["bird", "fruit"]
+    # Each prediction has its uncertainty badge (st.badge is markdown with a badge directive).
+    badges = [m.value for m in at.markdown if "-badge[" in m.value]
+    assert len(badges) == 2 and all("%" in b or "none of these" in b for b in badges)
+    assert at.get("download_button")  # predictions as CSV
+    # One click accepts the first prediction: it becomes an example of that class.
+    accept = next(b for b in at.button if b.label.startswith("✓ Yes, "))
+    accepted_class = accept.label.removeprefix("✓ Yes, ")
+    accept.click().run()
+    with Store(data_dir) as store:
+        project = store.list_projects()[0]
+        counts = {c.name: c.n_examples for c in store.list_classes(project.id)}
+    assert counts[accepted_class] == 6
+    assert len(at.text) == 1  # one picture left to sort
 
 
-def test_model_page_shows_the_device_and_backbone():
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Model.py"), default_timeout=TIMEOUT).run()
+def test_demo_project_runs_every_page(data_dir):
+    at = start(data_dir)
+    at.button(key="demo").click().run()
     assert not at.exception
-    assert at.metric[0].value == "CPU"
-    assert "tf_efficientnet_lite0" in " ".join(t.value for t in at.text)
+    assert any(s.value.startswith("Open project: Demo") for s in at.subheader)
+    go(at, "1_Classes")
+    assert [t.label for t in at.tabs][:2] == [
+        f"bird ({DEMO_EXAMPLES_PER_CLASS})",
+        f"fish ({DEMO_EXAMPLES_PER_CLASS})",
+    ]
+    go(at, "2_Predict")
+    assert [m.label for m in at.metric][:4] == [
+        "Pictures to sort",
+        "Sure",
+        "Unsure",
+        "None of these",
+    ]
+    go(at, "3_Embedding_map")
+    assert at.get("plotly_chart")
+    for layout in ("pca", "umap"):
+        at.selectbox[0].set_value(layout).run()
+        assert not at.exception
+    at.radio[0].set_value(3).run()
+    assert not at.exception and at.get("plotly_chart")
+    go(at, "5_Evaluate")
+    labels = [m.label for m in at.metric]
+    assert labels == ["Accuracy", "Pictures tested", "Calibration error"]
+    at.button(key="compare").click().run()
+    assert not at.exception
+    table = at.dataframe[-1].value
+    assert {"protonet (in use)", "matching", "linear", "maml"} <= set(table["learner"])
+
+
+def test_label_next_takes_one_click_and_the_accuracy_chart_grows(data_dir):
+    at = start(data_dir)
+    at.button(key="demo").click().run()
+    go(at, "4_Label_next")
+    reasons = [m.value for m in at.markdown if m.value.startswith("**Suggestion")]
+    assert len(reasons) == 3 and all("why:" in r for r in reasons)
+    with Store(data_dir) as store:
+        project = store.list_projects()[0]
+        before = len(store.list_images(project.id, labeled=True))
+    at.button[0].click().run()  # the first class button of the first suggestion
+    assert not at.exception
+    assert any(s.value.startswith("Labeled '") for s in at.success)
+    with Store(data_dir) as store:
+        assert len(store.list_images(project.id, labeled=True)) == before + 1
+        history = store.get_project(project.id).settings["accuracy_history"]
+    assert [h["labels"] for h in history] == [before, before + 1]
+    assert all(h["low"] <= h["accuracy"] <= h["high"] for h in history)
+    # "None of these classes" keeps a picture out of the suggestions for good.
+    none_key = next(b.key for b in at.button if b.key and b.key.startswith("none_"))
+    at.button(key=none_key).click().run()
+    assert not at.exception
+    prefix = none_key.removeprefix("none_")
+    with Store(data_dir) as store:
+        outside = store.get_project(project.id).settings["none_of_these"]
+    assert [i for i in outside if i.startswith(prefix)]
+    assert not [b for b in at.button if b.key and b.key.endswith(prefix)]
+    # "Skip for now" hides the next one for this session.
+    skip_key = next(b.key for b in at.button if b.key and b.key.startswith("skip_"))
+    at.button(key=skip_key).click().run()
+    assert not [b for b in at.button if b.key and b.key.endswith(skip_key.removeprefix("skip_"))]
+
+
+def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
+    at = start(data_dir)
+    at.button(key="demo").click().run()
+    go(at, "6_Export")
+    at.button(key="prepare_bundle").click().run()
+    assert not at.exception
+    bundle = tmp_path / "demo.fslbundle"
+    bundle.write_bytes(at.session_state["bundle"])
+    at.button(key="prepare_zip").click().run()
+    archive = at.session_state["dataset_zip"]
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        folders = {Path(name).parts[0] for name in opened.namelist()}
+    assert folders == {"bird", "fish", "flower", "fruit", "vegetable"}
+
+    # The bundle classifies new pictures from the command line.
+    from fsl_app.cli import main
+
+    query = photos["fish"][-1]
+    assert main(["predict", "--bundle", str(bundle), "--query", str(query), "--format", "csv"]) == 0
+    assert ",fish," in capsys.readouterr().out
+
+    # The ZIP, imported into a new empty project, gives back the classes and examples.
+    at.switch_page("app.py").run()
+    create_project(at, "Copy")
+    go(at, "6_Export")
+    at.file_uploader[0].set_value([("demo.zip", archive, "application/zip")])
+    at.run()
+    assert not at.exception
+    assert any("Imported: 15 images added" in s.value for s in at.success)
+    with Store(data_dir) as store:
+        copy = next(p for p in store.list_projects() if p.name == "Copy")
+        counts = {c.name: c.n_examples for c in store.list_classes(copy.id)}
+    assert counts == dict.fromkeys(["bird", "fish", "flower", "fruit", "vegetable"], 3)
+    # A file that is not a ZIP is refused and the project keeps what it had.
+    at.file_uploader[0].set_value([("broken.zip", b"PK\x03\x04 broken", "application/zip")])
+    at.run()
+    assert at.error and "Nothing was imported" in at.error[0].value
+
+
+def test_an_unusable_data_folder_gets_a_clear_message(tmp_path, monkeypatch):
+    # A data folder that cannot be made (here: beneath a file) stands for every folder the
+    # app cannot write to; tests/test_store.py checks real permissions as another user.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FSL_APP_DATA", str(blocker / "data"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.error and "cannot be written to" in at.error[0].value
+    assert "FSL_APP_DATA" in at.error[0].value

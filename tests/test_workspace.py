@@ -15,7 +15,7 @@ from fsl_app.store import Store
 from fsl_app.workspace import (
     badge,
     few_example_hints,
-    fit_classifier,
+    fit_project_classifier,
     predict_images,
     project_features,
     readiness,
@@ -66,7 +66,7 @@ def test_features_come_from_the_cache_by_hash_without_new_forward_passes(demo, e
 def test_predictions_of_the_pool_are_mostly_right_with_explanations(demo, embedder, photos):
     store, project = demo
     features = project_features(store, project.id, embedder)
-    classifier = fit_classifier(features)
+    classifier = fit_project_classifier(features)
     pool = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
     predictions = predict_images(classifier, features, pool)
     truth = {p.name: name for name, paths in photos.items() for p in paths}

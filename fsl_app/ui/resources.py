@@ -15,11 +15,11 @@ from typing import Any
 
 import streamlit as st
 
-from fsl_app.backbones import load_backbone
+from fsl_app.backbones import Backbone, load_backbone
 from fsl_app.calibrated import CalibratedClassifier
 from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
 from fsl_app.store import Store, default_data_dir
-from fsl_app.workspace import ProjectFeatures, fit_classifier
+from fsl_app.workspace import ProjectFeatures, fit_project_classifier
 
 EMBEDDING_CACHE_NAME = "embeddings.sqlite"
 
@@ -45,16 +45,28 @@ def embedding_cache_path() -> Path:
 
 
 @st.cache_resource(show_spinner="Loading the image model (first time only)…")
-def get_embedder(backbone_name: str, device: str = "auto", cache_path: str = "") -> Embedder:
-    cache = EmbeddingCache(cache_path or embedding_cache_path())
-    return Embedder(load_backbone(backbone_name), device=device, cache=cache)
+def _backbone(name: str, device: str) -> Backbone:
+    # One copy per device: an Embedder moves its backbone to its device.
+    return load_backbone(name)
+
+
+@st.cache_resource(show_spinner=False)
+def _embedder(backbone_name: str, device: str, cache_path: str) -> Embedder:
+    return Embedder(
+        _backbone(backbone_name, device), device=device, cache=EmbeddingCache(cache_path)
+    )
+
+
+def get_embedder(backbone_name: str, device: str = "auto") -> Embedder:
+    """The backbone on ``device``, with the embedding cache of the current data folder."""
+    return _embedder(backbone_name, device, str(embedding_cache_path()))
 
 
 @st.cache_resource(show_spinner="Learning your classes…", max_entries=16)
 def _fitted(
     _features: ProjectFeatures, key: tuple, learner: str, strictness: float, params_json: str
 ) -> CalibratedClassifier:
-    return fit_classifier(
+    return fit_project_classifier(
         _features, learner=learner, strictness=strictness, params=json.loads(params_json)
     )
 

@@ -1,0 +1,107 @@
+"""A project's data in and out: dataset ZIPs in ImageFolder layout, labels and predictions as CSV
+or JSON.
+
+Import goes through the store like any upload, so bad files are refused one by one and the
+project keeps everything it had.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fsl_app.dataset_zip import ZipImage, imagefolder_zip, read_imagefolder_zip
+from fsl_app.store import Prediction, ProjectImage, Rejected, Store
+
+TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
+
+
+@dataclass
+class ImportReport:
+    classes_created: list[str] = field(default_factory=list)
+    added: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # entries of the ZIP that are not images
+
+    def summary(self) -> str:
+        parts = [f"{self.added} image{'s' if self.added != 1 else ''} added"]
+        if self.classes_created:
+            parts.append(f"new classes: {', '.join(self.classes_created)}")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} already in the project")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} not usable")
+        return "; ".join(parts) + "."
+
+
+def import_dataset_zip(store: Store, project_id: int, data: bytes) -> ImportReport:
+    """Add a ZIP of class folders (and unlabeled images) to the project.
+
+    Classes it names that the project lacks are created. Raises DatasetZipError when the bytes
+    are not a usable ZIP; nothing is added then.
+    """
+    images, skipped = read_imagefolder_zip(data)
+    report = ImportReport(skipped=list(skipped))
+    existing = {c.name.casefold(): c.name for c in store.list_classes(project_id)}
+    by_class: dict[str | None, list[tuple[str, bytes]]] = {}
+    for image in images:
+        by_class.setdefault(image.class_name, []).append((image.name, image.data))
+    for class_name, files in by_class.items():
+        target = None
+        if class_name is not None:
+            target = existing.get(class_name.strip().casefold())
+            if target is None:
+                target = store.add_class(project_id, class_name).name
+                existing[target.casefold()] = target
+                report.classes_created.append(target)
+        added = store.add_images(project_id, files, target)
+        report.added += len(added.added)
+        report.duplicates += len(added.duplicates)
+        report.rejected.extend(added.rejected)
+    return report
+
+
+def export_dataset_zip(store: Store, project_id: int, *, include_unlabeled: bool = False) -> bytes:
+    """The project's labeled images as ``class/name`` in a ZIP (unlabeled under ``unlabeled/``)."""
+    images = store.list_images(project_id, labeled=None if include_unlabeled else True)
+    return imagefolder_zip(
+        ZipImage(image.class_name, image.name, store.image_bytes(image.sha256)) for image in images
+    )
+
+
+def image_table(
+    images: Sequence[ProjectImage], predictions: Mapping[str, Prediction]
+) -> list[dict[str, object]]:
+    """One row per image: its name, hash, label and the model's prediction (blank if none)."""
+    rows = []
+    for image in images:
+        predicted = predictions.get(image.sha256)
+        rows.append(
+            {
+                "name": image.name,
+                "sha256": image.sha256,
+                "label": image.class_name or "",
+                "prediction": "" if predicted is None else predicted.predicted_class,
+                "confidence": "" if predicted is None else round(predicted.confidence, 4),
+                "unknown": "" if predicted is None else bool(predicted.unknown),
+            }
+        )
+    return rows
+
+
+def table_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def table_json(rows: Sequence[Mapping[str, object]]) -> str:
+    return json.dumps(
+        [{k: (None if v == "" else v) for k, v in row.items()} for row in rows], indent=2
+    )

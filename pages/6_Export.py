@@ -1,0 +1,120 @@
+"""Export: the labeled pictures, labels and predictions, and the model itself; import a dataset."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from fsl_app.dataset_zip import DatasetZipError
+from fsl_app.export import bundle_bytes
+from fsl_app.project_io import (
+    export_dataset_zip,
+    image_table,
+    import_dataset_zip,
+    table_csv,
+    table_json,
+)
+from fsl_app.store import StoreError
+from fsl_app.ui.session import (
+    ProjectSettings,
+    classifier_or_none,
+    embedder_or_stop,
+    load_features,
+    open_project,
+    store_or_stop,
+)
+from fsl_app.ui.widgets import clear_upload, flash, show_flashed, upload_key
+from fsl_app.workspace import predict_images
+
+st.set_page_config(page_title="Export · fsl_app", page_icon="📦", layout="wide")
+store = store_or_stop()
+project = open_project(store)
+st.title("Export and import")
+show_flashed()
+file_stem = re.sub(r"[^\w.-]+", "_", project.name).strip("_") or "project"
+
+settings = ProjectSettings.of(project)
+embedder = embedder_or_stop(settings)
+features = load_features(store, project, embedder)
+classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
+
+st.subheader("The model")
+if classifier is None:
+    st.info("The model can be exported once two classes have examples.")
+else:
+    support, labels = features.support()
+    st.write(
+        "One file with what the app learned: the image model's name and exact preprocessing, "
+        "your classes, the examples' embeddings, the calibration and the 'none of these' "
+        "threshold. Use it on any machine with fsl_app:"
+    )
+    st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --query FOLDER_OF_PICTURES")
+    if st.button("Prepare the model file", key="prepare_bundle"):
+        st.session_state["bundle"] = bundle_bytes(
+            classifier, backbone=embedder.backbone, support=support, labels=labels
+        )
+    if "bundle" in st.session_state:
+        st.download_button(
+            "Download the model",
+            st.session_state["bundle"],
+            file_name=f"{file_stem}.fslbundle",
+            mime="application/octet-stream",
+            key="download_bundle",
+        )
+
+st.subheader("Labels and predictions")
+predictions = {}
+if classifier is not None:
+    predictions = {
+        p.id: p.as_store_prediction() for p in predict_images(classifier, features, features.ids)
+    }
+rows = image_table(store.list_images(project.id), predictions)
+csv_column, json_column = st.columns(2)
+csv_column.download_button(
+    "Download as CSV", table_csv(rows), file_name=f"{file_stem}.csv", mime="text/csv"
+)
+json_column.download_button(
+    "Download as JSON", table_json(rows), file_name=f"{file_stem}.json", mime="application/json"
+)
+st.caption(
+    f"{len(rows)} pictures: name, content hash, your label (blank if unlabeled), and the "
+    "model's prediction, confidence and 'none of these' flag."
+)
+
+st.subheader("The pictures")
+include_unlabeled = st.checkbox("Include unlabeled pictures (in a folder 'unlabeled')")
+if st.button("Prepare a ZIP of the pictures", key="prepare_zip"):
+    with st.spinner("Packing the pictures…"):
+        st.session_state["dataset_zip"] = export_dataset_zip(
+            store, project.id, include_unlabeled=include_unlabeled
+        )
+if "dataset_zip" in st.session_state:
+    st.download_button(
+        "Download the ZIP (one folder per class)",
+        st.session_state["dataset_zip"],
+        file_name=f"{file_stem}.zip",
+        mime="application/zip",
+        key="download_zip",
+    )
+
+st.subheader("Import a dataset")
+st.write(
+    "A ZIP with one folder per class (the same layout as the export). Classes the project "
+    "lacks are created; pictures already here are not added twice."
+)
+uploaded = st.file_uploader("Drop a ZIP here", type=["zip"], key=upload_key("import_zip"))
+if uploaded is not None:
+    try:
+        with st.spinner("Importing…"):
+            report = import_dataset_zip(store, project.id, uploaded.getvalue())
+    except (DatasetZipError, StoreError) as err:
+        st.error(f"Nothing was imported: {err}")
+    else:
+        clear_upload("import_zip")
+        messages = [("success", f"Imported: {report.summary()}")]
+        messages += [("warning", f"'{r.name}' was not added: {r.message}") for r in report.rejected]
+        messages += [("info", f"Skipped: {s}") for s in report.skipped[:20]]
+        flash(messages)
+        st.session_state.pop("dataset_zip", None)
+        st.rerun()
