@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-debian_packages=(tuxpaint-stamps-default dataset-fashion-mnist)
+debian_packages=(tuxpaint-stamps-default dataset-fashion-mnist chromium)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

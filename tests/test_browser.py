@@ -1,0 +1,123 @@
+"""The app in a real browser: `streamlit run app.py`, Debian's chromium driven by Playwright.
+
+A user's path through the pages, by clicks and real file inputs: create a project, add the
+classes "bird" and "fruit", drop five real photos into each, drop one new bird photo on the
+Predict page, and read the prediction on its card. A full-page screenshot is saved at each step
+in ``$FSL_APP_SCREENSHOTS`` (default ``test-artifacts/browser/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+
+import pytest
+from browser_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Screenshots,
+    StreamlitServer,
+    require_browser,
+    screenshot_dir,
+    wait_idle,
+    wait_text,
+)
+
+pytestmark = pytest.mark.slow
+
+# Generous: the first pages load the image model and embed photos on a couple of CPU cores.
+SLOW_MS = 120_000
+
+
+@pytest.fixture
+def server(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    app = StreamlitServer(data, tmp_path / "streamlit.log")
+    try:
+        app.wait_healthy(timeout=120)
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def browser_page():
+    sync_playwright = require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(SLOW_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def uploader_input(page, label: str):
+    """The real ``<input type=file>`` of the file uploader labelled ``label``."""
+    uploader = page.get_by_test_id("stFileUploader").filter(has_text=label)
+    return uploader.locator('input[type="file"]')
+
+
+def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, photos, tmp_path):
+    page = browser_page
+    shots = Screenshots(page, screenshot_dir())
+    query = tmp_path / "query.png"  # a neutral name: the card's text cannot come from it
+    shutil.copy(photos["bird"][10], query)
+    examples = {name: photos[name][:5] for name in ("bird", "fruit")}
+    assert photos["bird"][10] not in examples["bird"]
+
+    try:
+        page.goto(server.url + "/")
+        wait_text(page, "Teach the computer new image classes", SLOW_MS)
+        wait_text(page, "No projects yet", SLOW_MS)
+        shots.take("home")
+
+        page.get_by_label("Project name").fill("Birds and fruit")
+        page.get_by_role("button", name="Create project").click()
+        wait_text(page, "Open project: Birds and fruit")
+        shots.take("project-created")
+
+        page.get_by_role("link", name="Next: define your classes").click()
+        page.wait_for_url(re.compile(r"/Classes"))
+        wait_text(page, "Make a class for each kind of picture")
+        for name in examples:
+            page.get_by_label("New class name").fill(name)
+            page.get_by_role("button", name="Add class").click()
+            page.get_by_role("tab", name=f"{name} (0)").wait_for()
+            wait_idle(page, SLOW_MS)
+        shots.take("classes-added")
+
+        for name, files in examples.items():
+            page.get_by_role("tab", name=re.compile(rf"^{name} \(")).click()
+            label = f"Drop example pictures of '{name}' here"
+            uploader_input(page, label).set_input_files([str(f) for f in files])
+            wait_text(page, f"Added {len(files)} pictures to '{name}'.")
+            page.get_by_role("tab", name=f"{name} ({len(files)})").wait_for()
+            shots.take(f"examples-{name}")
+
+        page.get_by_role("link", name="Next: see what the app predicts").click()
+        page.wait_for_url(re.compile(r"/Predict"))
+        wait_text(page, "Drop new pictures to sort here")
+        shots.take("predict-empty")
+
+        uploader_input(page, "Drop new pictures to sort here").set_input_files([str(query)])
+        wait_text(page, "Added 1 picture to the pictures to sort.")
+        wait_text(page, "Looks like:")
+        shots.take("prediction")
+
+        cards = page.get_by_test_id("stVerticalBlock").filter(has_text="Looks like:")
+        card = cards.filter(has_text=query.name).last  # the innermost block: the card itself
+        verdict = card.get_by_test_id("stText").first.inner_text().strip()
+        badge = card.get_by_text(re.compile(r"^(sure|fairly sure|unsure): \d+%$")).first
+        assert verdict == "bird", f"the bird photo was shown as {verdict!r}"
+        assert badge.is_visible(), "no confidence badge on the prediction's card"
+        to_sort = page.get_by_test_id("stMetric").filter(has_text="Pictures to sort")
+        assert to_sort.get_by_test_id("stMetricValue").inner_text().strip() == "1"
+    except Exception:
+        with contextlib.suppress(Exception):  # the browser may be the thing that failed
+            shots.take("failure")
+        print(f"Screenshots in {shots.folder}; the server's last lines:\n{server.log_tail()}")
+        raise
