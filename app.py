@@ -1,157 +1,22 @@
-"""fsl_app home: projects (create, open, rename, delete, demo) and what the model runs on."""
+"""fsl_app: teach the computer new image classes from a handful of examples.
+
+The entry point of ``streamlit run app.py``: the pages of the workflow, in the order they are used.
+Each page lives in ``pages/`` and stays thin: it reads the open project, calls fsl_app, draws.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
-import torch
 
-from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
-from fsl_app.calibration import DEFAULT_STRICTNESS
-from fsl_app.demo import create_demo_project
-from fsl_app.learners import DEFAULT_LEARNER, available_learners
-from fsl_app.store import StoreError
-from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
-
-LEARNER_NAMES = {
-    "protonet": "Prototypes (ProtoNet): fast, the default",
-    "matching": "Nearest examples (Matching Networks)",
-    "linear": "Linear classifier on the examples",
-    "maml": "MAML: a meta-learned start, fine-tuned on your examples (slower)",
-}
+PAGES = [
+    st.Page("pages/0_Projects.py", title="Projects", icon="📁", url_path="projects", default=True),
+    st.Page("pages/1_Classes.py", title="Classes", icon="🏷️", url_path="classes"),
+    st.Page("pages/2_Predict.py", title="Predict", icon="🔮", url_path="predict"),
+    st.Page("pages/3_Embedding_map.py", title="Embedding map", icon="🗺️", url_path="map"),
+    st.Page("pages/4_Label_next.py", title="Label next", icon="🎯", url_path="label-next"),
+    st.Page("pages/5_Evaluate.py", title="Evaluate", icon="📏", url_path="evaluate"),
+    st.Page("pages/6_Export.py", title="Export", icon="📦", url_path="export"),
+]
 
 st.set_page_config(page_title="fsl_app: teach new image classes", page_icon="🔎", layout="wide")
-st.title("Teach the computer new image classes")
-st.write(
-    "Give a few example pictures of each class; the app sorts new pictures into your classes, "
-    "says how sure it is, says *none of these* when a picture fits no class, and tells you "
-    "which picture to label next."
-)
-
-store = store_or_stop()
-project = current_project(store)
-projects = store.list_projects()
-
-left, right = st.columns([2, 1])
-with left:
-    st.subheader("Your projects")
-    if not projects:
-        st.info("No projects yet: create one below, or try the demo.")
-    for item in projects:
-        counts = store.list_classes(item.id)
-        n_images = len(store.list_images(item.id))
-        row = st.columns([4, 1])
-        is_open = project is not None and item.id == project.id
-        marker = "▶ " if is_open else ""
-        row[0].text(f"{marker}{item.name} · {len(counts)} classes · {n_images} images")
-        if row[1].button("Open", key=f"open_{item.id}", disabled=is_open):
-            select_project(item.id)
-            st.rerun()
-
-with right:
-    st.subheader("New project")
-    with st.form("new_project", clear_on_submit=True):
-        new_name = st.text_input("Project name", placeholder="e.g. Birds in my garden")
-        if st.form_submit_button("Create project", type="primary"):
-            try:
-                created = store.create_project(new_name)
-            except StoreError as err:
-                st.error(str(err))
-            else:
-                select_project(created.id)
-                st.rerun()
-    st.write("Or start from real photos of birds, fish, flowers, fruit and vegetables:")
-    if st.button("Open the demo project", key="demo"):
-        try:
-            with st.spinner("Copying the demo photos…"):
-                demo = create_demo_project(store)
-        except (FileNotFoundError, StoreError) as err:
-            st.error(f"The demo cannot be made here: {err}")
-        else:
-            select_project(demo.id)
-            st.rerun()
-
-if project is None:
-    st.stop()
-
-st.divider()
-st.subheader(f"Open project: {project.name}")
-settings = ProjectSettings.of(project)
-st.page_link("pages/1_Classes.py", label="Next: define your classes", icon="🏷️")
-
-with st.expander("Rename or delete this project"):
-    renamed = st.text_input("New name", value=project.name, key="rename_value")
-    if st.button("Rename", key="rename"):
-        try:
-            store.rename_project(project.id, renamed)
-        except StoreError as err:
-            st.error(str(err))
-        else:
-            st.rerun()
-    if not st.session_state.get("confirm_delete_project"):
-        if st.button("Delete this project…", key="delete"):
-            st.session_state["confirm_delete_project"] = True
-            st.rerun()
-    else:
-        st.warning(
-            f"Delete '{project.name}' with all its classes, images and predictions? "
-            "This cannot be undone."
-        )
-        yes, no = st.columns(2)
-        if yes.button("Yes, delete it", type="primary", key="delete_yes"):
-            store.delete_project(project.id)
-            select_project(None)
-            st.session_state["confirm_delete_project"] = False
-            st.rerun()
-        if no.button("Cancel", key="delete_no"):
-            st.session_state["confirm_delete_project"] = False
-            st.rerun()
-
-st.subheader("How the model works")
-gpu = torch.cuda.is_available()
-st.write(
-    f"Running on: **{'GPU (' + torch.cuda.get_device_name(0) + ')' if gpu else 'CPU'}**"
-    + ("" if gpu else " — no GPU here; everything works, the first reading of images is slower.")
-)
-devices = ["auto", "cpu"] + (["cuda"] if gpu else [])
-backbones = available_backbones()
-learners = available_learners()
-with st.form("model_settings"):
-    device = st.selectbox(
-        "Device",
-        devices,
-        index=devices.index(settings.device) if settings.device in devices else 0,
-        format_func=lambda d: {"auto": "Best available", "cpu": "CPU", "cuda": "GPU"}[d],
-    )
-    backbone = st.selectbox(
-        "Image model (reads each picture once)",
-        backbones,
-        index=backbones.index(settings.backbone) if settings.backbone in backbones else 0,
-        help=f"{DEFAULT_BACKBONE} is fast and works offline. Changing it reads every image again.",
-    )
-    learner = st.selectbox(
-        "Few-shot learner (learns your classes from the examples)",
-        learners,
-        index=learners.index(settings.learner) if settings.learner in learners else 0,
-        format_func=lambda name: LEARNER_NAMES.get(name, name),
-    )
-    strictness = st.slider(
-        '"None of these" strictness',
-        min_value=0.0,
-        max_value=1.5,
-        value=float(settings.strictness),
-        step=0.05,
-        help=(
-            f"{DEFAULT_STRICTNESS:g} is the default. Higher answers 'none of these' more often, "
-            "lower less often, 0 never."
-        ),
-    )
-    if st.form_submit_button("Save model settings"):
-        store.update_settings(
-            project.id,
-            {"device": device, "backbone": backbone, "learner": learner, "strictness": strictness},
-        )
-        st.success("Saved. Every page now uses these settings.")
-if settings.learner != DEFAULT_LEARNER:
-    st.caption(
-        f"This project uses '{settings.learner}' instead of the default '{DEFAULT_LEARNER}'."
-    )
+st.navigation(PAGES).run()

@@ -25,7 +25,6 @@ from fsl_app.workspace import few_example_hints
 
 PAGE_SIZE = 12
 
-st.set_page_config(page_title="Classes · fsl_app", page_icon="🏷️", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Classes")
@@ -57,6 +56,7 @@ def add_files(files, class_name: str | None, where: str, uploader: str) -> None:
         st.error(f"Nothing was added: {err}")
         return
     clear_upload(uploader)
+    st.session_state["_last_class"] = class_name
     if report.added:
         load_features(store, project, embedder)  # embeds the new images now, with progress
     flash(add_report_messages(report, where))
@@ -71,7 +71,15 @@ st.caption(" · ".join(f"{c.name}: {c.n_examples}" for c in classes))
 for hint in few_example_hints(counts):
     st.info(hint)
 
-tabs = st.tabs([f"{c.name} ({c.n_examples})" for c in classes])
+# After an upload the page reruns with new counts in the tab labels: open the tab just used.
+tab_labels = [f"{c.name} ({c.n_examples})" for c in classes]
+last_used = st.session_state.get("_last_class")
+tabs = st.tabs(
+    tab_labels,
+    default=next(
+        (t for c, t in zip(classes, tab_labels, strict=True) if c.name == last_used), None
+    ),
+)
 for tab, item in zip(tabs, classes, strict=True):
     with tab:
         key = f"class_{item.id}"

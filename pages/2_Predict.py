@@ -34,7 +34,6 @@ SORTS = {
     "By name": lambda p: p.name.casefold(),
 }
 
-st.set_page_config(page_title="Predict · fsl_app", page_icon="🔮", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Predict")
@@ -91,7 +90,9 @@ st.caption(
 
 controls = st.columns([1, 2, 2])
 order = controls[0].selectbox("Sort", list(SORTS))
-badges = controls[1].multiselect("Show", list(BADGE_COLOURS), default=list(BADGE_COLOURS))
+badges = controls[1].pills(
+    "Show", list(BADGE_COLOURS), selection_mode="multi", default=list(BADGE_COLOURS)
+)
 shown_classes = controls[2].multiselect("Predicted class", classes, default=classes)
 shown = sorted(
     (p for p in predictions if p.badge in badges and p.prediction in shown_classes),

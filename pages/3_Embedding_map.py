@@ -21,7 +21,6 @@ from fsl_app.workspace import predict_images, suggest_next
 METHODS = {"pca": "PCA (instant)", "tsne": "t-SNE (clusters)", "umap": "UMAP (clusters, fast)"}
 MAX_SHOWN_SELECTED = 12
 
-st.set_page_config(page_title="Embedding map · fsl_app", page_icon="🗺️", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Embedding map")
@@ -74,35 +73,43 @@ if len(points.features) < 3:
     st.stop()
 with st.spinner("Laying out the map…"):
     coords = projection.project(points.features, method=method, dims=dims)
-figure = map_figure(coords, points, color_by=color_by)
-state = st.plotly_chart(
-    figure,
-    key=f"map_{method}_{dims}",
-    on_select="rerun",
-    selection_mode=("points", "lasso") if dims == 2 else ("points",),
-)
-
-picked = [i for i in selected_ids(state) if not i.startswith("prototype:")]
-if not picked:
-    st.caption("Nothing selected yet.")
-    st.stop()
 names = dict(zip(features.ids, features.names, strict=True))
 labels_by_id = dict(zip(features.ids, features.labels, strict=True))
-st.subheader(f"{len(picked)} selected")
-columns = st.columns(6)
-for i, image_id in enumerate(picked[:MAX_SHOWN_SELECTED]):
-    with columns[i % 6]:
-        current = labels_by_id.get(image_id)
-        show_thumbnail(store, image_id, f"{names.get(image_id, '')} · {current or 'unlabeled'}")
-if len(picked) > MAX_SHOWN_SELECTED:
-    st.caption(f"…and {len(picked) - MAX_SHOWN_SELECTED} more.")
 classes = [c.name for c in store.list_classes(project.id)]
-target = st.selectbox("Label the selected pictures as", classes, index=None, key="map_label")
-if st.button("Label them", disabled=target is None, type="primary"):
-    moved = store.label(project.id, picked, target)
-    flash([("success", f"{moved} picture{'s' if moved != 1 else ''} labeled as {target}.")])
-    st.rerun()
-if st.button("Make them unlabeled again"):
-    store.label(project.id, picked, None)
-    flash([("info", f"{len(picked)} pictures are unlabeled now.")])
-    st.rerun()
+
+
+@st.fragment
+def map_with_selection() -> None:
+    """The map and what is selected on it: a click or lasso reruns only this part."""
+    figure = map_figure(coords, points, color_by=color_by)
+    state = st.plotly_chart(
+        figure,
+        key=f"map_{method}_{dims}",
+        on_select="rerun",
+        selection_mode=("points", "lasso") if dims == 2 else ("points",),
+    )
+
+    picked = [i for i in selected_ids(state) if not i.startswith("prototype:")]
+    if not picked:
+        st.caption("Nothing selected yet.")
+        return
+    st.subheader(f"{len(picked)} selected")
+    columns = st.columns(6)
+    for i, image_id in enumerate(picked[:MAX_SHOWN_SELECTED]):
+        with columns[i % 6]:
+            current = labels_by_id.get(image_id)
+            show_thumbnail(store, image_id, f"{names.get(image_id, '')} · {current or 'unlabeled'}")
+    if len(picked) > MAX_SHOWN_SELECTED:
+        st.caption(f"…and {len(picked) - MAX_SHOWN_SELECTED} more.")
+    target = st.selectbox("Label the selected pictures as", classes, index=None, key="map_label")
+    if st.button("Label them", disabled=target is None, type="primary"):
+        moved = store.label(project.id, picked, target)
+        flash([("success", f"{moved} picture{'s' if moved != 1 else ''} labeled as {target}.")])
+        st.rerun()
+    if st.button("Make them unlabeled again"):
+        store.label(project.id, picked, None)
+        flash([("info", f"{len(picked)} pictures are unlabeled now.")])
+        st.rerun()
+
+
+map_with_selection()

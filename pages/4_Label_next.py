@@ -21,7 +21,6 @@ HISTORY_KEY = "accuracy_history"
 OUTSIDE_KEY = "none_of_these"
 N_SUGGESTIONS = 3
 
-st.set_page_config(page_title="Label next · fsl_app", page_icon="🎯", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Label next")

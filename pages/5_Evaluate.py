@@ -20,7 +20,6 @@ from fsl_app.ui.session import (
 )
 from fsl_app.ui.widgets import show_thumbnail
 
-st.set_page_config(page_title="Evaluate · fsl_app", page_icon="📏", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Evaluate")

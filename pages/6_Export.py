@@ -27,7 +27,6 @@ from fsl_app.ui.session import (
 from fsl_app.ui.widgets import clear_upload, flash, show_flashed, upload_key
 from fsl_app.workspace import predict_images
 
-st.set_page_config(page_title="Export · fsl_app", page_icon="📦", layout="wide")
 store = store_or_stop()
 project = open_project(store)
 st.title("Export and import")

@@ -263,7 +263,7 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     assert ",fish," in capsys.readouterr().out
 
     # The ZIP, imported into a new empty project, gives back the classes and examples.
-    at.switch_page("app.py").run()
+    at.switch_page("pages/0_Projects.py").run()
     create_project(at, "Copy")
     go(at, "6_Export")
     at.file_uploader[0].set_value([("demo.zip", archive, "application/zip")])

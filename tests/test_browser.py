@@ -81,7 +81,7 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
         shots.take("project-created")
 
         page.get_by_role("link", name="Next: define your classes").click()
-        page.wait_for_url(re.compile(r"/Classes"))
+        page.wait_for_url(re.compile(r"/classes"))
         wait_text(page, "Make a class for each kind of picture")
         for name in examples:
             page.get_by_label("New class name").fill(name)
@@ -99,7 +99,7 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
             shots.take(f"examples-{name}")
 
         page.get_by_role("link", name="Next: see what the app predicts").click()
-        page.wait_for_url(re.compile(r"/Predict"))
+        page.wait_for_url(re.compile(r"/predict"))
         wait_text(page, "Drop new pictures to sort here")
         shots.take("predict-empty")
 

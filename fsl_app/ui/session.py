@@ -79,7 +79,7 @@ def open_project(store: Store) -> Project:
     project = current_project(store)
     if project is None:
         st.info("Open or create a project first, on the Projects page.")
-        st.page_link("app.py", label="Go to Projects", icon="📁")
+        st.page_link("pages/0_Projects.py", label="Go to Projects", icon="📁")
         st.stop()
     st.sidebar.caption(f"Project: **{project.name}**")
     return project

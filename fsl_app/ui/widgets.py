@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fsl_app.images import ImageLoadError, load_image
 from fsl_app.store import AddReport, Store, StoreError
@@ -21,7 +21,8 @@ def _thumbnail(_store: Store, root: str, sha256: str, side: int) -> bytes | None
         picture = load_image(_store.image_bytes(sha256)).image
     except (StoreError, ImageLoadError):
         return None
-    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    # Square, the picture whole in the middle: a grid of them lines up.
+    picture = ImageOps.pad(picture, (side, side), Image.Resampling.LANCZOS, color="white")
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
