@@ -94,11 +94,22 @@ def image_table(
 
 
 def table_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """CSV of :func:`image_table` rows, safe to open in a spreadsheet.
+
+    A file or class name starting with ``=``, ``+``, ``-`` or ``@`` would be run as a formula
+    by spreadsheet programs (OWASP's "CSV injection"); such text gets a leading apostrophe.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
+
+
+def _spreadsheet_safe(value: object) -> object:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def table_json(rows: Sequence[Mapping[str, object]]) -> str:

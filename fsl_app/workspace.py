@@ -253,10 +253,11 @@ def suggest_next(
 
     Images in ``skipped`` (ids the user passed over) are left out of the pool.
     """
+    left_out = set(skipped)
     pool_rows = [
         i
         for i, (image_id, label) in enumerate(zip(features.ids, features.labels, strict=True))
-        if label is None and image_id not in set(skipped)
+        if label is None and image_id not in left_out
     ]
     if not pool_rows:
         return []

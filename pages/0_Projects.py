@@ -11,6 +11,7 @@ from fsl_app.demo import create_demo_project
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.store import StoreError
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
+from fsl_app.ui.widgets import plain
 
 LEARNER_NAMES = {
     "protonet": "Prototypes (ProtoNet): fast, the default",
@@ -73,7 +74,7 @@ if project is None:
     st.stop()
 
 st.divider()
-st.subheader(f"Open project: {project.name}")
+st.subheader(f"Open project: {plain(project.name)}")
 settings = ProjectSettings.of(project)
 st.page_link("pages/1_Classes.py", label="Next: define your classes", icon="🏷️")
 

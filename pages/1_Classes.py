@@ -17,6 +17,7 @@ from fsl_app.ui.widgets import (
     add_report_messages,
     clear_upload,
     flash,
+    plain,
     show_flashed,
     show_thumbnail,
     upload_key,
@@ -67,9 +68,9 @@ settings = ProjectSettings.of(project)
 embedder = embedder_or_stop(settings)
 features = load_features(store, project, embedder)
 counts = class_counts(store, project, features)
-st.caption(" · ".join(f"{c.name}: {c.n_examples}" for c in classes))
+st.caption(" · ".join(f"{plain(c.name)}: {c.n_examples}" for c in classes))
 for hint in few_example_hints(counts):
-    st.info(hint)
+    st.info(plain(hint))
 
 # After an upload the page reruns with new counts in the tab labels: open the tab just used.
 tab_labels = [f"{c.name} ({c.n_examples})" for c in classes]

@@ -19,6 +19,7 @@ from fsl_app.ui.widgets import (
     add_report_messages,
     clear_upload,
     flash,
+    plain,
     show_badge,
     show_flashed,
     show_thumbnail,
@@ -157,7 +158,7 @@ for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
                 flash([("success", f"'{prediction.name}' is now an example of {choice}.")])
                 st.rerun()
         with why:
-            st.caption(prediction.explanation)
+            st.caption(plain(prediction.explanation))
             near = st.columns(3)
             for column, neighbour in zip(near, prediction.neighbours, strict=False):
                 with column:

@@ -14,7 +14,7 @@ from fsl_app.ui.session import (
     open_project,
     store_or_stop,
 )
-from fsl_app.ui.widgets import flash, show_flashed, show_thumbnail
+from fsl_app.ui.widgets import flash, plain, show_flashed, show_thumbnail
 from fsl_app.workspace import suggest_next
 
 HISTORY_KEY = "accuracy_history"
@@ -57,9 +57,9 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
         with picture:
             show_thumbnail(store, image_id, names[image_id], width=220 if rank == 0 else 140)
         with actions:
-            st.markdown(f"**Suggestion {rank + 1}** · why: {suggestion.reason}")
+            st.markdown(f"**Suggestion {rank + 1}** · why: {plain(suggestion.reason)}")
             if suggestion.prediction:
-                st.caption(f"The model's guess: {suggestion.prediction}")
+                st.caption(f"The model's guess: {plain(suggestion.prediction)}")
             buttons = st.columns(min(len(classes), 6))
             for i, class_name in enumerate(classes):
                 if buttons[i % len(buttons)].button(class_name, key=f"label_{key}_{i}"):

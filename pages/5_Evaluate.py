@@ -18,7 +18,7 @@ from fsl_app.ui.session import (
     open_project,
     store_or_stop,
 )
-from fsl_app.ui.widgets import show_thumbnail
+from fsl_app.ui.widgets import plain, show_thumbnail
 
 store = store_or_stop()
 project = open_project(store)
@@ -81,7 +81,9 @@ if cells:
     true_class = evaluation.classes[row]
     predicted_class = str(column)
     ids = evaluation.images(true_class, predicted_class)
-    st.write(f"**{len(ids)}** pictures of '{true_class}' predicted as '{predicted_class}':")
+    st.write(
+        f"**{len(ids)}** pictures of '{plain(true_class)}' predicted as '{plain(predicted_class)}':"
+    )
     names = dict(zip(features.ids, features.names, strict=True))
     columns = st.columns(6)
     for i, image_id in enumerate(ids[:24]):

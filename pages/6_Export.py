@@ -37,6 +37,14 @@ settings = ProjectSettings.of(project)
 embedder = embedder_or_stop(settings)
 features = load_features(store, project, embedder)
 classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
+# A prepared download belongs to this project as it is now; after any change it is made again.
+state_now = (project.id, settings, tuple(zip(features.ids, features.labels, strict=True)))
+
+
+def prepared(name: str) -> bytes | None:
+    kept = st.session_state.get(name)
+    return kept[1] if kept is not None and kept[0] == state_now else None
+
 
 st.subheader("The model")
 if classifier is None:
@@ -50,13 +58,14 @@ else:
     )
     st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --query FOLDER_OF_PICTURES")
     if st.button("Prepare the model file", key="prepare_bundle"):
-        st.session_state["bundle"] = bundle_bytes(
-            classifier, backbone=embedder.backbone, support=support, labels=labels
+        st.session_state["bundle"] = (
+            state_now,
+            bundle_bytes(classifier, backbone=embedder.backbone, support=support, labels=labels),
         )
-    if "bundle" in st.session_state:
+    if (bundle := prepared("bundle")) is not None:
         st.download_button(
             "Download the model",
-            st.session_state["bundle"],
+            bundle,
             file_name=f"{file_stem}.fslbundle",
             mime="application/octet-stream",
             key="download_bundle",
@@ -85,13 +94,14 @@ st.subheader("The pictures")
 include_unlabeled = st.checkbox("Include unlabeled pictures (in a folder 'unlabeled')")
 if st.button("Prepare a ZIP of the pictures", key="prepare_zip"):
     with st.spinner("Packing the pictures…"):
-        st.session_state["dataset_zip"] = export_dataset_zip(
-            store, project.id, include_unlabeled=include_unlabeled
+        st.session_state["dataset_zip"] = (
+            state_now,
+            export_dataset_zip(store, project.id, include_unlabeled=include_unlabeled),
         )
-if "dataset_zip" in st.session_state:
+if (archive := prepared("dataset_zip")) is not None:
     st.download_button(
         "Download the ZIP (one folder per class)",
-        st.session_state["dataset_zip"],
+        archive,
         file_name=f"{file_stem}.zip",
         mime="application/zip",
         key="download_zip",
@@ -115,5 +125,4 @@ if uploaded is not None:
         messages += [("warning", f"'{r.name}' was not added: {r.message}") for r in report.rejected]
         messages += [("info", f"Skipped: {s}") for s in report.skipped[:20]]
         flash(messages)
-        st.session_state.pop("dataset_zip", None)
         st.rerun()

@@ -248,9 +248,9 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     at.button(key="prepare_bundle").click().run()
     assert not at.exception
     bundle = tmp_path / "demo.fslbundle"
-    bundle.write_bytes(at.session_state["bundle"])
+    bundle.write_bytes(at.session_state["bundle"][1])
     at.button(key="prepare_zip").click().run()
-    archive = at.session_state["dataset_zip"]
+    archive = at.session_state["dataset_zip"][1]
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         folders = {Path(name).parts[0] for name in opened.namelist()}
     assert folders == {"bird", "fish", "flower", "fruit", "vegetable"}

@@ -18,6 +18,7 @@ from fsl_app.embeddings import Embedder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.store import Project, Store, StoreError
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
+from fsl_app.ui.widgets import plain
 from fsl_app.workspace import ProjectFeatures, project_features, readiness
 
 PROJECT_KEY = "project_id"
@@ -81,7 +82,7 @@ def open_project(store: Store) -> Project:
         st.info("Open or create a project first, on the Projects page.")
         st.page_link("pages/0_Projects.py", label="Go to Projects", icon="📁")
         st.stop()
-    st.sidebar.caption(f"Project: **{project.name}**")
+    st.sidebar.caption(f"Project: **{plain(project.name)}**")
     return project
 
 

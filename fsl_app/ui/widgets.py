@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import streamlit as st
 from PIL import Image, ImageOps
@@ -12,6 +13,7 @@ from fsl_app.store import AddReport, Store, StoreError
 from fsl_app.workspace import ImagePrediction
 
 THUMBNAIL_SIDE = 192
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 BADGE_COLOURS = {"sure": "green", "fairly sure": "blue", "unsure": "orange", "none of these": "red"}
 
 
@@ -31,6 +33,11 @@ def _thumbnail(_store: Store, root: str, sha256: str, side: int) -> bytes | None
 def thumbnail(store: Store, sha256: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
     """A small JPEG of a stored image (decoded once per server), None if its file is gone."""
     return _thumbnail(store, str(store.root), sha256, side)
+
+
+def plain(text: str) -> str:
+    """``text`` typed by a user, escaped so that Streamlit's markdown shows it as typed."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 def show_thumbnail(store: Store, sha256: str, caption: str | None = None, width: int = 150) -> None:
