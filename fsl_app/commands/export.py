@@ -7,7 +7,8 @@ import argparse
 from fsl_app.classify import fit_folder, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_learner_options, report_examples
-from fsl_app.export import save_bundle
+from fsl_app.export import load_bundle, save_bundle
+from fsl_app.onnx_export import check_onnx_export, export_onnx
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,12 +29,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="folder with one subfolder per class; images inside, at any depth",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to save the model")
+    parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help=(
+            "also write the model, backbone and head, as one ONNX graph to FILE (needs onnx, "
+            "onnxscript and onnxruntime). Input 'pixels' (batch, 3, H, W) float32, preprocessed "
+            "as the backbone does (its resize, crop, mean and std are in the file's metadata); "
+            "outputs 'probabilities', 'distance' and 'unknown'; checked with onnxruntime "
+            "against torch before it is written"
+        ),
+    )
     add_learner_options(parser)
     add_embedding_options(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.onnx:
+        check_onnx_export(args.learner)  # before any work: a missing package says so at once
     support = scan_examples_folder(args.support)
     with open_embedder(args) as embedder:
         fitted = fit_folder(
@@ -50,10 +64,15 @@ def run(args: argparse.Namespace) -> int:
             support=fitted.support,
             labels=fitted.labels,
         )
+        if args.onnx:
+            # From the saved file, so the graph is what the bundle holds.
+            onnx_path = export_onnx(load_bundle(path), embedder.backbone, args.onnx)
     report_examples(fitted.skipped, fitted.model.notes)
     classes = ", ".join(str(c) for c in fitted.model.classes_)
     print(
         f"Saved a {args.learner} model of {len(fitted.labels)} examples ({classes}) "
         f"on {embedder.backbone.name} to {path}"
     )
+    if args.onnx:
+        print(f"Saved it as ONNX (backbone and head in one graph) to {onnx_path}")
     return 0

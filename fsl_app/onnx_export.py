@@ -1,0 +1,461 @@
+"""A bundle as one ONNX graph, backbone and head, for runtimes without Python or torch.
+
+The graph takes ``pixels`` of shape (batch, 3, H, W), float32, preprocessed
+exactly as the backbone's own transform does (:attr:`Backbone.transform`:
+resize, centre crop, scale to [0, 1], normalise), and answers what
+:meth:`CalibratedClassifier.predict` answers: ``probabilities`` (batch,
+n_classes) float32, calibrated (softmax of the logits divided by the fitted
+temperature), ``distance`` (batch,) float32, the open-set cosine distance to
+the nearest class, and ``unknown`` (batch,) bool, "none of these". The batch
+axis is dynamic. The model's ``metadata_props`` say the rest, each value JSON:
+class names in column order, the preprocessing step by step, temperature,
+threshold (null when "none of these" is off), backbone, learner and the
+fsl_app version; :func:`onnx_metadata` reads them back.
+
+The head is the fitted learner's own torch code (``_logits``) traced by
+torch's exporter where torch.export can trace it (ProtoNet with the cosine
+metric, MAML); the linear probe's scikit-learn weights and matching
+networks' class membership are carried over into small torch modules (see
+:data:`ONNX_LEARNERS`). Every export is checked: onnxruntime runs the graph on
+a probe batch and must agree with torch, or nothing is written.
+
+onnx, onnxscript (torch's exporter) and onnxruntime are imported only here,
+and only when called, so ``import fsl_app`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsl_app import __version__
+from fsl_app.backbones import Backbone
+from fsl_app.calibrated import CalibratedPredictions
+from fsl_app.export import Bundle, BundleError, check_backbone
+from fsl_app.learners import FewShotLearner, LinearProbe, MatchingNet
+from fsl_app.learners.protonet import simpleshot_normalize
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+FORMAT_NAME = "fsl_app.onnx"
+FORMAT_VERSION = 1
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("probabilities", "distance", "unknown")
+# Supported by onnxruntime >= 1.14; the opset torch's exporter translates to natively, so no
+# version conversion runs.
+OPSET = 18
+# onnxruntime and torch sum in different orders: on real photos probabilities differed by at
+# most 2e-6.
+TOLERANCE = 1e-4
+PROBE_BATCH = 2
+_EMBEDDING = "embedding"
+_HEAD_PREFIX = "head/"
+_INSTALL = "pip install onnx onnxruntime onnxscript"
+_DOC = (
+    "Few-shot image classifier exported by fsl_app. Input 'pixels' (batch, 3, H, W) float32, "
+    "preprocessed as the metadata's 'preprocessing' says; outputs 'probabilities' (batch, "
+    "n_classes), calibrated, columns in the metadata's 'classes' order, 'distance' (batch,) "
+    "and 'unknown' (batch,): none of these classes."
+)
+
+
+class OnnxExportError(BundleError):
+    """A model cannot be written or read as ONNX; the message says what to do instead."""
+
+
+def _torch_logits(learner: FewShotLearner) -> nn.Module:
+    return _LearnerLogits(learner)
+
+
+def _protonet_logits(learner: FewShotLearner) -> nn.Module:
+    if getattr(learner, "metric", "cosine") != "cosine":
+        # torch.cdist branches on the batch size and has no ONNX translation in torch's exporter.
+        raise OnnxExportError(
+            f"A protonet model with metric='{learner.metric}' cannot be exported to ONNX: "
+            "export one with the default metric, 'cosine'."
+        )
+    return _LearnerLogits(learner)
+
+
+def _linear_logits(learner: FewShotLearner) -> nn.Module:
+    return _LinearLogits(learner)
+
+
+def _matching_logits(learner: FewShotLearner) -> nn.Module:
+    return _MatchingLogits(learner)
+
+
+# How each learner's logits become a torch module. Learners whose ``_logits`` is torch code that
+# torch.export can trace are traced as they are. The linear probe scores with scikit-learn, so
+# its fitted weights are carried over; matching networks count their classes from data, which
+# torch.export cannot trace, so the count is fixed beforehand. The export check confirms both
+# score as the learner does.
+_LOGITS: dict[str, Callable[[FewShotLearner], nn.Module]] = {
+    "protonet": _protonet_logits,
+    "matching": _matching_logits,
+    "maml": _torch_logits,
+    "linear": _linear_logits,
+}
+ONNX_LEARNERS: tuple[str, ...] = tuple(_LOGITS)
+
+# The backbone's graph is the slow part of an export (about 10 s on 2 CPU cores) and the same
+# for every head, so the last one is kept: the id names the weights and the preprocessing.
+_backbone_graph: dict[str, onnx.ModelProto] = {}
+
+
+def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> Path:
+    """Write ``bundle`` on ``backbone`` to ``path`` as one ONNX graph (see the module docstring).
+
+    ``backbone`` must be the one the bundle was made with (:func:`check_backbone`).
+    A learner outside :data:`ONNX_LEARNERS`, or missing packages, raise
+    :class:`OnnxExportError`. The file is written atomically, after
+    onnxruntime has been checked to answer like torch on a probe batch.
+    """
+    check_backbone(bundle, backbone)
+    check_onnx_export(bundle.learner)
+    onnx = _require("onnx")
+    device = next(backbone.model.parameters()).device
+    backbone.to("cpu")
+    try:
+        probe = _probe_pixels(backbone)
+        with torch.no_grad():
+            embedding = backbone.embed(probe)
+        head = _Head(bundle, _LOGITS[bundle.learner](bundle.classifier.learner_))
+        graph = onnx.compose.merge_models(
+            _backbone_onnx(backbone),
+            _head_onnx(head, embedding),
+            io_map=[(_EMBEDDING, _EMBEDDING)],
+            producer_name="fsl_app",
+            producer_version=__version__,
+            name=f"fsl_app {bundle.learner} on {backbone.name}",
+            doc_string=_DOC,
+        )
+    finally:
+        backbone.to(device)
+    onnx.helper.set_model_props(graph, _metadata(bundle, backbone))
+    data = graph.SerializeToString()
+    classifier = bundle.classifier
+    _check(data, probe, classifier.predict(embedding.numpy()), classifier.threshold_)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def check_onnx_export(learner: str) -> None:
+    """Raise :class:`OnnxExportError` unless a ``learner`` model can be exported here.
+
+    Cheap, so a caller can refuse before fitting anything.
+    """
+    if learner not in _LOGITS:
+        raise OnnxExportError(
+            f"The learner '{learner}' cannot be exported to ONNX yet: export a model "
+            f"made with one of {', '.join(ONNX_LEARNERS)}."
+        )
+    for module in ("onnx", "onnx.compose", "onnxscript", "onnxruntime"):
+        _require(module)
+
+
+class OnnxModel:
+    """An exported model in onnxruntime on the CPU: ``metadata`` and :meth:`predict`."""
+
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes):
+        ort = _require("onnxruntime")
+        source = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+        try:
+            self.session: onnxruntime.InferenceSession = ort.InferenceSession(
+                source, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own types for missing or bad files
+            raise OnnxExportError(f"This is not a readable ONNX model ({err}).") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if props.get("format") != json.dumps(FORMAT_NAME):
+            raise OnnxExportError("This ONNX model was not exported by fsl_app.")
+        self.metadata: dict[str, Any] = {key: json.loads(value) for key, value in props.items()}
+
+    def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """``probabilities`` (n, n_classes), ``distance`` (n,), ``unknown`` (n,) for ``pixels``.
+
+        ``pixels`` (n, 3, H, W) are preprocessed as ``metadata["preprocessing"]`` says.
+        """
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
+        return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+
+
+def predict_onnx(path: str | os.PathLike, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """:meth:`OnnxModel.predict` of the model at ``path``; keep an :class:`OnnxModel` to reuse."""
+    return OnnxModel(path).predict(pixels)
+
+
+def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an exported model, values decoded from JSON (see the module docstring)."""
+    return OnnxModel(path).metadata
+
+
+def preprocessing(backbone: Backbone) -> dict[str, Any]:
+    """How an image becomes ``pixels``: ``backbone.transform``'s steps, read from the transform.
+
+    Plus how fsl_app decodes pictures before it and timm's data config behind it.
+    """
+    steps = []
+    for step in getattr(backbone.transform, "transforms", [backbone.transform]):
+        kind = type(step).__name__
+        if kind == "Resize":
+            size = step.size if isinstance(step.size, int) else list(step.size)
+            if isinstance(size, list) and len(size) == 1:
+                size = size[0]
+            key = "shorter_side" if isinstance(size, int) else "size"
+            steps.append(
+                {
+                    "op": "resize",
+                    key: size,
+                    "interpolation": step.interpolation.value,
+                    "antialias": bool(step.antialias),
+                }
+            )
+        elif kind == "CenterCrop":
+            steps.append({"op": "center_crop", "size": list(step.size)})
+        elif kind in ("ToTensor", "MaybeToTensor"):
+            steps.append({"op": "to_tensor", "does": "RGB HWC uint8 -> CHW float32 / 255"})
+        elif kind == "Normalize":
+            steps.append({"op": "normalize", "mean": _floats(step.mean), "std": _floats(step.std)})
+        else:
+            steps.append({"op": kind, "repr": repr(step)})
+    return {
+        "image": (
+            "decoded upright (EXIF orientation applied) as RGB; a large picture may first be "
+            "reduced by a whole factor, never below the resize side (fsl_app.images.load_image "
+            f"with min_side={backbone.resize_side})"
+        ),
+        "steps": steps,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", *backbone.input_size],
+            "layout": "NCHW",
+            "dtype": "float32",
+        },
+        "timm_data_config": backbone.data_config,
+    }
+
+
+class _Head(nn.Module):
+    """Embeddings (n, dim) to probabilities (n, n_classes), distance (n,) and unknown (n,).
+
+    Mirrors :meth:`CalibratedClassifier.predict`, in float64 where it is:
+    the softmax of the logits over the temperature, and the open-set
+    detector's distance (power normalisation, cosine to the nearest
+    prototype) against its threshold, infinite when strictness is 0.
+    """
+
+    def __init__(self, bundle: Bundle, logits: nn.Module):
+        super().__init__()
+        classifier = bundle.classifier
+        self.logits = logits
+        self.register_buffer(
+            "temperature", torch.tensor(classifier.temperature_, dtype=torch.float64)
+        )
+        prototypes = torch.as_tensor(classifier.open_set_.prototypes_, dtype=torch.float64)
+        self.register_buffer("prototypes", prototypes)
+        self.register_buffer("threshold", torch.tensor(classifier.threshold_, dtype=torch.float64))
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.logits(embedding).double()
+        probabilities = (logits / self.temperature).softmax(dim=1)
+        features = embedding.double()
+        # fsl_app.calibration.power_normalize: signed square root, then unit rows.
+        features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
+        distance = 1 - (features @ self.prototypes.T).amax(dim=1)
+        return probabilities.float(), distance.float(), distance > self.threshold
+
+
+class _LearnerLogits(nn.Module):
+    """A fitted learner's own ``_logits``, for learners written in torch."""
+
+    def __init__(self, learner: FewShotLearner):
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.learner._logits(embedding)
+
+
+class _LinearLogits(nn.Module):
+    """:class:`LinearProbe`'s logits from its fitted scikit-learn weights, in float64.
+
+    Its ``decision_function`` on coordinates in ``basis_`` is one affine map of
+    the normalised embedding, ``W = coef_ @ basis_``; two classes give one
+    score ``z`` and logits ``[-z/2, z/2]``, as in :class:`LinearProbe`.
+    """
+
+    def __init__(self, learner: FewShotLearner):
+        super().__init__()
+        assert isinstance(learner, LinearProbe)
+        self.normalize = learner.normalize
+        self.register_buffer("mean", learner.mean_.clone())
+        weight = learner.model_.coef_ @ learner.basis_
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
+        bias = torch.as_tensor(learner.model_.intercept_, dtype=torch.float64)
+        self.register_buffer("bias", bias)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        features = simpleshot_normalize(embedding, self.normalize, self.mean).double()
+        scores = features @ self.weight.T + self.bias
+        if self.weight.shape[0] == 1:
+            scores = torch.cat([-scores / 2, scores / 2], dim=1)
+        return scores
+
+
+class _MatchingLogits(nn.Module):
+    """:meth:`MatchingNet._logits` with the class membership of the support fixed as a buffer.
+
+    The learner reads its class count from ``targets_`` at every call
+    (``int(targets_.max())``), a data-dependent value torch.export refuses.
+    """
+
+    def __init__(self, learner: FewShotLearner):
+        super().__init__()
+        assert isinstance(learner, MatchingNet)
+        self.learner = learner
+        mine = F.one_hot(learner.targets_, len(learner.classes_)).T.bool()
+        self.register_buffer("mine", mine)  # (n_classes, n_support)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        learner = self.learner
+        query = F.normalize(
+            simpleshot_normalize(embedding, learner.normalize, learner.mean_), dim=1
+        )
+        log_attention = (query @ learner.support_.T / learner.temperature).log_softmax(dim=1)
+        masked = log_attention[:, None, :].masked_fill(~self.mine, float("-inf"))
+        return masked.logsumexp(dim=2)
+
+
+class _Embed(nn.Module):
+    """:meth:`Backbone.embed` as a module, so its weights are the graph's."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.model = backbone.model
+        self.backbone = backbone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embed(pixels)
+
+
+def _backbone_onnx(backbone: Backbone) -> onnx.ModelProto:
+    cached = _backbone_graph.get(backbone.id)
+    if cached is None:
+        cached = _to_onnx(_Embed(backbone), _probe_pixels(backbone), INPUT_NAME, [_EMBEDDING])
+        _backbone_graph.clear()
+        _backbone_graph[backbone.id] = cached
+    return cached
+
+
+def _head_onnx(head: _Head, embedding: torch.Tensor) -> onnx.ModelProto:
+    onnx = _require("onnx")
+    graph = _to_onnx(head, embedding, _EMBEDDING, list(OUTPUT_NAMES))
+    # The two graphs were named independently: prefix the head's inner names, not its ends.
+    return onnx.compose.add_prefix(graph, _HEAD_PREFIX, rename_inputs=False, rename_outputs=False)
+
+
+def _to_onnx(
+    module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str]
+) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _probe_pixels(backbone: Backbone) -> torch.Tensor:
+    """A fixed batch of noise images: exporting traces it and the check runs it."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(PROBE_BATCH, *backbone.input_size, generator=generator)
+
+
+def _check(
+    data: bytes, probe: torch.Tensor, expected: CalibratedPredictions, threshold: float
+) -> None:
+    """Refuse a graph that onnxruntime runs differently from torch on the probe batch.
+
+    ``unknown`` is compared only where the distance is not within the tolerance of
+    ``threshold``: there, rounding may tip it either way.
+    """
+    got = OnnxModel(data).predict(probe.numpy())
+    gap = max(
+        float(np.abs(got["probabilities"] - expected.probabilities).max()),
+        float(np.abs(got["distance"] - expected.distance).max()),
+    )
+    clear = np.abs(expected.distance - threshold) > TOLERANCE
+    if gap > TOLERANCE or (got["unknown"] != expected.unknown)[clear].any():
+        raise OnnxExportError(
+            f"The ONNX graph answers differently from torch (by up to {gap:.2g}); "
+            "please report this with the model."
+        )
+
+
+def _metadata(bundle: Bundle, backbone: Backbone) -> dict[str, str]:
+    classifier = bundle.classifier
+    threshold = classifier.threshold_
+    values = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "classes": list(bundle.classes),
+        "preprocessing": preprocessing(backbone),
+        "temperature": float(classifier.temperature_),
+        "threshold": float(threshold) if np.isfinite(threshold) else None,
+        "strictness": float(classifier.strictness),
+        "learner": bundle.learner,
+        "learner_params": classifier.params,
+        "backbone": backbone.name,
+        "backbone_id": backbone.id,
+        "embedding_dim": backbone.embedding_dim,
+        "outputs": {
+            "probabilities": "(batch, n_classes) float32, calibrated; columns in 'classes' order",
+            "distance": "(batch,) float32, cosine distance to the nearest class (open set)",
+            "unknown": "(batch,) bool, distance > threshold: none of these classes",
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fsl_app_version": __version__,
+    }
+    return {key: json.dumps(value, default=os.fspath) for key, value in values.items()}
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _require(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OnnxExportError(
+            f"ONNX export needs the Python package {module}, which is not installed: {_INSTALL}"
+        ) from None
