@@ -227,7 +227,9 @@ def map_figure(
         title=title,
         legend_title_text="class · role",
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        dragmode="lasso" if dims == 2 else "orbit",
+        # 2-D: no dragmode, so Streamlit lets a click select a point (it turns click selection
+        # off while the lasso is the drag tool); the lasso is one click away in the toolbar.
+        dragmode=None if dims == 2 else "orbit",
         height=600,
     )
     if dims == 2:

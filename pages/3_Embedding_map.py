@@ -25,9 +25,10 @@ store = store_or_stop()
 project = open_project(store)
 st.title("Embedding map")
 st.write(
-    "Each point is a picture; pictures the model finds alike are close together. Big diamonds "
-    "are class centres, stars the pictures suggested for labeling. Click a point to see it, or "
-    "draw a lasso around several to label them at once."
+    "Each point is a picture; pictures the model finds alike are close together. Dots are your "
+    "examples, open diamonds the pictures to sort, big stars the class centres, crosses the "
+    "pictures suggested for labeling. Click a point to see it; to label several at once, pick "
+    "the lasso in the map's toolbar (top right) and draw around them."
 )
 show_flashed()
 

@@ -2,7 +2,8 @@
 
 A user's path through the pages, by clicks and real file inputs: create a project, add the
 classes "bird" and "fruit", drop five real photos into each, drop one new bird photo on the
-Predict page, and read the prediction on its card. A full-page screenshot is saved at each step
+Predict page, read the prediction on its card, then click the query's point on the embedding map
+and label it from there. A full-page screenshot is saved at each step
 in ``$FSL_APP_SCREENSHOTS`` (default ``test-artifacts/browser/``).
 """
 
@@ -116,8 +117,42 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
         assert badge.is_visible(), "no confidence badge on the prediction's card"
         to_sort = page.get_by_test_id("stMetric").filter(has_text="Pictures to sort")
         assert to_sort.get_by_test_id("stMetricValue").inner_text().strip() == "1"
+
+        # On the embedding map, a click on the query's point shows it; one more labels it.
+        page.get_by_role("link", name="Embedding map").click()
+        page.wait_for_url(re.compile(r"/map"))
+        wait_text(page, "Nothing selected yet.")
+        wait_idle(page, SLOW_MS)
+        points = page.locator(".js-plotly-plot .scatterlayer .point")
+        points.first.wait_for()  # plotly draws after the page's script has finished
+        assert points.count() == 10 + 1 + 2, "examples, the query and two class centres"
+        # The only unlabeled picture is the query, and with nothing else to pick it is the
+        # suggestion: a cross in the bird colour, as it is predicted bird.
+        _click_point_of_trace(page, "bird · suggested")
+        wait_text(page, "1 selected", 30_000)
+        wait_idle(page, SLOW_MS)
+        shots.take("map-selected")
+        choose = page.get_by_label("Label the selected pictures as")
+        choose.click()
+        choose.fill("bird")
+        page.keyboard.press("Enter")
+        wait_idle(page, SLOW_MS)
+        page.get_by_role("button", name="Label them").click()
+        wait_text(page, "1 picture labeled as bird.")
+        shots.take("map-labeled")
     except Exception:
         with contextlib.suppress(Exception):  # the browser may be the thing that failed
             shots.take("failure")
         print(f"Screenshots in {shots.folder}; the server's last lines:\n{server.log_tail()}")
         raise
+
+
+def _click_point_of_trace(page, trace_name: str) -> None:
+    """Click, with the mouse as a person would, the marker of the one-point trace ``trace_name``."""
+    names = page.evaluate(
+        "() => document.querySelector('.js-plotly-plot').data.map(trace => trace.name)"
+    )
+    assert trace_name in names, f"traces on the map: {names!r}"
+    point = page.locator(".js-plotly-plot .scatterlayer .trace").nth(names.index(trace_name))
+    box = point.locator(".point").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
