@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
-from fsl_app.commands import evaluate, export, meta_train, predict, suggest
+from fsl_app.commands import batch_predict, evaluate, export, meta_train, predict, suggest
 from fsl_app.export import BundleError
 
-COMMANDS = (predict, export, evaluate, meta_train, suggest)
+COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest)
 EXIT_UNUSABLE_INPUT = 2
 
 

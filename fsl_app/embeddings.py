@@ -122,6 +122,23 @@ class EmbeddingCache:
             self._db.close()
 
 
+class NoCache:
+    """A cache that keeps nothing: for one pass over more images than memory or disk should
+    hold (batch prediction), where every image is seen once."""
+
+    def get_many(self, backbone: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        return {}
+
+    def put_many(self, backbone: str, vectors: dict[str, np.ndarray]) -> None:
+        pass
+
+    def count(self, backbone: str | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class EmbeddedImages:
     """What :meth:`Embedder.embed` made of a list of sources.
@@ -161,7 +178,7 @@ class Embedder:
         *,
         device: str | torch.device = "auto",
         batch_size: int = 32,
-        cache: EmbeddingCache | None = None,
+        cache: EmbeddingCache | NoCache | None = None,
     ):
         self.backbone = backbone
         self.device = device if isinstance(device, torch.device) else resolve_device(device)

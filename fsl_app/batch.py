@@ -1,0 +1,268 @@
+"""Batch prediction: a model bundle over a folder of any size, into a CSV or Parquet file.
+
+The folder is walked lazily and read a chunk at a time, so memory does not grow with the number
+of images. The output is the run's journal: every chunk's rows are appended and flushed to disk
+before the next chunk starts, and a rerun skips the paths already in it. A run killed at any
+point therefore finishes on rerun with every image in the output exactly once (a row cut in
+half by the kill is dropped and redone).
+
+The same :class:`BundlePredictor` does the work on one machine (``local``) and inside each actor
+of a Ray Data job (``ray``, see :mod:`fsl_app.batch_ray`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fsl_app.backbones import load_backbone
+from fsl_app.embeddings import Embedder, NoCache
+from fsl_app.export import Bundle, check_backbone, load_bundle
+from fsl_app.images import SUPPORTED_SUFFIXES
+
+COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
+# Images per chunk: the embedder's pipeline runs within a chunk, rows are saved after each.
+DEFAULT_CHUNK_BATCHES = 8
+
+Row = dict[str, object]
+
+
+def iter_image_files(root: str | os.PathLike) -> Iterator[Path]:
+    """Image files under ``root`` (or ``root`` itself), at any depth, in a stable order.
+
+    Walks one folder at a time (sorted), never listing the whole tree in memory; hidden files
+    and folders are left out, as are files whose suffix is not an image format.
+    """
+    root = Path(root)
+    if root.is_file():
+        yield root
+        return
+    if not root.is_dir():
+        raise FileNotFoundError(f"'{root}' does not exist.")
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: e.name)
+        subfolders = []
+        for entry in ordered:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in SUPPORTED_SUFFIXES:
+                yield Path(entry.path)
+        stack.extend(reversed(subfolders))
+
+
+class BundlePredictor:
+    """A bundle's classifier with its backbone: paths in, one output row per path out."""
+
+    def __init__(self, bundle: Bundle | str | os.PathLike, *, device="auto", batch_size=32):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        backbone = load_backbone(self.bundle.backbone_name)
+        check_backbone(self.bundle, backbone)
+        self.embedder = Embedder(backbone, device=device, batch_size=batch_size, cache=NoCache())
+
+    def predict(self, paths: Sequence[str]) -> list[Row]:
+        embedded = self.embedder.embed([Path(p) for p in paths])
+        rows: list[Row] = [{}] * len(paths)
+        for index, message in embedded.errors:
+            rows[index] = _error_row(paths[index], message)
+        if embedded.indices:
+            result = self.bundle.classifier.predict(embedded.embeddings)
+            for j, index in enumerate(embedded.indices):
+                rows[index] = {
+                    "path": str(paths[index]),
+                    "prediction": str(result.prediction[j]),
+                    "confidence": float(result.confidence[j]),
+                    "unknown": bool(result.unknown[j]),
+                    "error": "",
+                }
+        return rows
+
+
+def _error_row(path: str, message: str) -> Row:
+    return {
+        "path": str(path),
+        "prediction": "",
+        "confidence": np.nan,
+        "unknown": None,
+        "error": message,
+    }
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"The output must end in .csv or .parquet; '{Path(path).name}' does not.")
+    return OUTPUT_FORMATS[suffix]
+
+
+class CsvJournal:
+    """The CSV output, appended chunk by chunk and flushed to disk after each."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def done(self) -> set[str]:
+        """Paths already in the output; a last line cut short by a kill is removed first."""
+        if not self.path.exists():
+            return set()
+        _drop_partial_last_line(self.path)
+        with self.path.open(newline="", encoding="utf-8") as file:
+            return {row["path"] for row in csv.DictReader(file)}
+
+    def append(self, rows: Iterable[Row]) -> None:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "confidence": _csv_number(row["confidence"])})
+        with self.path.open("a", newline="", encoding="utf-8") as file:
+            file.write(buffer.getvalue())
+            file.flush()
+            os.fsync(file.fileno())
+
+    def finish(self) -> None:
+        pass
+
+
+class ParquetJournal:
+    """Parquet output: rows go to a CSV journal beside it while the run lasts, and into the
+    Parquet file (rewritten in place, atomically) when it ends. A finished file that a later
+    run adds to is turned back into a journal first, so no row is lost or written twice."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.journal = CsvJournal(self.path.with_name(self.path.name + ".partial.csv"))
+
+    def done(self) -> set[str]:
+        if self.path.exists() and not self.journal.path.exists():
+            self._parquet_to_journal()
+        return self.journal.done()
+
+    def append(self, rows: Iterable[Row]) -> None:
+        self.journal.append(rows)
+
+    def finish(self) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        if not self.journal.path.exists():
+            return
+        schema = pa.schema(
+            [
+                ("path", pa.string()),
+                ("prediction", pa.string()),
+                ("confidence", pa.float64()),
+                ("unknown", pa.bool_()),
+                ("error", pa.string()),
+            ]
+        )
+        convert = pa_csv.ConvertOptions(
+            column_types=schema, strings_can_be_null=False, quoted_strings_can_be_null=False
+        )
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with (
+            pa_csv.open_csv(self.journal.path, convert_options=convert) as reader,
+            pq.ParquetWriter(temporary, schema) as writer,
+        ):
+            for chunk in reader:  # streamed: memory stays flat however long the journal
+                writer.write_batch(chunk)
+        os.replace(temporary, self.path)
+        self.journal.path.unlink()
+
+    def _parquet_to_journal(self) -> None:
+        import pyarrow.parquet as pq
+
+        opened = pq.ParquetFile(self.path)
+        for batch in opened.iter_batches():
+            self.journal.append(batch.to_pylist())
+
+
+def open_journal(path: str | os.PathLike) -> CsvJournal | ParquetJournal:
+    return CsvJournal(path) if output_format(path) == "csv" else ParquetJournal(path)
+
+
+@dataclass
+class BatchReport:
+    total: int  # images under the input
+    skipped: int  # already in the output from an earlier run
+    predicted: int
+    errors: int
+
+
+def run_local(
+    predictor: BundlePredictor,
+    input_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    stop_after: int | None = None,
+) -> BatchReport:
+    """Predict every image under ``input_dir`` not yet in ``output``; resumable.
+
+    ``progress(done, todo)`` follows the images of this run. ``stop_after`` (tests and demos)
+    ends the run after that many images, as an interruption would.
+    """
+    journal = open_journal(output)
+    done = journal.done()
+    total = sum(1 for _ in iter_image_files(input_dir))
+    todo = total - sum(1 for p in iter_image_files(input_dir) if str(p) in done)
+    chunk_size = chunk_size or predictor.embedder.batch_size * DEFAULT_CHUNK_BATCHES
+    report = BatchReport(total=total, skipped=total - todo, predicted=0, errors=0)
+    pending = (str(p) for p in iter_image_files(input_dir) if str(p) not in done)
+    for chunk in _chunks(pending, chunk_size):
+        rows = predictor.predict(chunk)
+        journal.append(rows)
+        report.predicted += len(rows)
+        report.errors += sum(1 for row in rows if row["error"])
+        if progress is not None:
+            progress(report.predicted, todo)
+        if stop_after is not None and report.predicted >= stop_after:
+            return report
+    journal.finish()
+    return report
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _csv_number(value: object) -> object:
+    return "" if isinstance(value, float) and np.isnan(value) else value
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """Cut the file after its last newline: a row half-written when a run was killed."""
+    with path.open("rb+") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        if size == 0:
+            return
+        step = min(size, 1 << 16)
+        file.seek(size - step)
+        tail = file.read(step)
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        file.truncate(size - step + cut + 1 if cut >= 0 else 0)

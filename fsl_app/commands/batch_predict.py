@@ -1,0 +1,103 @@
+"""``batch-predict``: a model bundle over a folder of any size, on this machine or on Ray."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fsl_app.batch import BundlePredictor, output_format, run_local
+from fsl_app.classify import UnusableInputError
+
+ENGINES = ("local", "ray")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "batch-predict",
+        help="classify a whole folder with a saved model, resumably",
+        description=(
+            "Classify every image under a folder (at any depth) with a model file made by "
+            "`export` or the app's Export page, into a CSV or Parquet file with the columns "
+            "path, prediction, confidence, unknown, error. Images already in the output are "
+            "skipped, so an interrupted run is finished by running the same command again. "
+            "Unreadable files get a row with their error and the run goes on."
+        ),
+    )
+    parser.add_argument("--bundle", required=True, metavar="FILE", help="model file")
+    parser.add_argument("--input", required=True, metavar="DIR", help="folder of images")
+    parser.add_argument(
+        "--output", required=True, metavar="FILE", help="results: FILE.csv or FILE.parquet"
+    )
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=ENGINES,
+        help="local: this machine; ray: a Ray Data job (a local Ray, or the cluster at "
+        "--address / $RAY_ADDRESS)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="local engine"
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default $RAY_ADDRESS, "
+        "else a local Ray",
+    )
+    parser.add_argument(
+        "--actors",
+        type=int,
+        metavar="N",
+        help="ray: model copies running at once (default: "
+        "one per GPU on a GPU cluster, else one per 2 CPUs)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        output_format(args.output)
+    except ValueError as err:
+        raise UnusableInputError(str(err)) from None
+    if args.batch_size < 1:
+        raise UnusableInputError("--batch-size must be at least 1.")
+    if args.engine == "ray":
+        from fsl_app.batch_ray import run_ray
+
+        report = run_ray(
+            args.bundle,
+            args.input,
+            args.output,
+            batch_size=args.batch_size,
+            address=args.address,
+            actors=args.actors,
+            progress=_progress_bar(),
+        )
+    else:
+        predictor = BundlePredictor(args.bundle, device=args.device, batch_size=args.batch_size)
+        try:
+            report = run_local(predictor, args.input, args.output, progress=_progress_bar())
+        except FileNotFoundError as err:
+            raise UnusableInputError(str(err)) from None
+    print(
+        f"{report.predicted} images predicted ({report.errors} unreadable), "
+        f"{report.skipped} already in {args.output}; {report.total} under {args.input}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _progress_bar():
+    """tqdm on stderr: images done, images/s and time left (silent when not a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit="img", disable=None, file=sys.stderr, smoothing=0.1)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update

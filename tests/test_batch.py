@@ -1,0 +1,137 @@
+"""Batch prediction over a folder with a model bundle: rows, errors, resuming after a kill."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fsl_app.batch import BundlePredictor, iter_image_files, run_local
+from fsl_app.cli import main
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bundle(folders, tmp_path) -> Path:
+    path = tmp_path / "model.fslbundle"
+    assert main(["export", "--support", str(folders.support), "--out", str(path)]) == 0
+    return path
+
+
+@pytest.fixture
+def input_dir(tmp_path, photos) -> Path:
+    """30 real photos in nested folders, a truncated PNG and a text file."""
+    root = tmp_path / "input"
+    for i, name in enumerate(("bird", "flower", "fruit")):
+        folder = root / f"part{i}" / "deeper"
+        folder.mkdir(parents=True)
+        for photo in photos[name][-10:]:
+            shutil.copy(photo, folder / photo.name)
+    data = photos["fish"][0].read_bytes()
+    (root / "cut.png").write_bytes(data[: len(data) // 3])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_every_image_gets_one_row_and_unreadable_ones_an_error(bundle, input_dir, tmp_path):
+    output = tmp_path / "out.csv"
+    report = run_local(BundlePredictor(bundle), input_dir, output)
+    rows = read_csv(output)
+    assert report.total == len(rows) == 31 and report.errors == 1
+    assert sorted(r["path"] for r in rows) == sorted(map(str, iter_image_files(input_dir)))
+    cut = next(r for r in rows if r["path"].endswith("cut.png"))
+    assert cut["prediction"] == "" and "cut short" in cut["error"]
+    good = [r for r in rows if not r["error"]]
+    folder_class = {"part0": "bird", "part1": "flower", "part2": "fruit"}
+    right = sum(folder_class[Path(r["path"]).parent.parent.name] == r["prediction"] for r in good)
+    assert right >= 24  # of 30 real photos, 3 classes
+    assert all(0 < float(r["confidence"]) <= 1 and r["unknown"] in ("True", "False") for r in good)
+
+
+def test_rows_match_the_bundle_used_directly(bundle, input_dir, tmp_path):
+    predictor = BundlePredictor(bundle)
+    paths = [str(p) for p in iter_image_files(input_dir)][:5]
+    output = tmp_path / "out.parquet"
+    run_local(predictor, input_dir, output)
+    table = pq.read_table(output).to_pylist()
+    by_path = {row["path"]: row for row in table}
+    direct = predictor.predict(paths)
+    for row in direct:
+        saved = by_path[row["path"]]
+        assert saved["prediction"] == row["prediction"] and saved["unknown"] == row["unknown"]
+        if row["error"]:
+            assert saved["confidence"] is None
+        else:
+            # Batches of other sizes round differently in the backbone (~1e-8).
+            assert saved["confidence"] == pytest.approx(row["confidence"], abs=1e-6)
+
+
+def test_a_rerun_only_predicts_what_is_missing(bundle, input_dir, tmp_path):
+    output = tmp_path / "out.parquet"
+    predictor = BundlePredictor(bundle, batch_size=4)
+    first = run_local(predictor, input_dir, output, chunk_size=8, stop_after=8)
+    assert first.predicted == 8 and not output.exists()  # interrupted: still a journal
+    second = run_local(predictor, input_dir, output, chunk_size=8)
+    assert second.skipped == 8 and second.predicted == 31 - 8
+    paths = [row["path"] for row in pq.read_table(output).to_pylist()]
+    assert len(paths) == len(set(paths)) == 31
+    # New images added later are predicted on the next run, the old rows kept.
+    extra = input_dir / "later"
+    extra.mkdir()
+    shutil.copy(next(iter_image_files(input_dir / "part0")), extra / "copy.png")
+    third = run_local(predictor, input_dir, output)
+    assert (third.skipped, third.predicted) == (31, 1)
+    assert len(pq.read_table(output)) == 32
+
+
+def test_a_killed_run_finishes_on_rerun_with_every_image_exactly_once(bundle, input_dir, tmp_path):
+    output = tmp_path / "out.csv"
+    command = [
+        sys.executable, "-m", "fsl_app", "batch-predict", "--bundle", str(bundle),
+        "--input", str(input_dir), "--output", str(output), "--batch-size", "2",
+    ]  # fmt: skip
+    run = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if output.exists() and len(output.read_bytes().splitlines()) > 1:
+            break
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    written = len(read_csv(output))
+    assert 0 < written < 31, "the kill came after the run had finished; nothing was resumed"
+    with output.open("a") as file:  # as if the kill had come in the middle of a row
+        file.write(str(input_dir / "part9" / "half-a-row.png") + ",bir")
+
+    assert main(command[3:]) == 0
+    rows = read_csv(output)
+    paths = [r["path"] for r in rows]
+    assert sorted(paths) == sorted(map(str, iter_image_files(input_dir)))  # each exactly once
+    assert not any("half-a-row" in p for p in paths)
+    assert np.isfinite([float(r["confidence"]) for r in rows if not r["error"]]).all()
+
+
+def test_the_output_must_be_csv_or_parquet(bundle, input_dir, tmp_path, capsys):
+    code = main(
+        ["batch-predict", "--bundle", str(bundle), "--input", str(input_dir), "--output",
+         str(tmp_path / "out.xlsx")]
+    )  # fmt: skip
+    assert code == 2
+    assert "must end in .csv or .parquet" in capsys.readouterr().err
