@@ -99,6 +99,21 @@ def _error_row(path: str, message: str) -> Row:
     }
 
 
+def arrow_schema():
+    """The output columns as Arrow types: what Parquet holds and what Ray actors return."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("prediction", pa.string()),
+            ("confidence", pa.float64()),
+            ("unknown", pa.bool_()),
+            ("error", pa.string()),
+        ]
+    )
+
+
 def output_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
@@ -155,21 +170,12 @@ class ParquetJournal:
         self.journal.append(rows)
 
     def finish(self) -> None:
-        import pyarrow as pa
         import pyarrow.csv as pa_csv
         import pyarrow.parquet as pq
 
         if not self.journal.path.exists():
             return
-        schema = pa.schema(
-            [
-                ("path", pa.string()),
-                ("prediction", pa.string()),
-                ("confidence", pa.float64()),
-                ("unknown", pa.bool_()),
-                ("error", pa.string()),
-            ]
-        )
+        schema = arrow_schema()
         convert = pa_csv.ConvertOptions(
             column_types=schema, strings_can_be_null=False, quoted_strings_can_be_null=False
         )

@@ -24,21 +24,14 @@ from fsl_app.batch import (
     DEFAULT_CHUNK_BATCHES,
     BatchReport,
     BundlePredictor,
+    arrow_schema,
     iter_image_files,
     open_journal,
 )
 from fsl_app.export import load_bundle
 
+
 # Rows as the local engine makes them: confidence NaN and unknown null on an error row.
-_COLUMN_TYPES = (
-    ("path", "string"),
-    ("prediction", "string"),
-    ("confidence", "float64"),
-    ("unknown", "bool_"),
-    ("error", "string"),
-)
-
-
 def run_ray(
     bundle_path: str | os.PathLike,
     input_dir: str | os.PathLike,
@@ -183,5 +176,4 @@ def _ray_session(address: str | None) -> Iterator[None]:
 def _table(rows: list[dict]):
     import pyarrow as pa
 
-    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _COLUMN_TYPES])
-    return pa.Table.from_pylist(rows, schema=schema)
+    return pa.Table.from_pylist(rows, schema=arrow_schema())

@@ -14,10 +14,18 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
-from fsl_app.commands import batch_predict, evaluate, export, meta_train, predict, suggest
+from fsl_app.commands import (
+    batch_predict,
+    check_labels,
+    evaluate,
+    export,
+    meta_train,
+    predict,
+    suggest,
+)
 from fsl_app.export import BundleError
 
-COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest)
+COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest, check_labels)
 EXIT_UNUSABLE_INPUT = 2
 
 

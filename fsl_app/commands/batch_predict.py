@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fsl_app.batch import BundlePredictor, output_format, run_local
 from fsl_app.classify import UnusableInputError
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UnusableInputError(str(err)) from None
     if args.batch_size < 1:
         raise UnusableInputError("--batch-size must be at least 1.")
+    if not Path(args.input).exists():
+        raise UnusableInputError(f"The input folder '{args.input}' does not exist.")
     if args.engine == "ray":
         from fsl_app.batch_ray import run_ray
 
@@ -76,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         predictor = BundlePredictor(args.bundle, device=args.device, batch_size=args.batch_size)
-        try:
-            report = run_local(predictor, args.input, args.output, progress=_progress_bar())
-        except FileNotFoundError as err:
-            raise UnusableInputError(str(err)) from None
+        report = run_local(predictor, args.input, args.output, progress=_progress_bar())
     print(
         f"{report.predicted} images predicted ({report.errors} unreadable), "
         f"{report.skipped} already in {args.output}; {report.total} under {args.input}.",

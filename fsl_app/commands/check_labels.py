@@ -1,0 +1,78 @@
+"""``check-labels``: labeled examples that look like another class."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fsl_app.classify import UnusableInputError, scan_examples_folder
+from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
+from fsl_app.commands.predict import print_table
+from fsl_app.label_check import DEFAULT_MIN_SCORE, find_mislabeled
+from fsl_app.learners import DEFAULT_LEARNER, available_learners
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check-labels",
+        help="find labeled examples that look like another class",
+        description=(
+            "Judge each example of a folder of examples (one subfolder per class) by a model "
+            "that has not seen it, and list those that look like another class: probably put "
+            "in the wrong folder."
+        ),
+    )
+    parser.add_argument(
+        "--support", required=True, metavar="DIR", help="folder with one subfolder per class"
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=DEFAULT_MIN_SCORE,
+        metavar="P",
+        help="flag an example when another class gets at least this probability "
+        f"(default {DEFAULT_MIN_SCORE})",
+    )
+    parser.add_argument(
+        "--learner", default=DEFAULT_LEARNER, choices=available_learners(), help="few-shot learner"
+    )
+    parser.add_argument("--format", default="table", choices=["table", "json"])
+    add_embedding_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = scan_examples_folder(args.support)
+    with open_embedder(args) as embedder:
+        embedded = embedder.embed(list(folder.paths), progress=progress_bar("examples"))
+    if embedded.errors:
+        for index, message in embedded.errors:
+            print(f"skipped example {folder.paths[index]}: {message}", file=sys.stderr)
+    paths = [str(folder.paths[i]) for i in embedded.indices]
+    labels = [folder.labels[i] for i in embedded.indices]
+    if len(set(labels)) < 2:
+        raise UnusableInputError("Checking labels needs two classes with readable examples.")
+    suspects = find_mislabeled(
+        embedded.embeddings, labels, learner=args.learner, min_score=args.min_score
+    )
+    rows = [
+        {
+            "path": paths[s.index],
+            "label": s.label,
+            "suspected": s.suspected,
+            "score": round(s.score, 4),
+            "reason": s.reason,
+        }
+        for s in suspects
+    ]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"No example looks mislabeled ({len(paths)} checked).")
+    else:
+        print_table(
+            ["path", "label", "looks like", "score"],
+            [[r["path"], r["label"], r["suspected"], f"{r['score']:.2f}"] for r in rows],
+        )
+    return 0
