@@ -107,6 +107,8 @@ _LOGITS: dict[str, Callable[[FewShotLearner], nn.Module]] = {
     "matching": _matching_logits,
     "maml": _torch_logits,
     "linear": _linear_logits,
+    "relation": _torch_logits,
+    "siamese": _torch_logits,
 }
 ONNX_LEARNERS: tuple[str, ...] = tuple(_LOGITS)
 

@@ -1,4 +1,8 @@
-"""``meta-train``: meta-learn MAML's initialisation for a backbone on offline base classes."""
+"""``meta-train``: meta-learn a learner's head for a backbone on offline base classes.
+
+``--learner maml`` meta-learns MAML's initialisation (:mod:`fsl_app.meta_training`);
+``relation`` and ``siamese`` train their heads (:mod:`fsl_app.metric_training`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
 from fsl_app.embeddings import Embedder
 from fsl_app.episodes import EvaluationResult
+from fsl_app.learners.heads import default_head_path
 from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
 from fsl_app.meta_training import (
     MetaProgress,
@@ -24,6 +29,12 @@ from fsl_app.meta_training import (
     split_classes,
     training_state_path,
 )
+from fsl_app.metric_training import (
+    METRIC_LEARNERS,
+    MetricTrainingConfig,
+    compare_with_protonet,
+    metric_train,
+)
 
 DEFAULTS = MetaTrainingConfig()
 EVAL_QUERIES = 15  # per class, fewer when a class has too few images
@@ -32,12 +43,13 @@ EVAL_QUERIES = 15  # per class, fewer when a class has too few images
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "meta-train",
-        help="meta-learn the MAML initialisation for a backbone",
+        help="meta-learn a learner's head (MAML, relation, siamese) for a backbone",
         description=(
-            "Meta-train MAML's initialisation on the embeddings of base classes (embedded once, "
-            "through the cache), hold some classes out, and report accuracy with a 95% "
-            "confidence interval of the meta-learned initialisation against none, on episodes "
-            "of the held-out classes."
+            "Meta-train a learner's head on the embeddings of base classes (embedded once, "
+            "through the cache): MAML's initialisation, the relation module of Relation "
+            "Networks or the projection head of Siamese networks. Hold some classes out, and "
+            "report accuracy with a 95% confidence interval with and without meta-training and "
+            "of protonet, on episodes of the held-out classes."
         ),
     )
     data = parser.add_mutually_exclusive_group(required=True)
@@ -49,7 +61,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"offline datasets ({', '.join(OFFLINE_DATASETS)})",
     )
-    parser.add_argument("--learner", default="maml", choices=["maml"], help="learner to meta-train")
+    parser.add_argument(
+        "--learner",
+        default="maml",
+        choices=["maml", *METRIC_LEARNERS],
+        help="maml: its initialisation; relation: the relation module (episodes); siamese: "
+        "the projection head (pairs). --algorithm, --inner-* and --no-meta-sgd are MAML's",
+    )
     parser.add_argument(
         "--algorithm",
         default=DEFAULTS.algorithm,
@@ -77,7 +95,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--inner-steps", type=int, default=DEFAULTS.inner_steps, metavar="N")
     parser.add_argument("--inner-lr", type=float, default=DEFAULTS.inner_lr, metavar="LR")
-    parser.add_argument("--outer-lr", type=float, default=DEFAULTS.outer_lr, metavar="LR")
+    parser.add_argument(
+        "--outer-lr",
+        type=float,
+        default=DEFAULTS.outer_lr,
+        metavar="LR",
+        help="Adam's learning rate (of the head, for relation and siamese)",
+    )
     parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN, metavar="N")
     parser.add_argument(
         "--per-class", type=int, metavar="N", help="use at most N images of each class"
@@ -102,7 +126,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         metavar="FILE",
-        help="checkpoint to write (default: pretrained/maml-<backbone>.safetensors)",
+        help="checkpoint to write (default: pretrained/<learner>-<backbone>.safetensors)",
     )
     parser.add_argument(
         "--checkpoint-every",
@@ -119,23 +143,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else default_checkpoint_path(args.backbone)
+    metric = args.learner in METRIC_LEARNERS
+    if args.out:
+        out = Path(args.out)
+    elif metric:
+        out = default_head_path(args.learner, args.backbone)
+    else:
+        out = default_checkpoint_path(args.backbone)
+    train_head, compare = (
+        (metric_train, compare_with_protonet) if metric else (meta_train, compare_initialisations)
+    )
     try:
-        config = MetaTrainingConfig(
-            ways=args.ways,
-            shots=tuple(args.shots),
-            queries=args.queries,
-            episodes=args.episodes,
-            meta_batch=args.meta_batch,
-            algorithm=args.algorithm,
-            meta_sgd=args.meta_sgd,
-            inner_steps=args.inner_steps,
-            inner_lr=args.inner_lr,
-            outer_lr=args.outer_lr,
-            hidden=args.hidden,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
-        )
+        config = _metric_config(args) if metric else _maml_config(args)
         datasets = _load(args)
     except (ValueError, FileNotFoundError) as err:
         raise UnusableInputError(str(err)) from err
@@ -163,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "held_out": held_out,
     }
     try:
-        result = meta_train(
+        result = train_head(
             features[train],
             labels[train],
             config,
@@ -186,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     evaluations.update({name: (x, y) for name, (x, y, _) in extra.items()})
     rows = []
     for name, (x, y) in evaluations.items():
-        results = compare_initialisations(
+        results = compare(
             result.checkpoint,
             x,
             y,
@@ -199,6 +218,39 @@ def run(args: argparse.Namespace) -> int:
         rows.extend(_row(name, r) for r in results)
     print_table(["evaluated on", "ways", "shots", "learner", "accuracy", "ECE"], rows)
     return 0
+
+
+def _maml_config(args: argparse.Namespace) -> MetaTrainingConfig:
+    return MetaTrainingConfig(
+        ways=args.ways,
+        shots=tuple(args.shots),
+        queries=args.queries,
+        episodes=args.episodes,
+        meta_batch=args.meta_batch,
+        algorithm=args.algorithm,
+        meta_sgd=args.meta_sgd,
+        inner_steps=args.inner_steps,
+        inner_lr=args.inner_lr,
+        outer_lr=args.outer_lr,
+        hidden=args.hidden,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+
+
+def _metric_config(args: argparse.Namespace) -> MetricTrainingConfig:
+    return MetricTrainingConfig(
+        learner=args.learner,
+        ways=args.ways,
+        shots=tuple(args.shots),
+        queries=args.queries,
+        episodes=args.episodes,
+        meta_batch=args.meta_batch,
+        lr=args.outer_lr,
+        hidden=args.hidden,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
 
 
 def _load(args: argparse.Namespace) -> list[LabeledImages]:

@@ -13,6 +13,8 @@ from fsl_app.learners.linear import LinearProbe
 from fsl_app.learners.maml import MAML
 from fsl_app.learners.matching import MatchingNet
 from fsl_app.learners.protonet import ProtoNet
+from fsl_app.learners.relation import RelationNet
+from fsl_app.learners.siamese import SiameseNet
 
 LEARNERS: dict[str, type[FewShotLearner]] = {
     cls.name: cls
@@ -21,6 +23,8 @@ LEARNERS: dict[str, type[FewShotLearner]] = {
         MatchingNet,
         LinearProbe,
         MAML,
+        RelationNet,
+        SiameseNet,
     )
 }
 DEFAULT_LEARNER = ProtoNet.name
@@ -50,6 +54,8 @@ __all__ = [
     "MatchingNet",
     "NotFittedError",
     "ProtoNet",
+    "RelationNet",
+    "SiameseNet",
     "available_learners",
     "create_learner",
 ]

@@ -1,0 +1,172 @@
+"""Siamese networks (Koch, Zemel & Salakhutdinov, ICML 2015 Deep Learning Workshop).
+
+One projection head, shared by both images of a pair, maps embeddings to a
+space where a logistic score tells whether two images show the same class:
+
+    p(same | a, b) = sigmoid(s * cos(f(a), f(b)) + t),  f(x) = normalize(h + W2 relu(W1 h + b1))
+
+with ``h`` the unit-length embedding. As in the paper, the head is trained on
+pairs of base-class images with the binary cross-entropy of that score
+(:mod:`fsl_app.metric_training`), then used for one-shot classification by
+comparing a query with every support example. Koch et al. put the logistic
+unit on a weighted L1 distance of convolutional features; here it sits on the
+cosine of the projected embeddings, and the head is residual with ``W2``
+starting at zero, so an untrained head is the identity and the score is the
+scaled cosine of the embeddings themselves.
+
+No support set is needed to verify pairs: :meth:`SiameseNet.same_class_probability`
+only uses the head. The head is shipped per backbone as
+``pretrained/siamese-<backbone>.safetensors`` (tensors ``w1`` (hidden, d), ``b1``
+(hidden,), ``w2`` (d, hidden), ``log_scale`` and ``bias``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import ArrayLike
+
+from fsl_app.backbones import DEFAULT_BACKBONE
+from fsl_app.learners.base import FewShotLearner, _as_features
+from fsl_app.learners.heads import Tensors, find_head
+from fsl_app.learners.maml import init_adapter
+
+PROJECTION_KEYS = ("w1", "b1", "w2")
+DEFAULT_HIDDEN = 256
+# Without a checkpoint: logits are cosines / 0.1 (ProtoNet's temperature), and two
+# embeddings count as the same class above a cosine of 0.5 (a guess, not a measurement).
+DEFAULT_SCALE = 10.0
+DEFAULT_THRESHOLD = 0.5
+_UNTRAINED = "compared raw embeddings by cosine (identity projection, untrained verification)"
+
+
+def init_projection(dim: int, hidden: int = DEFAULT_HIDDEN, seed: int = 0) -> Tensors:
+    """A fresh residual head for ``dim``-d embeddings; its zero ``w2`` makes it the identity.
+
+    The same initialisation as MAML's adapter (:func:`fsl_app.learners.maml.init_adapter`).
+    """
+    return init_adapter(dim, hidden, seed)
+
+
+def project(head: Tensors | None, features: torch.Tensor) -> torch.Tensor:
+    """The head's output f(x) of shape (n, dim), unit length; ``head=None`` is the identity."""
+    h = F.normalize(features, dim=1)
+    if head is None:
+        return h
+    return F.normalize(h + F.relu(h @ head["w1"].T + head["b1"]) @ head["w2"].T, dim=1)
+
+
+def untrained_verifier() -> tuple[float, float]:
+    """(scale, bias) of the logistic score without a checkpoint."""
+    return DEFAULT_SCALE, -DEFAULT_SCALE * DEFAULT_THRESHOLD
+
+
+class SiameseNet(FewShotLearner):
+    """Classification by similarity to the support examples in a learned space.
+
+    A query's logit for class k is its verification logit ``s * cos(f(q),
+    f(x_j))`` averaged over the support examples ``x_j`` of class k (the bias
+    ``t`` is the same for every class and cancels in the softmax), so the
+    probabilities are a softmax over the classes with temperature ``1 / s``;
+    ``temperature`` replaces ``1 / s`` when given.
+
+    ``checkpoint="auto"`` uses ``pretrained/siamese-<backbone>.safetensors``
+    when it exists and fits the embeddings; otherwise (or with ``None``) the
+    projection is the identity with ``s`` = 10, and ``notes_`` says so (a
+    warning too, when "auto" found nothing usable). An explicit checkpoint made
+    for another embedding size is refused.
+
+    After ``fit``: ``support_`` (n_support, dim) holds the projected support,
+    ``targets_`` their class indices, ``class_weights_`` (n_support,
+    n_classes) one over the class size where an example belongs, ``head_``
+    the projection's tensors (or None), ``scale_`` and ``bias_`` the
+    verification score, ``temperature_``, ``checkpoint_`` and ``notes_``.
+    Logits are of shape (n_query, n_classes).
+    """
+
+    name: ClassVar[str] = "siamese"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = "auto",
+        backbone: str = DEFAULT_BACKBONE,
+        temperature: float | None = None,
+    ):
+        self.checkpoint = checkpoint
+        self.backbone = backbone
+        self.temperature = temperature
+
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be positive; got {self.temperature}.")
+        self.notes_: list[str] = []
+        self.head_, self.scale_, self.bias_, self.checkpoint_ = self._verifier(
+            support.shape[1], self.notes_, stacklevel=5
+        )  # the warning points at fit's caller: find_head <- _verifier <- _fit <- fit
+        self.temperature_ = float(self.temperature or 1.0 / self.scale_)
+        self.support_ = project(self.head_, support)
+        self.targets_ = targets
+        # Averaging weights (n_support, n_classes), fixed here so _logits is one traceable graph.
+        members = F.one_hot(targets, int(targets.max()) + 1).to(support.dtype)
+        self.class_weights_ = members / members.sum(dim=0)
+
+    def _logits(self, query: torch.Tensor) -> torch.Tensor:
+        cosines = project(self.head_, query) @ self.support_.T  # (n_query, n_support)
+        return cosines @ self.class_weights_ / self.temperature_
+
+    def same_class_probability(self, a: ArrayLike, b: ArrayLike) -> np.ndarray:
+        """Probability that ``a[i]`` and ``b[i]`` show the same class, of shape (n_pairs,).
+
+        ``a`` and ``b`` are embeddings of shape (n_pairs, dim), or one of them
+        (1, dim) or (dim,) to compare with every row of the other. Needs no
+        ``fit``: only the meta-trained head (after ``fit``, the one fit used).
+        The head was trained on as many same-class as different-class pairs,
+        so 0.5 is its decision threshold for that balance. Without a head the
+        score is an uncalibrated guess on the raw cosine (see the module).
+        """
+        a = _as_features(np.atleast_2d(np.asarray(a, dtype=np.float32)), "first")
+        b = _as_features(np.atleast_2d(np.asarray(b, dtype=np.float32)), "second")
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(
+                f"The embeddings of a pair must have the same size; got {a.shape[1]} and "
+                f"{b.shape[1]}. Were they made with different backbones?"
+            )
+        if len(a) != len(b) and 1 not in (len(a), len(b)):
+            raise ValueError(
+                f"Got {len(a)} and {len(b)} embeddings: give as many of each, or one to "
+                "compare with all of the other."
+            )
+        if getattr(self, "n_features_in_", None) == a.shape[1]:
+            head, scale, bias = self.head_, self.scale_, self.bias_
+        else:
+            head, scale, bias, _ = self._verifier(a.shape[1], [], stacklevel=4)
+        with torch.no_grad():
+            cosines = (project(head, a) * project(head, b)).sum(dim=1)
+            return torch.sigmoid(scale * cosines + bias).double().numpy()
+
+    def _verifier(
+        self, dim: int, notes: list[str], stacklevel: int
+    ) -> tuple[Tensors | None, float, float, os.PathLike | None]:
+        """(head, scale, bias, checkpoint path) for ``dim``-d embeddings.
+
+        A fall-back warning points ``stacklevel`` frames above ``find_head``.
+        """
+        found = find_head(
+            self.checkpoint,
+            learner=self.name,
+            backbone=self.backbone,
+            dim=dim,
+            untrained=_UNTRAINED,
+            notes=notes,
+            stacklevel=stacklevel,
+        )
+        if found is None:
+            return None, *untrained_verifier(), None
+        head = {k: found.tensors[k] for k in PROJECTION_KEYS}
+        scale = math.exp(found.tensors["log_scale"].item())
+        return head, scale, found.tensors["bias"].item(), found.path

@@ -1,0 +1,282 @@
+"""Meta-training of the metric learners' heads on base classes, and their evaluation.
+
+Both heads train on cached embeddings of base classes, never on images, and
+on the same fixed-seed tasks as MAML's meta-training
+(:func:`fsl_app.meta_training.training_tasks`: N-way tasks of K support and Q
+query images per class):
+
+- ``relation`` (Sung et al. 2018, arXiv:1711.06025): episodic. The relation
+  module scores each query against each class prototype of the task's support;
+  the loss is the cross-entropy of the queries over the task's classes.
+- ``siamese`` (Koch et al. 2015): pairs. Every pair of the task's images
+  (support and query alike) is a verification example, same class or not; the
+  loss is the binary cross-entropy of the verification score, with the few
+  same-class pairs weighted to count as much as all the others, as in Koch et
+  al.'s balanced pair sets.
+
+Adam steps once per ``meta_batch`` tasks. The training state is written
+atomically every ``checkpoint_every`` tasks next to the checkpoint, so an
+interrupted run resumes where it stopped and ends as an uninterrupted one. The
+evaluation compares, on the same fixed-seed episodes of classes never trained
+on, the meta-trained head, the untrained learner and ProtoNet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fsl_app.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.learners import ProtoNet, RelationNet, SiameseNet
+from fsl_app.learners.heads import HeadCheckpoint, Tensors, save_head
+from fsl_app.learners.relation import init_relation_module, relation_logits
+from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
+from fsl_app.meta_training import (
+    MetaProgress,
+    _load_state,
+    _running,
+    _save_state,
+    _targets,
+    single_threaded,
+    training_state_path,
+    training_tasks,
+)
+
+MetricLearner = Literal["relation", "siamese"]
+METRIC_LEARNERS: dict[str, type[RelationNet | SiameseNet]] = {
+    "relation": RelationNet,
+    "siamese": SiameseNet,
+}
+
+
+@dataclass(frozen=True)
+class MetricTrainingConfig:
+    """Hyper-parameters of one run; ``episodes`` counts tasks, not optimiser steps.
+
+    For ``siamese`` a task only supplies images: ``ways`` classes with
+    ``shots + queries`` images each, all paired with each other.
+    """
+
+    learner: MetricLearner = "relation"
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)  # each task draws one of these
+    queries: int = 10  # per class and task
+    episodes: int = 1200
+    meta_batch: int = 4  # tasks per optimiser step
+    lr: float = 1e-3
+    hidden: int = 256
+    temperature: float = 0.1  # initial value (siamese: 1 / the initial scale); learned
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.learner not in METRIC_LEARNERS:
+            raise ValueError(
+                f"Unknown learner '{self.learner}': use {' or '.join(METRIC_LEARNERS)}."
+            )
+        positive = ("ways", "queries", "episodes", "meta_batch", "hidden", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1.")
+        if self.ways < 2:
+            raise ValueError("Tasks need at least 2 ways (classes).")
+        if not self.shots or min(self.shots) < 1:
+            raise ValueError("shots must list at least one number of examples, each at least 1.")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ValueError("lr and temperature must be positive.")
+
+
+@dataclass
+class MetricTrainingResult:
+    checkpoint: HeadCheckpoint  # path is set when it was written
+    episodes: int  # tasks trained on in all, resumed runs included
+    resumed_from: int  # tasks already done when this call started (0 if fresh)
+    seconds: float  # training time in all, resumed runs included
+    running: dict[str, float] = field(default_factory=dict)  # final running loss / accuracy
+
+
+def initial_parameters(dim: int, config: MetricTrainingConfig) -> Tensors:
+    """Leaf tensors of the head, as the learner reads them from a checkpoint.
+
+    ``relation``: ``w1``, ``b1``, ``w2``, ``log_temperature``. ``siamese``:
+    ``w1``, ``b1``, ``w2``, ``log_scale`` and ``bias`` of the verification score.
+    Either starts as the untrained learner (cosine scores; identity projection).
+    """
+    if config.learner == "relation":
+        params = init_relation_module(dim, config.hidden, config.seed)
+        params["log_temperature"] = torch.tensor(math.log(config.temperature))
+    else:
+        params = init_projection(dim, config.hidden, config.seed)
+        params["log_scale"] = torch.tensor(-math.log(config.temperature))
+        params["bias"] = torch.tensor(-DEFAULT_THRESHOLD / config.temperature)
+    return {k: v.requires_grad_() for k, v in params.items()}
+
+
+def task_loss(
+    params: Tensors,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    task: Episode,
+    config: MetricTrainingConfig,
+) -> tuple[torch.Tensor, float]:
+    """The task's loss and accuracy (relation: of the queries; siamese: balanced, of the pairs)."""
+    if config.learner == "relation":
+        support_targets = _targets(labels[task.support], task.classes)
+        query_targets = _targets(labels[task.query], task.classes)
+        logits = relation_logits(
+            params,
+            features[torch.as_tensor(task.support)],
+            support_targets,
+            features[torch.as_tensor(task.query)],
+            params["log_temperature"].exp(),
+        )
+        accuracy = (logits.argmax(dim=1) == query_targets).float().mean().item()
+        return F.cross_entropy(logits, query_targets), accuracy
+    images = np.concatenate([task.support, task.query])
+    targets = _targets(labels[images], task.classes)
+    z = project(params, features[torch.as_tensor(images)])
+    first, second = torch.triu_indices(len(images), len(images), offset=1)
+    logits = params["log_scale"].exp() * (z[first] * z[second]).sum(dim=1) + params["bias"]
+    same = (targets[first] == targets[second]).float()
+    # Each side (same class, different class) weighs half, however many pairs it has.
+    weights = torch.where(same.bool(), 0.5 / same.sum(), 0.5 / (1 - same).sum())
+    loss = F.binary_cross_entropy_with_logits(logits, same, weight=weights, reduction="sum")
+    correct = ((logits > 0).float() == same).float()
+    return loss, (weights * correct).sum().item()
+
+
+def metric_train(
+    features: np.ndarray,
+    labels: Sequence[str],
+    config: MetricTrainingConfig,
+    *,
+    backbone: str,
+    backbone_id: str = "",
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: MetaProgress | None = None,
+    metadata: dict[str, object] | None = None,
+) -> MetricTrainingResult:
+    """Train ``config.learner``'s head on ``features`` (n, dim) of base classes ``labels``.
+
+    With ``out``, the checkpoint is written there at the end and the training
+    state next to it (:func:`fsl_app.meta_training.training_state_path`) every
+    ``config.checkpoint_every`` tasks; ``resume=True`` continues from that
+    state. ``metadata`` (datasets, classes, ...) is recorded in the
+    checkpoint's ``meta_training`` entry.
+    """
+    features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    labels = np.asarray(labels)
+    dim = features.shape[1]
+    tasks = training_tasks(labels, config)
+    params = initial_parameters(dim, config)
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    state_path = training_state_path(out) if out is not None else None
+    done, seconds_before = 0, 0.0
+    if resume:
+        if state_path is None or not state_path.is_file():
+            raise FileNotFoundError(
+                f"Nothing to resume: there is no training state at '{state_path}'."
+            )
+        done, seconds_before = _load_state(state_path, params, optimizer, config, dim)
+    resumed_from = done
+    recent = deque(maxlen=100)
+    started = time.perf_counter()
+    with single_threaded():
+        for first in range(done, config.episodes, config.meta_batch):
+            batch = tasks[first : min(first + config.meta_batch, config.episodes)]
+            optimizer.zero_grad()
+            for task in batch:
+                loss, accuracy = task_loss(params, features, labels, task, config)
+                (loss / len(batch)).backward()
+                recent.append((loss.item(), accuracy))
+            optimizer.step()
+            done = first + len(batch)
+            if progress is not None:
+                progress(done, config.episodes, _running(recent))
+            if state_path is not None and (
+                done // config.checkpoint_every > first // config.checkpoint_every
+                or done == config.episodes
+            ):
+                seconds = seconds_before + time.perf_counter() - started
+                _save_state(state_path, params, optimizer, config, done, dim, seconds)
+    seconds = seconds_before + time.perf_counter() - started
+    record = {**(metadata or {}), "episodes_done": done, "seconds": round(seconds, 1)}
+    checkpoint = HeadCheckpoint(
+        config.learner,
+        None,
+        {k: v.detach().clone() for k, v in params.items()},
+        {
+            "backbone": backbone,
+            "backbone_id": backbone_id,
+            "embedding_dim": str(dim),
+            "hidden": str(config.hidden),
+            "config": json.dumps(asdict(config)),
+            "meta_training": json.dumps(record),
+        },
+    )
+    if out is not None:
+        checkpoint = replace(checkpoint, path=save_head(checkpoint, out))
+    return MetricTrainingResult(checkpoint, done, resumed_from, seconds, _running(recent))
+
+
+def compare_with_protonet(
+    checkpoint: HeadCheckpoint,
+    features: np.ndarray,
+    labels: Sequence[str],
+    *,
+    ways: int,
+    shots: Sequence[int],
+    queries: int,
+    n_episodes: int,
+    seed: int = 0,
+) -> list[EvaluationResult]:
+    """The learner with ``checkpoint`` vs without it (untrained) vs ProtoNet, per shot count.
+
+    Every learner sees the same fixed-seed episodes, drawn as
+    :func:`fsl_app.meta_training.compare_initialisations` draws them;
+    ``ways`` and ``queries`` shrink to what the classes allow. Results are
+    named "<learner> (meta-trained)", "<learner> (untrained)" and "protonet".
+    """
+    if checkpoint.path is None:
+        raise ValueError("Save the checkpoint before evaluating it: the learner reads the file.")
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    counts = np.sort(counts)[::-1]
+    ways = min(ways, len(counts))
+    cls = METRIC_LEARNERS[checkpoint.learner]
+    learners = {
+        f"{cls.name} (meta-trained)": lambda: cls(checkpoint=checkpoint.path),
+        f"{cls.name} (untrained)": lambda: cls(checkpoint=None),
+        "protonet": ProtoNet,
+    }
+    results = []
+    with single_threaded():
+        for n_shots in shots:
+            n_queries = min(queries, int(counts[ways - 1]) - n_shots)
+            if n_queries < 1:
+                raise ValueError(
+                    f"{ways}-way {n_shots}-shot evaluation needs {ways} classes with more than "
+                    f"{n_shots} images each."
+                )
+            episodes = sample_episodes(
+                labels,
+                ways=ways,
+                shots=n_shots,
+                queries=n_queries,
+                n_episodes=n_episodes,
+                seed=seed,
+            )
+            for name, make in learners.items():
+                results.append(evaluate_learner(make, features, labels, episodes, name=name))
+    return results
