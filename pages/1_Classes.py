@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from fsl_app.store import StoreError
+from fsl_app.ui.evaluation import label_suspects
 from fsl_app.ui.session import (
     ProjectSettings,
     class_counts,
@@ -25,6 +26,8 @@ from fsl_app.ui.widgets import (
 from fsl_app.workspace import few_example_hints
 
 PAGE_SIZE = 12
+# Images whose label the user confirmed after a suspicion: not flagged again.
+KEPT_KEY = "labels_confirmed"
 
 store = store_or_stop()
 project = open_project(store)
@@ -146,5 +149,32 @@ for tab, item in zip(tabs, classes, strict=True):
                 if cancel.button("Cancel", key=f"{key}_delete_cancel"):
                     st.session_state[confirm_key] = False
                     st.rerun()
+
+st.subheader("Check the labels")
+st.caption(
+    "Each example is judged by a model that has not seen it: an example that looks like another "
+    "class may have been put in the wrong one."
+)
+kept = set(project.settings.get(KEPT_KEY, []))
+suspects = [(i, s) for i, s in label_suspects(features, settings) if i not in kept]
+if not suspects:
+    st.caption("No example looks like it is in the wrong class.")
+names = dict(zip(features.ids, features.names, strict=True))
+for image_id, suspect in suspects:
+    key = image_id[:16]
+    with st.container(border=True):
+        picture, verdict = st.columns([1, 4])
+        with picture:
+            show_thumbnail(store, image_id, names[image_id], width=120)
+        with verdict:
+            st.write(plain(f"'{names[image_id]}' is {suspect.reason}."))
+            move, keep = st.columns(2)
+            if move.button(f"Move it to {suspect.suspected}", key=f"move_{key}"):
+                store.label(project.id, [image_id], suspect.suspected)
+                flash([("success", f"Moved '{names[image_id]}' to {suspect.suspected}.")])
+                st.rerun()
+            if keep.button(f"Keep it in {suspect.label}", key=f"keep_{key}"):
+                store.update_settings(project.id, {KEPT_KEY: sorted(kept | {image_id})})
+                st.rerun()
 
 st.page_link("pages/2_Predict.py", label="Next: see what the app predicts", icon="🔮")

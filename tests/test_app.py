@@ -290,3 +290,26 @@ def test_an_unusable_data_folder_gets_a_clear_message(tmp_path, monkeypatch):
     assert not at.exception
     assert at.error and "cannot be written to" in at.error[0].value
     assert "FSL_APP_DATA" in at.error[0].value
+
+
+def test_classes_page_flags_a_picture_in_the_wrong_class_and_moves_it(data_dir, photos):
+    at = start(data_dir)
+    create_project(at, "Check")
+    go(at, "1_Classes")
+    for name in ("bird", "flower", "fruit"):
+        add_class(at, name)
+    class_uploader(at, "bird").set_value(files([*photos["bird"][:5], photos["fruit"][-1]]))
+    at.run()
+    for name in ("flower", "fruit"):
+        class_uploader(at, name).set_value(files(photos[name][:5]))
+        at.run()
+    assert not at.exception
+    move = [b for b in at.button if b.label == "Move it to fruit"]
+    assert len(move) == 1
+    assert any(photos["fruit"][-1].name in m.value.replace("\\", "") for m in at.markdown)
+    move[0].click().run()
+    with Store(data_dir) as store:
+        project = store.list_projects()[0]
+        counts = {c.name: c.n_examples for c in store.list_classes(project.id)}
+    assert counts == {"bird": 5, "flower": 5, "fruit": 6}
+    assert not [b for b in at.button if b.label.startswith("Move it to")]

@@ -1,9 +1,11 @@
-"""Held-out evaluations as cached resources: recomputed only when the labels or settings change."""
+"""Held-out judgments of the labeled images (accuracy, suspect labels), cached until the labels
+or settings change."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from fsl_app.label_check import SuspectLabel, find_mislabeled
 from fsl_app.project_eval import HeldOutEvaluation, evaluate_held_out
 from fsl_app.ui.session import ProjectSettings
 from fsl_app.workspace import ProjectFeatures
@@ -36,3 +38,22 @@ def held_out_evaluation(
     if isinstance(result, str):
         return None, result
     return result, None
+
+
+@st.cache_resource(show_spinner="Checking the labels…", max_entries=32)
+def _suspects(_features: ProjectFeatures, key: tuple, learner: str) -> list[SuspectLabel]:
+    support, labels = _features.support()
+    return find_mislabeled(support, labels, learner=learner)
+
+
+def label_suspects(
+    features: ProjectFeatures, settings: ProjectSettings
+) -> list[tuple[str, SuspectLabel]]:
+    """Labeled images that look like another class, as (image id, suspect), most suspect first."""
+    labeled = [
+        (image_id, label)
+        for image_id, label in zip(features.ids, features.labels, strict=True)
+        if label is not None
+    ]
+    suspects = _suspects(features, (settings.backbone, tuple(labeled)), settings.learner)
+    return [(labeled[s.index][0], s) for s in suspects]
