@@ -7,7 +7,13 @@ the outer step moves the initialisation (adapter, temperature and, with
 Meta-SGD, the per-parameter step sizes) to lower the loss on the queries,
 averaged over a meta-batch of tasks. ``algorithm="maml"`` differentiates
 through the inner steps (second order), ``"fomaml"`` treats the inner
-gradients as constants (first order, cheaper).
+gradients as constants (first order, cheaper), and ``"reptile"`` (Nichol et
+al. 2018, arXiv:1803.02999) needs no outer gradient at all: it adapts on all
+of a task's images and moves the initialisation toward the adapted weights
+(the difference, averaged over the meta-batch, is the pseudo-gradient the
+outer optimiser steps on). Reptile moves only what the inner loop adapts (the
+adapter's ``b1`` and ``w2``): the projection ``w1``, the temperature and the
+step sizes stay as initialised.
 
 The tasks are drawn up front from ``config.seed``, so a run interrupted and
 resumed from its training state (written atomically every
@@ -51,9 +57,12 @@ from fsl_app.learners.maml import (
     save_checkpoint,
 )
 
-Algorithm = Literal["maml", "fomaml"]
+Algorithm = Literal["maml", "fomaml", "reptile"]
+ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile")
 # (tasks done, tasks in all, running means of the query "loss" and "accuracy")
 MetaProgress = Callable[[int, int, dict[str, float]], None]
+# What Reptile moves: the adapter tensors its inner loop adapts.
+REPTILE_KEYS = ("b1", "w2")
 STATE_VERSION = 1
 # Settings that may change when a run is resumed; any other change is refused.
 _RESUMABLE_CHANGES = ("episodes", "checkpoint_every")
@@ -79,8 +88,10 @@ class MetaTrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.algorithm not in ("maml", "fomaml"):
-            raise ValueError(f"Unknown algorithm '{self.algorithm}': use 'maml' or 'fomaml'.")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"Unknown algorithm '{self.algorithm}': use one of {', '.join(ALGORITHMS)}."
+            )
         positive = ("ways", "queries", "episodes", "meta_batch", "hidden", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -150,8 +161,11 @@ def meta_train(
             batch = tasks[first : min(first + config.meta_batch, config.episodes)]
             optimizer.zero_grad()
             for task in batch:
-                loss, accuracy = task_loss(meta, features, labels, task, config)
-                (loss / len(batch)).backward()
+                if config.algorithm == "reptile":
+                    loss, accuracy = reptile_step(meta, features, labels, task, config, len(batch))
+                else:
+                    loss, accuracy = task_loss(meta, features, labels, task, config)
+                    (loss / len(batch)).backward()
                 recent.append((loss.item(), accuracy))
             optimizer.step()
             done = first + len(batch)
@@ -240,6 +254,57 @@ def task_loss(
     logits = head_logits(head, query, support.mean(dim=0), temperature)
     accuracy = (logits.argmax(dim=1) == query_targets).float().mean().item()
     return F.cross_entropy(logits, query_targets), accuracy
+
+
+def reptile_direction(
+    meta: Parameters,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    task: Episode,
+    config: MetaTrainingConfig,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Reptile's inner loop on all of the task's images: (adapted - initial) for ``b1`` and
+    ``w2``, the task's loss after adapting, and its accuracy on the queries."""
+    images = np.concatenate([task.support, task.query])
+    targets = _targets(labels[images], task.classes)
+    data = features[torch.as_tensor(images)]
+    temperature = meta["log_temperature"].exp().detach()
+    # Leaves of their own: the inner loop differentiates with respect to them, the outer does not.
+    adapter = {k: meta[k].detach().requires_grad_() for k in ADAPTER_KEYS}
+    head, _ = adapt(
+        adapter,
+        {k: meta[f"step_size.{k}"].detach() for k in FAST_KEYS},
+        data,
+        targets,
+        steps=config.inner_steps,
+        temperature=temperature,
+    )
+    with torch.no_grad():
+        logits = head_logits(head, data, data.mean(dim=0), temperature)
+        loss = F.cross_entropy(logits, targets)
+        in_query = torch.arange(len(images)) >= len(task.support)
+        accuracy = (logits[in_query].argmax(dim=1) == targets[in_query]).float().mean().item()
+    direction = {k: (head[k] - adapter[k]).detach() for k in REPTILE_KEYS}
+    return direction, loss, accuracy
+
+
+def reptile_step(
+    meta: Parameters,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    task: Episode,
+    config: MetaTrainingConfig,
+    meta_batch: int,
+) -> tuple[torch.Tensor, float]:
+    """Add one task's Reptile pseudo-gradient (initial - adapted) / ``meta_batch`` to ``.grad``."""
+    direction, loss, accuracy = reptile_direction(meta, features, labels, task, config)
+    for name, step in direction.items():
+        pseudo_gradient = -step / meta_batch
+        if meta[name].grad is None:
+            meta[name].grad = pseudo_gradient.clone()
+        else:
+            meta[name].grad += pseudo_gradient
+    return loss, accuracy
 
 
 def training_tasks(labels: np.ndarray, config: MetaTrainingConfig) -> list[Episode]:

@@ -20,10 +20,12 @@ from fsl_app.images import load_image
 from fsl_app.learners import MAML
 from fsl_app.learners.maml import load_checkpoint
 from fsl_app.meta_training import (
+    REPTILE_KEYS,
     MetaTrainingConfig,
     compare_initialisations,
     initial_meta_parameters,
     meta_train,
+    reptile_direction,
     split_classes,
     task_loss,
     training_state_path,
@@ -62,6 +64,40 @@ def test_first_and_second_order_meta_gradients_differ():
         assert all(torch.isfinite(g).all() for g in grads.values())
         assert grads["w2"].abs().sum() > 0
     assert not torch.allclose(first["w1"], second["w1"])
+
+
+def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
+    features, labels = base_classes()
+    config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": "reptile", "episodes": 1})
+    config = MetaTrainingConfig(**{**vars(config), "meta_batch": 1})
+    start = initial_meta_parameters(features.shape[1], config)
+    task = training_tasks(labels, config)[0]
+    toward, _, _ = reptile_direction(start, torch.as_tensor(features), labels, task, config)
+    assert all(toward[k].abs().sum() > 0 for k in REPTILE_KEYS)
+
+    moved = meta_train(features, labels, config, backbone="toy").checkpoint
+    for key in REPTILE_KEYS:
+        step = moved.adapter[key] - start[key].detach()
+        # Adam's first step is lr * sign(gradient): every element moves toward the adapted
+        # weights, none away.
+        assert (step * toward[key] >= 0).all() and (step * toward[key] > 0).any()
+    # What the inner loop does not adapt stays as initialised.
+    torch.testing.assert_close(moved.adapter["w1"], start["w1"].detach())
+    assert moved.log_temperature.item() == pytest.approx(start["log_temperature"].item())
+
+
+def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_path):
+    features, labels = base_classes()
+    support, query, support_labels = features[::6], features[1::6], labels[::6]
+    plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
+    baseline = plain.fit(support, support_labels).predict_proba(query)
+    for algorithm in ("maml", "fomaml", "reptile"):
+        config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": algorithm, "meta_sgd": False})
+        out = tmp_path / f"maml-{algorithm}.safetensors"
+        meta_train(features, labels, config, backbone="toy", out=out)
+        assert json.loads(load_checkpoint(out).metadata["config"])["algorithm"] == algorithm
+        learned = MAML(checkpoint=out).fit(support, support_labels).predict_proba(query)
+        assert not np.allclose(learned, baseline)
 
 
 def test_meta_sgd_learns_the_step_sizes(tmp_path):

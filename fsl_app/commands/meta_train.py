@@ -22,6 +22,7 @@ from fsl_app.episodes import EvaluationResult
 from fsl_app.learners.heads import default_head_path
 from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
 from fsl_app.meta_training import (
+    ALGORITHMS,
     MetaProgress,
     MetaTrainingConfig,
     compare_initialisations,
@@ -71,8 +72,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--algorithm",
         default=DEFAULTS.algorithm,
-        choices=["maml", "fomaml"],
-        help="maml: second-order meta-gradients; fomaml: first-order, cheaper",
+        choices=list(ALGORITHMS),
+        help="maml: second-order meta-gradients; fomaml: first-order, cheaper; reptile: no "
+        "meta-gradient, moves the initialisation toward each task's adapted weights",
     )
     parser.add_argument(
         "--no-meta-sgd",
