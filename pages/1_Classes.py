@@ -6,20 +6,12 @@ import streamlit as st
 
 from fsl_app.store import StoreError
 from fsl_app.ui.evaluation import label_suspects
-from fsl_app.ui.session import (
-    ProjectSettings,
-    class_counts,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
+from fsl_app.ui.session import class_counts, load_features, project_page
 from fsl_app.ui.widgets import (
     add_report_messages,
     clear_upload,
     flash,
     plain,
-    show_flashed,
     show_thumbnail,
     upload_key,
 )
@@ -29,12 +21,11 @@ PAGE_SIZE = 12
 # Images whose label the user confirmed after a suspicion: not flagged again.
 KEPT_KEY = "labels_confirmed"
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Classes")
-st.write("Make a class for each kind of picture, and drop a few example pictures into each.")
-
-show_flashed()
+page = project_page(
+    "Classes", "Make a class for each kind of picture, and drop a few example pictures into each."
+)
+store, project, settings = page.store, page.project, page.settings
+embedder, features = page.embedder, page.features
 
 with st.form("add_class", clear_on_submit=True):
     name = st.text_input("New class name", placeholder="e.g. robin")
@@ -67,9 +58,6 @@ def add_files(files, class_name: str | None, where: str, uploader: str) -> None:
     st.rerun()
 
 
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
 counts = class_counts(store, project, features)
 st.caption(" · ".join(f"{plain(c.name)}: {c.n_examples}" for c in classes))
 for hint in few_example_hints(counts):

@@ -6,14 +6,7 @@ import streamlit as st
 
 from fsl_app.project_io import image_table, table_csv
 from fsl_app.store import StoreError
-from fsl_app.ui.session import (
-    ProjectSettings,
-    classifier_or_none,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
+from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import (
     BADGE_COLOURS,
     add_report_messages,
@@ -21,7 +14,6 @@ from fsl_app.ui.widgets import (
     flash,
     plain,
     show_badge,
-    show_flashed,
     show_thumbnail,
     upload_key,
 )
@@ -35,10 +27,9 @@ SORTS = {
     "By name": lambda p: p.name.casefold(),
 }
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Predict")
-show_flashed()
+page = project_page("Predict")
+store, project, settings = page.store, page.project, page.settings
+embedder, features = page.embedder, page.features
 
 new_files = st.file_uploader(
     "Drop new pictures to sort here", accept_multiple_files=True, key=upload_key("predict_files")
@@ -53,9 +44,6 @@ if new_files:
         flash(add_report_messages(report, "the pictures to sort"))
         st.rerun()
 
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
 classifier = classifier_or_none(store, project, features, embedder, settings)
 if classifier is None:
     st.stop()

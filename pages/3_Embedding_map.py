@@ -7,34 +7,22 @@ import streamlit as st
 
 from fsl_app import projection
 from fsl_app.projection import map_figure, map_points, selected_ids
-from fsl_app.ui.session import (
-    ProjectSettings,
-    classifier_or_none,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
-from fsl_app.ui.widgets import flash, show_flashed, show_thumbnail
+from fsl_app.ui.session import classifier_or_none, project_page
+from fsl_app.ui.widgets import flash, show_thumbnail
 from fsl_app.workspace import predict_images, suggest_next
 
 METHODS = {"pca": "PCA (instant)", "tsne": "t-SNE (clusters)", "umap": "UMAP (clusters, fast)"}
 MAX_SHOWN_SELECTED = 12
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Embedding map")
-st.write(
+page = project_page(
+    "Embedding map",
     "Each point is a picture; pictures the model finds alike are close together. Dots are your "
     "examples, open diamonds the pictures to sort, big stars the class centres, crosses the "
     "pictures suggested for labeling. Click a point to see it; to label several at once, pick "
-    "the lasso in the map's toolbar (top right) and draw around them."
+    "the lasso in the map's toolbar (top right) and draw around them.",
 )
-show_flashed()
-
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
+store, project, settings = page.store, page.project, page.settings
+embedder, features = page.embedder, page.features
 labeled = features.labeled
 if not labeled.any():
     st.info("Add example pictures to a class first; the map shows them with the other pictures.")

@@ -6,33 +6,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from fsl_app.ui.evaluation import held_out_evaluation
-from fsl_app.ui.session import (
-    ProjectSettings,
-    class_counts,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
-from fsl_app.ui.widgets import flash, plain, show_flashed, show_thumbnail
+from fsl_app.ui.session import class_counts, project_page
+from fsl_app.ui.widgets import flash, plain, show_thumbnail
 from fsl_app.workspace import suggest_next
 
 HISTORY_KEY = "accuracy_history"
 OUTSIDE_KEY = "none_of_these"
 N_SUGGESTIONS = 3
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Label next")
-st.write(
+page = project_page(
+    "Label next",
     "The app picks the unlabeled pictures that would teach it most, and says why. "
-    "Label them with one click; the model learns at once."
+    "Label them with one click; the model learns at once.",
 )
-show_flashed()
-
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
+store, project, settings, features = page.store, page.project, page.settings, page.features
 classes = list(class_counts(store, project, features))
 if not classes:
     st.info("Make your classes first.")

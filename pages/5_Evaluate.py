@@ -11,26 +11,15 @@ import streamlit as st
 
 from fsl_app.learners import available_learners
 from fsl_app.ui.evaluation import held_out_evaluation
-from fsl_app.ui.session import (
-    ProjectSettings,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
+from fsl_app.ui.session import project_page
 from fsl_app.ui.widgets import plain, show_thumbnail
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Evaluate")
-st.write(
+page = project_page(
+    "Evaluate",
     "Each labeled picture is predicted by a model trained on all the other labeled pictures, "
-    "so these numbers describe pictures the model had not seen."
+    "so these numbers describe pictures the model had not seen.",
 )
-
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
+store, settings, features = page.store, page.settings, page.features
 evaluation, problem = held_out_evaluation(features, settings)
 if evaluation is None:
     st.info(problem)

@@ -16,26 +16,14 @@ from fsl_app.project_io import (
     table_json,
 )
 from fsl_app.store import StoreError
-from fsl_app.ui.session import (
-    ProjectSettings,
-    classifier_or_none,
-    embedder_or_stop,
-    load_features,
-    open_project,
-    store_or_stop,
-)
-from fsl_app.ui.widgets import clear_upload, flash, show_flashed, upload_key
+from fsl_app.ui.session import classifier_or_none, project_page
+from fsl_app.ui.widgets import clear_upload, flash, upload_key
 from fsl_app.workspace import predict_images
 
-store = store_or_stop()
-project = open_project(store)
-st.title("Export and import")
-show_flashed()
+page = project_page("Export and import")
+store, project, settings = page.store, page.project, page.settings
+embedder, features = page.embedder, page.features
 file_stem = re.sub(r"[^\w.-]+", "_", project.name).strip("_") or "project"
-
-settings = ProjectSettings.of(project)
-embedder = embedder_or_stop(settings)
-features = load_features(store, project, embedder)
 classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
 # A prepared download belongs to this project as it is now; after any change it is made again.
 state_now = (project.id, settings, tuple(zip(features.ids, features.labels, strict=True)))

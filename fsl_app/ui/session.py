@@ -18,7 +18,7 @@ from fsl_app.embeddings import Embedder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.store import Project, Store, StoreError
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
-from fsl_app.ui.widgets import plain
+from fsl_app.ui.widgets import plain, show_flashed
 from fsl_app.workspace import ProjectFeatures, project_features, readiness
 
 PROJECT_KEY = "project_id"
@@ -143,3 +143,29 @@ def classifier_or_none(
         learner=settings.learner,
         strictness=settings.strictness,
     )
+
+
+@dataclass(frozen=True)
+class ProjectPage:
+    """What every project page starts from: the open project, its settings and embeddings."""
+
+    store: Store
+    project: Project
+    settings: ProjectSettings
+    embedder: Embedder
+    features: ProjectFeatures
+
+
+def project_page(title: str, intro: str | None = None) -> ProjectPage:
+    """The page's heading and messages from the last action, then the open project's
+    embeddings (with a progress bar for pictures not read yet); stops the page, saying why,
+    when no project is open or its image model cannot be loaded."""
+    store = store_or_stop()
+    project = open_project(store)
+    st.title(title)
+    if intro:
+        st.write(intro)
+    show_flashed()
+    settings = ProjectSettings.of(project)
+    embedder = embedder_or_stop(settings)
+    return ProjectPage(store, project, settings, embedder, load_features(store, project, embedder))
