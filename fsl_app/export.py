@@ -31,6 +31,7 @@ from fsl_app import __version__
 from fsl_app.backbones import Backbone
 from fsl_app.calibrated import CalibratedClassifier
 from fsl_app.calibration import OpenSetDetector
+from fsl_app.files import write_atomically
 from fsl_app.learners import LEARNERS, NotFittedError
 
 FORMAT_NAME = "fsl_app.bundle"
@@ -139,15 +140,7 @@ def save_bundle(
 ) -> Path:
     """Write :func:`bundle_bytes` to ``path`` atomically: no reader ever sees half a file."""
     data = bundle_bytes(classifier, backbone=backbone, support=support, labels=labels)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, data)
 
 
 def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = None) -> Bundle:

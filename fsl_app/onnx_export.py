@@ -42,6 +42,7 @@ from fsl_app import __version__
 from fsl_app.backbones import Backbone
 from fsl_app.calibrated import CalibratedPredictions
 from fsl_app.export import Bundle, BundleError, check_backbone
+from fsl_app.files import write_atomically
 from fsl_app.learners import FewShotLearner, LinearProbe, MatchingNet
 from fsl_app.learners.protonet import simpleshot_normalize
 
@@ -150,15 +151,7 @@ def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> 
     data = graph.SerializeToString()
     classifier = bundle.classifier
     _check(data, probe, classifier.predict(embedding.numpy()), classifier.threshold_)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, data)
 
 
 def check_onnx_export(learner: str) -> None:

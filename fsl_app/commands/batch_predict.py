@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fsl_app.batch import BundlePredictor, output_format, run_local
 from fsl_app.classify import UnusableInputError
+from fsl_app.commands.common import progress_bar
 
 ENGINES = ("local", "ray")
 
@@ -75,29 +76,19 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             address=args.address,
             actors=args.actors,
-            progress=_progress_bar(),
+            progress=progress_bar("", description="Predicting", leave=True),
         )
     else:
         predictor = BundlePredictor(args.bundle, device=args.device, batch_size=args.batch_size)
-        report = run_local(predictor, args.input, args.output, progress=_progress_bar())
+        report = run_local(
+            predictor,
+            args.input,
+            args.output,
+            progress=progress_bar("", description="Predicting", leave=True),
+        )
     print(
         f"{report.predicted} images predicted ({report.errors} unreadable), "
         f"{report.skipped} already in {args.output}; {report.total} under {args.input}.",
         file=sys.stderr,
     )
     return 0
-
-
-def _progress_bar():
-    """tqdm on stderr: images done, images/s and time left (silent when not a terminal)."""
-    from tqdm import tqdm
-
-    bar = tqdm(unit="img", disable=None, file=sys.stderr, smoothing=0.1)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update

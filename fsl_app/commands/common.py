@@ -52,11 +52,21 @@ def open_embedder(args: argparse.Namespace) -> Iterator[Embedder]:
         cache.close()
 
 
-def progress_bar(stage: str) -> ProgressCallback:
-    """A tqdm bar on stderr for one embedding stage (silent when stderr is not a terminal)."""
+def progress_bar(
+    stage: str, *, description: str = "Embedding", leave: bool = False
+) -> ProgressCallback:
+    """A tqdm bar on stderr for one stage: images done, images/s and time left (silent when
+    stderr is not a terminal)."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=f"Embedding {stage}", unit="img", disable=None, file=sys.stderr, leave=False)
+    bar = tqdm(
+        desc=f"{description} {stage}".strip(),
+        unit="img",
+        disable=None,
+        file=sys.stderr,
+        leave=leave,
+        smoothing=0.1,
+    )
 
     def update(done: int, total: int) -> None:
         bar.total = total
