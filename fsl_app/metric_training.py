@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from fsl_app.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
 from fsl_app.learners import ProtoNet, RelationNet, SiameseNet
 from fsl_app.learners.heads import HeadCheckpoint, Tensors, save_head
+from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.relation import init_relation_module, relation_logits
+from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
 from fsl_app.meta_training import (
     MetaProgress,
@@ -74,7 +76,7 @@ class MetricTrainingConfig:
     episodes: int = 1200
     meta_batch: int = 4  # tasks per optimiser step
     lr: float = 1e-3
-    hidden: int = 256
+    hidden: int | None = None  # None: the learner's default (relation 256, siamese 32)
     temperature: float = 0.1  # initial value (siamese: 1 / the initial scale); learned
     checkpoint_every: int = 200
     seed: int = 0
@@ -84,6 +86,9 @@ class MetricTrainingConfig:
             raise ValueError(
                 f"Unknown learner '{self.learner}': use {' or '.join(METRIC_LEARNERS)}."
             )
+        if self.hidden is None:
+            default = RELATION_HIDDEN if self.learner == "relation" else SIAMESE_HIDDEN
+            object.__setattr__(self, "hidden", default)
         positive = ("ways", "queries", "episodes", "meta_batch", "hidden", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -116,7 +121,7 @@ def initial_parameters(dim: int, config: MetricTrainingConfig) -> Tensors:
         params = init_relation_module(dim, config.hidden, config.seed)
         params["log_temperature"] = torch.tensor(math.log(config.temperature))
     else:
-        params = init_projection(dim, config.hidden, config.seed)
+        params = init_projection(config.hidden, config.seed)
         params["log_scale"] = torch.tensor(-math.log(config.temperature))
         params["bias"] = torch.tensor(-DEFAULT_THRESHOLD / config.temperature)
     return {k: v.requires_grad_() for k, v in params.items()}

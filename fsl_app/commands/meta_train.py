@@ -21,6 +21,8 @@ from fsl_app.embeddings import Embedder
 from fsl_app.episodes import EvaluationResult
 from fsl_app.learners.heads import default_head_path
 from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
+from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
+from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
 from fsl_app.meta_training import (
     ALGORITHMS,
     MetaProgress,
@@ -104,7 +106,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="LR",
         help="Adam's learning rate (of the head, for relation and siamese)",
     )
-    parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN, metavar="N")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        metavar="N",
+        help=f"hidden units of the head (default: maml {DEFAULT_HIDDEN}, relation "
+        f"{RELATION_HIDDEN}, siamese {SIAMESE_HIDDEN})",
+    )
     parser.add_argument(
         "--per-class", type=int, metavar="N", help="use at most N images of each class"
     )
@@ -234,7 +242,7 @@ def _maml_config(args: argparse.Namespace) -> MetaTrainingConfig:
         inner_steps=args.inner_steps,
         inner_lr=args.inner_lr,
         outer_lr=args.outer_lr,
-        hidden=args.hidden,
+        hidden=args.hidden or DEFAULT_HIDDEN,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )

@@ -7,14 +7,25 @@ meta-trained episodically on base classes (:mod:`fsl_app.metric_training`); it
 runs on the backbone's pooled embeddings instead of convolutional feature maps,
 and with a residual form that starts from cosine similarity:
 
-    r(q, c) = cos(q, c) + w2 . relu(W1 [u * v, |u - v|] + b1),  u = sqrt(d) q, v = sqrt(d) c
+    r(q, c) = cos(q, c) + w2 . relu(W1 [sort(u * v), sort(|u - v|)] + b1),
+    u = sqrt(d) q, v = sqrt(d) c
 
 where ``q`` and ``c`` are unit-length, centred embeddings (SimpleShot ``cl2``
 on the support mean) of the query and the class prototype (the mean of its
 support embeddings, as Sung et al. sum them for K-shot), and ``u``, ``v`` are
-scaled so the module's inputs are of order one. The element-wise product and
-distance are symmetric pair features; ``w2`` starts at zero, so an untrained
-module is cosine-to-prototype scoring (ProtoNet with ``normalize="cl2"``).
+scaled so the module's inputs are of order one. ``w2`` starts at zero, so an
+untrained module is cosine-to-prototype scoring (ProtoNet with
+``normalize="cl2"``).
+
+The module sees the pair through the sorted element-wise product and
+distance: how the agreement between the two embeddings is spread over the
+dimensions (a few strong ones or many weak ones), not which dimensions agree.
+A module over the unsorted pair (the paper's concatenation, or the same
+features unsorted) memorised the few base classes instead: trained on 10
+classes of Fashion-MNIST and digits, it lost 6-9 points against ProtoNet on
+4-way episodes of 4 other classes of them (1 and 5 shots, 150 episodes each),
+where the sorted form gained 0.6-2.6.
+
 The paper regresses sigmoid scores onto one-hot targets with a squared error;
 here the module is trained with the cross-entropy of the softmax over the
 scores, the probabilities the app reads.
@@ -46,7 +57,7 @@ DEFAULT_TEMPERATURE = 0.1  # ProtoNet's cosine temperature, used without a check
 def init_relation_module(dim: int, hidden: int = DEFAULT_HIDDEN, seed: int = 0) -> Tensors:
     """A fresh module for ``dim``-d embeddings: W1 (hidden, 2 dim) random, b1 and w2 zero.
 
-    The pair features have 2 dim entries of order one, so W1 with entries of
+    The pair features are 2 dim values of order one, so W1 with entries of
     variance 1/(2 dim) gives hidden units of order one. The zero ``w2`` makes
     the module score pairs by their cosine alone.
     """
@@ -66,7 +77,7 @@ def relation_scores(
     ``query`` (n_query, d) and ``prototypes`` (n_classes, d) are centred
     embeddings; both are scaled to unit length here. ``module=None`` gives the
     cosines alone. The pair features take two (n_query, n_classes, d) tensors:
-    about 13 MB for 500 queries and 5 classes of 1280-d embeddings.
+    about 13 MB each for 500 queries and 5 classes of 1280-d embeddings.
     """
     q, c = F.normalize(query, dim=1), F.normalize(prototypes, dim=1)
     cosines = q @ c.T
@@ -75,7 +86,8 @@ def relation_scores(
     scale = math.sqrt(q.shape[1])
     u, v = scale * q[:, None, :], scale * c[None, :, :]  # (n_query, 1, d), (1, n_classes, d)
     w_product, w_distance = module["w1"].chunk(2, dim=1)
-    hidden = F.relu((u * v) @ w_product.T + (u - v).abs() @ w_distance.T + module["b1"])
+    products, distances = (u * v).sort(dim=2).values, (u - v).abs().sort(dim=2).values
+    hidden = F.relu(products @ w_product.T + distances @ w_distance.T + module["b1"])
     return cosines + hidden @ module["w2"]
 
 
