@@ -152,7 +152,9 @@ def meta_train(
             raise FileNotFoundError(
                 f"Nothing to resume: there is no training state at '{state_path}'."
             )
-        done, seconds_before = _load_state(state_path, meta, optimizer, config, features.shape[1])
+        done, seconds_before = load_training_state(
+            state_path, meta, optimizer, config, features.shape[1]
+        )
     resumed_from = done
     recent = deque(maxlen=100)
     started = time.perf_counter()
@@ -170,13 +172,15 @@ def meta_train(
             optimizer.step()
             done = first + len(batch)
             if progress is not None:
-                progress(done, config.episodes, _running(recent))
+                progress(done, config.episodes, running_means(recent))
             if state_path is not None and (
                 done // config.checkpoint_every > first // config.checkpoint_every
                 or done == config.episodes
             ):
                 seconds = seconds_before + time.perf_counter() - started
-                _save_state(state_path, meta, optimizer, config, done, features.shape[1], seconds)
+                save_training_state(
+                    state_path, meta, optimizer, config, done, features.shape[1], seconds
+                )
     seconds = seconds_before + time.perf_counter() - started
     checkpoint = MAMLCheckpoint(
         None,
@@ -193,7 +197,7 @@ def meta_train(
     )
     if out is not None:
         checkpoint = replace(checkpoint, path=save_checkpoint(checkpoint, out))
-    return MetaTrainingResult(checkpoint, done, resumed_from, seconds, _running(recent))
+    return MetaTrainingResult(checkpoint, done, resumed_from, seconds, running_means(recent))
 
 
 @contextmanager
@@ -237,8 +241,8 @@ def task_loss(
     config: MetaTrainingConfig,
 ) -> tuple[torch.Tensor, float]:
     """Query cross-entropy after the inner loop on the task's support, and the query accuracy."""
-    support_targets = _targets(labels[task.support], task.classes)
-    query_targets = _targets(labels[task.query], task.classes)
+    support_targets = episode_targets(labels[task.support], task.classes)
+    query_targets = episode_targets(labels[task.query], task.classes)
     support = features[torch.as_tensor(task.support)]
     query = features[torch.as_tensor(task.query)]
     temperature = meta["log_temperature"].exp()
@@ -266,7 +270,7 @@ def reptile_direction(
     """Reptile's inner loop on all of the task's images: (adapted - initial) for ``b1`` and
     ``w2``, the task's loss after adapting, and its accuracy on the queries."""
     images = np.concatenate([task.support, task.query])
-    targets = _targets(labels[images], task.classes)
+    targets = episode_targets(labels[images], task.classes)
     data = features[torch.as_tensor(images)]
     temperature = meta["log_temperature"].exp().detach()
     # Leaves of their own: the inner loop differentiates with respect to them, the outer does not.
@@ -403,12 +407,12 @@ def compare_initialisations(
     return results
 
 
-def _targets(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
+def episode_targets(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
     index = {c: i for i, c in enumerate(classes)}
     return torch.as_tensor([index[label] for label in labels], dtype=torch.long)
 
 
-def _running(recent: deque) -> dict[str, float]:
+def running_means(recent: deque) -> dict[str, float]:
     if not recent:
         return {}
     losses, accuracies = zip(*recent, strict=True)
@@ -436,7 +440,7 @@ def _checkpoint_metadata(
     }
 
 
-def _save_state(
+def save_training_state(
     path: Path,
     meta: Parameters,
     optimizer: torch.optim.Optimizer,
@@ -461,7 +465,7 @@ def _save_state(
     os.replace(temporary, path)
 
 
-def _load_state(
+def load_training_state(
     path: Path,
     meta: Parameters,
     optimizer: torch.optim.Optimizer,

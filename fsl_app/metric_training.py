@@ -45,10 +45,10 @@ from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
 from fsl_app.meta_training import (
     MetaProgress,
-    _load_state,
-    _running,
-    _save_state,
-    _targets,
+    episode_targets,
+    load_training_state,
+    running_means,
+    save_training_state,
     single_threaded,
     training_state_path,
     training_tasks,
@@ -136,8 +136,8 @@ def task_loss(
 ) -> tuple[torch.Tensor, float]:
     """The task's loss and accuracy (relation: of the queries; siamese: balanced, of the pairs)."""
     if config.learner == "relation":
-        support_targets = _targets(labels[task.support], task.classes)
-        query_targets = _targets(labels[task.query], task.classes)
+        support_targets = episode_targets(labels[task.support], task.classes)
+        query_targets = episode_targets(labels[task.query], task.classes)
         logits = relation_logits(
             params,
             features[torch.as_tensor(task.support)],
@@ -148,7 +148,7 @@ def task_loss(
         accuracy = (logits.argmax(dim=1) == query_targets).float().mean().item()
         return F.cross_entropy(logits, query_targets), accuracy
     images = np.concatenate([task.support, task.query])
-    targets = _targets(labels[images], task.classes)
+    targets = episode_targets(labels[images], task.classes)
     z = project(params, features[torch.as_tensor(images)])
     first, second = torch.triu_indices(len(images), len(images), offset=1)
     logits = params["log_scale"].exp() * (z[first] * z[second]).sum(dim=1) + params["bias"]
@@ -193,7 +193,7 @@ def metric_train(
             raise FileNotFoundError(
                 f"Nothing to resume: there is no training state at '{state_path}'."
             )
-        done, seconds_before = _load_state(state_path, params, optimizer, config, dim)
+        done, seconds_before = load_training_state(state_path, params, optimizer, config, dim)
     resumed_from = done
     recent = deque(maxlen=100)
     started = time.perf_counter()
@@ -208,13 +208,13 @@ def metric_train(
             optimizer.step()
             done = first + len(batch)
             if progress is not None:
-                progress(done, config.episodes, _running(recent))
+                progress(done, config.episodes, running_means(recent))
             if state_path is not None and (
                 done // config.checkpoint_every > first // config.checkpoint_every
                 or done == config.episodes
             ):
                 seconds = seconds_before + time.perf_counter() - started
-                _save_state(state_path, params, optimizer, config, done, dim, seconds)
+                save_training_state(state_path, params, optimizer, config, done, dim, seconds)
     seconds = seconds_before + time.perf_counter() - started
     record = {**(metadata or {}), "episodes_done": done, "seconds": round(seconds, 1)}
     checkpoint = HeadCheckpoint(
@@ -232,7 +232,7 @@ def metric_train(
     )
     if out is not None:
         checkpoint = replace(checkpoint, path=save_head(checkpoint, out))
-    return MetricTrainingResult(checkpoint, done, resumed_from, seconds, _running(recent))
+    return MetricTrainingResult(checkpoint, done, resumed_from, seconds, running_means(recent))
 
 
 def compare_with_protonet(
