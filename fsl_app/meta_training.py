@@ -369,10 +369,6 @@ def compare_initialisations(
     """
     if checkpoint.path is None:
         raise ValueError("Save the checkpoint before evaluating it: the learner reads the file.")
-    labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    counts = np.sort(counts)[::-1]
-    ways = min(ways, len(counts))
     inner_lr = float(checkpoint.metadata["inner_lr"])
     temperature = float(json.loads(checkpoint.metadata["config"])["temperature"])
     learners = {
@@ -385,6 +381,37 @@ def compare_initialisations(
         ),
         "protonet": ProtoNet,
     }
+    return score_on_episodes(
+        learners,
+        features,
+        labels,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        n_episodes=n_episodes,
+        seed=seed,
+    )
+
+
+def score_on_episodes(
+    learners: dict[str, Callable[[], object]],
+    features: np.ndarray,
+    labels: Sequence[str],
+    *,
+    ways: int,
+    shots: Sequence[int],
+    queries: int,
+    n_episodes: int,
+    seed: int = 0,
+) -> list[EvaluationResult]:
+    """Each of ``learners`` (name -> factory) on the same fixed-seed episodes, per shot count.
+
+    ``ways`` and ``queries`` shrink to what the classes allow.
+    """
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    counts = np.sort(counts)[::-1]
+    ways = min(ways, len(counts))
     results = []
     with single_threaded():
         for n_shots in shots:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl_app.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.episodes import Episode, EvaluationResult
 from fsl_app.learners import ProtoNet, RelationNet, SiameseNet
 from fsl_app.learners.heads import HeadCheckpoint, Tensors, save_head
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
@@ -49,6 +49,7 @@ from fsl_app.meta_training import (
     load_training_state,
     running_means,
     save_training_state,
+    score_on_episodes,
     single_threaded,
     training_state_path,
     training_tasks,
@@ -255,33 +256,19 @@ def compare_with_protonet(
     """
     if checkpoint.path is None:
         raise ValueError("Save the checkpoint before evaluating it: the learner reads the file.")
-    labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    counts = np.sort(counts)[::-1]
-    ways = min(ways, len(counts))
     cls = METRIC_LEARNERS[checkpoint.learner]
     learners = {
         f"{cls.name} (meta-trained)": lambda: cls(checkpoint=checkpoint.path),
         f"{cls.name} (untrained)": lambda: cls(checkpoint=None),
         "protonet": ProtoNet,
     }
-    results = []
-    with single_threaded():
-        for n_shots in shots:
-            n_queries = min(queries, int(counts[ways - 1]) - n_shots)
-            if n_queries < 1:
-                raise ValueError(
-                    f"{ways}-way {n_shots}-shot evaluation needs {ways} classes with more than "
-                    f"{n_shots} images each."
-                )
-            episodes = sample_episodes(
-                labels,
-                ways=ways,
-                shots=n_shots,
-                queries=n_queries,
-                n_episodes=n_episodes,
-                seed=seed,
-            )
-            for name, make in learners.items():
-                results.append(evaluate_learner(make, features, labels, episodes, name=name))
-    return results
+    return score_on_episodes(
+        learners,
+        features,
+        labels,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        n_episodes=n_episodes,
+        seed=seed,
+    )
