@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from fsl_app.allocator import tune_allocator
+
 PAGES = [
     st.Page("pages/0_Projects.py", title="Projects", icon="📁", url_path="projects", default=True),
     st.Page("pages/1_Classes.py", title="Classes", icon="🏷️", url_path="classes"),
@@ -18,5 +20,6 @@ PAGES = [
     st.Page("pages/6_Export.py", title="Export", icon="📦", url_path="export"),
 ]
 
+tune_allocator()  # a faster forward pass on the CPU; see fsl_app/allocator.py
 st.set_page_config(page_title="fsl_app: teach new image classes", page_icon="🔎", layout="wide")
 st.navigation(PAGES).run()

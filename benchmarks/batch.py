@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from fsl_app.allocator import tune_allocator  # noqa: E402
 from fsl_app.batch import BundlePredictor, run_local  # noqa: E402
 from fsl_app.cli import main as cli  # noqa: E402
 from fsl_app.datasets import tuxpaint_photos  # noqa: E402
@@ -96,9 +97,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("BUNDLE", "FOLDER", "OUTPUT"))
     args = parser.parse_args()
+    tuned = tune_allocator()  # as `python -m fsl_app batch-predict` does
     if args.child:
         child(*args.child)
         return
+    print(f"glibc allocator tuned (fsl_app.allocator): {tuned}")
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

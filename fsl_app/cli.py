@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from fsl_app import __version__
+from fsl_app.allocator import tune_allocator
 from fsl_app.backbones import BackboneError
 from fsl_app.classify import UnusableInputError
 from fsl_app.commands import (
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
