@@ -146,42 +146,18 @@ def meta_train(
     trainable = [v for v in meta.values() if v.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
     state_path = training_state_path(out) if out is not None else None
-    done, seconds_before = 0, 0.0
-    if resume:
-        if state_path is None or not state_path.is_file():
-            raise FileNotFoundError(
-                f"Nothing to resume: there is no training state at '{state_path}'."
-            )
-        done, seconds_before = load_training_state(
-            state_path, meta, optimizer, config, features.shape[1]
-        )
-    resumed_from = done
-    recent = deque(maxlen=100)
-    started = time.perf_counter()
-    with single_threaded():
-        for first in range(done, config.episodes, config.meta_batch):
-            batch = tasks[first : min(first + config.meta_batch, config.episodes)]
-            optimizer.zero_grad()
-            for task in batch:
-                if config.algorithm == "reptile":
-                    loss, accuracy = reptile_step(meta, features, labels, task, config, len(batch))
-                else:
-                    loss, accuracy = task_loss(meta, features, labels, task, config)
-                    (loss / len(batch)).backward()
-                recent.append((loss.item(), accuracy))
-            optimizer.step()
-            done = first + len(batch)
-            if progress is not None:
-                progress(done, config.episodes, running_means(recent))
-            if state_path is not None and (
-                done // config.checkpoint_every > first // config.checkpoint_every
-                or done == config.episodes
-            ):
-                seconds = seconds_before + time.perf_counter() - started
-                save_training_state(
-                    state_path, meta, optimizer, config, done, features.shape[1], seconds
-                )
-    seconds = seconds_before + time.perf_counter() - started
+
+    def step(task: Episode, batch_size: int) -> tuple[torch.Tensor, float]:
+        if config.algorithm == "reptile":
+            return reptile_step(meta, features, labels, task, config, batch_size)
+        loss, accuracy = task_loss(meta, features, labels, task, config)
+        (loss / batch_size).backward()
+        return loss, accuracy
+
+    run = train_episodically(
+        tasks, meta, optimizer, config, features.shape[1], step,
+        state_path=state_path, resume=resume, progress=progress,
+    )  # fmt: skip
     checkpoint = MAMLCheckpoint(
         None,
         {k: meta[k].detach().clone() for k in ADAPTER_KEYS},
@@ -192,12 +168,70 @@ def meta_train(
             backbone,
             backbone_id,
             features.shape[1],
-            {**(metadata or {}), "episodes_done": done, "seconds": round(seconds, 1)},
+            {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)},
         ),
     )
     if out is not None:
         checkpoint = replace(checkpoint, path=save_checkpoint(checkpoint, out))
-    return MetaTrainingResult(checkpoint, done, resumed_from, seconds, running_means(recent))
+    return MetaTrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
+
+
+@dataclass
+class TrainingRun:
+    done: int  # tasks trained on in all, resumed runs included
+    resumed_from: int  # tasks already done when this run started (0 if fresh)
+    seconds: float  # training time in all, resumed runs included
+    running: dict[str, float]  # running means of the last tasks' loss and accuracy
+
+
+def train_episodically(
+    tasks: Sequence[Episode],
+    params: Parameters,
+    optimizer: torch.optim.Optimizer,
+    config: MetaTrainingConfig,
+    dim: int,
+    step: Callable[[Episode, int], tuple[torch.Tensor, float]],
+    *,
+    state_path: Path | None,
+    resume: bool,
+    progress: MetaProgress | None,
+) -> TrainingRun:
+    """The outer loop every episodic trainer shares: meta-batches of ``tasks``, one optimiser step
+    each, progress, and the resumable training state at ``state_path``.
+
+    ``step(task, meta_batch_size)`` computes one task's loss and accuracy and leaves its
+    contribution in the parameters' ``.grad``. ``config`` needs ``episodes``, ``meta_batch`` and
+    ``checkpoint_every``.
+    """
+    done, seconds_before = 0, 0.0
+    if resume:
+        if state_path is None or not state_path.is_file():
+            raise FileNotFoundError(
+                f"Nothing to resume: there is no training state at '{state_path}'."
+            )
+        done, seconds_before = load_training_state(state_path, params, optimizer, config, dim)
+    resumed_from = done
+    recent: deque = deque(maxlen=100)
+    started = time.perf_counter()
+    with single_threaded():
+        for first in range(done, config.episodes, config.meta_batch):
+            batch = tasks[first : min(first + config.meta_batch, config.episodes)]
+            optimizer.zero_grad()
+            for task in batch:
+                loss, accuracy = step(task, len(batch))
+                recent.append((loss.item(), accuracy))
+            optimizer.step()
+            done = first + len(batch)
+            if progress is not None:
+                progress(done, config.episodes, running_means(recent))
+            if state_path is not None and (
+                done // config.checkpoint_every > first // config.checkpoint_every
+                or done == config.episodes
+            ):
+                seconds = seconds_before + time.perf_counter() - started
+                save_training_state(state_path, params, optimizer, config, done, dim, seconds)
+    seconds = seconds_before + time.perf_counter() - started
+    return TrainingRun(done, resumed_from, seconds, running_means(recent))
 
 
 @contextmanager

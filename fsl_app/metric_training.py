@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
@@ -46,11 +44,8 @@ from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
 from fsl_app.meta_training import (
     MetaProgress,
     episode_targets,
-    load_training_state,
-    running_means,
-    save_training_state,
     score_on_episodes,
-    single_threaded,
+    train_episodically,
     training_state_path,
     training_tasks,
 )
@@ -188,36 +183,17 @@ def metric_train(
     params = initial_parameters(dim, config)
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     state_path = training_state_path(out) if out is not None else None
-    done, seconds_before = 0, 0.0
-    if resume:
-        if state_path is None or not state_path.is_file():
-            raise FileNotFoundError(
-                f"Nothing to resume: there is no training state at '{state_path}'."
-            )
-        done, seconds_before = load_training_state(state_path, params, optimizer, config, dim)
-    resumed_from = done
-    recent = deque(maxlen=100)
-    started = time.perf_counter()
-    with single_threaded():
-        for first in range(done, config.episodes, config.meta_batch):
-            batch = tasks[first : min(first + config.meta_batch, config.episodes)]
-            optimizer.zero_grad()
-            for task in batch:
-                loss, accuracy = task_loss(params, features, labels, task, config)
-                (loss / len(batch)).backward()
-                recent.append((loss.item(), accuracy))
-            optimizer.step()
-            done = first + len(batch)
-            if progress is not None:
-                progress(done, config.episodes, running_means(recent))
-            if state_path is not None and (
-                done // config.checkpoint_every > first // config.checkpoint_every
-                or done == config.episodes
-            ):
-                seconds = seconds_before + time.perf_counter() - started
-                save_training_state(state_path, params, optimizer, config, done, dim, seconds)
-    seconds = seconds_before + time.perf_counter() - started
-    record = {**(metadata or {}), "episodes_done": done, "seconds": round(seconds, 1)}
+
+    def step(task: Episode, batch_size: int) -> tuple[torch.Tensor, float]:
+        loss, accuracy = task_loss(params, features, labels, task, config)
+        (loss / batch_size).backward()
+        return loss, accuracy
+
+    run = train_episodically(
+        tasks, params, optimizer, config, dim, step,
+        state_path=state_path, resume=resume, progress=progress,
+    )  # fmt: skip
+    record = {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)}
     checkpoint = HeadCheckpoint(
         config.learner,
         None,
@@ -233,7 +209,7 @@ def metric_train(
     )
     if out is not None:
         checkpoint = replace(checkpoint, path=save_head(checkpoint, out))
-    return MetricTrainingResult(checkpoint, done, resumed_from, seconds, running_means(recent))
+    return MetricTrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
 
 
 def compare_with_protonet(
