@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from fsl_app.backbones import pretrained_dir
+from fsl_app.learners.checkpoint_files import read_tensors, save_tensors
 
 Tensors = dict[str, torch.Tensor]
 HEAD_FORMAT_VERSION = 1
@@ -68,21 +69,13 @@ def _format(learner: str) -> str:
 
 def save_head(checkpoint: HeadCheckpoint, path: str | os.PathLike) -> Path:
     """Write ``checkpoint`` as safetensors, atomically, in half precision to keep the file small."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in checkpoint.tensors.items()}
-    metadata = {
-        **checkpoint.metadata,
-        "format": _format(checkpoint.learner),
-        "format_version": str(HEAD_FORMAT_VERSION),
-    }
-    temporary = path.with_name(path.name + ".tmp")
-    # Through write_bytes, not safetensors' save_file, which makes files only their owner can read.
-    temporary.write_bytes(save(tensors, metadata=metadata))
-    os.replace(temporary, path)
-    return path
+    return save_tensors(
+        path,
+        checkpoint.tensors,
+        checkpoint.metadata,
+        format_name=_format(checkpoint.learner),
+        version=HEAD_FORMAT_VERSION,
+    )
 
 
 def load_head(path: str | os.PathLike, learner: str) -> HeadCheckpoint:
@@ -97,21 +90,12 @@ def load_head(path: str | os.PathLike, learner: str) -> HeadCheckpoint:
 @functools.lru_cache(maxsize=8)
 def _read_head(path: str, learner: str, mtime_ns: int, size: int) -> HeadCheckpoint:
     """Cached by (path, mtime, size): evaluation fits thousands of learners from one file."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from err
-    if metadata.get("format") != _format(learner):
-        raise ValueError(f"'{path}' is not a {learner} checkpoint of this app.")
-    if int(metadata.get("format_version", 0)) > HEAD_FORMAT_VERSION:
-        raise ValueError(
-            f"'{path}' was written by a newer version of this app "
-            f"(format {metadata['format_version']}); update the app to use it."
-        )
+    tensors, metadata = read_tensors(
+        path,
+        format_name=_format(learner),
+        version=HEAD_FORMAT_VERSION,
+        what=f"{learner} checkpoint",
+    )
     return HeadCheckpoint(learner, Path(path), tensors, metadata)
 
 

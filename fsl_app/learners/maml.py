@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from fsl_app.backbones import DEFAULT_BACKBONE, pretrained_dir
 from fsl_app.learners.base import FewShotLearner
+from fsl_app.learners.checkpoint_files import read_tensors, save_tensors
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
 
 Parameters = dict[str, torch.Tensor]
@@ -201,23 +202,13 @@ def default_checkpoint_path(backbone: str = DEFAULT_BACKBONE) -> Path:
 
 def save_checkpoint(checkpoint: MAMLCheckpoint, path: str | os.PathLike) -> Path:
     """Write ``checkpoint`` as safetensors, atomically, in half precision to keep the file small."""
-    from safetensors.torch import save
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().to(torch.float16).contiguous() for k, v in checkpoint.tensors().items()
-    }
-    metadata = {
-        **checkpoint.metadata,
-        "format": CHECKPOINT_FORMAT,
-        "format_version": str(CHECKPOINT_VERSION),
-    }
-    temporary = path.with_name(path.name + ".tmp")
-    # Through open(), not safetensors' save_file, which makes files only their owner can read.
-    temporary.write_bytes(save(tensors, metadata=metadata))
-    os.replace(temporary, path)
-    return path
+    return save_tensors(
+        path,
+        checkpoint.tensors(),
+        checkpoint.metadata,
+        format_name=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+    )
 
 
 def load_checkpoint(path: str | os.PathLike) -> MAMLCheckpoint:
@@ -232,21 +223,9 @@ def load_checkpoint(path: str | os.PathLike) -> MAMLCheckpoint:
 @functools.lru_cache(maxsize=4)
 def _read_checkpoint(path: str, mtime_ns: int, size: int) -> MAMLCheckpoint:
     """Cached by (path, mtime, size): evaluation fits thousands of learners from one file."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from err
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not a MAML checkpoint of this app.")
-    if int(metadata.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"'{path}' was written by a newer version of this app "
-            f"(format {metadata['format_version']}); update the app to use it."
-        )
+    tensors, metadata = read_tensors(
+        path, format_name=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="MAML checkpoint"
+    )
     return MAMLCheckpoint(
         Path(path),
         {k: tensors[k] for k in ADAPTER_KEYS},
