@@ -106,8 +106,34 @@ def held_out_logits(
     leave-one-out; with more, they are dealt into ``max_folds`` folds class by
     class, so no fold takes a whole class. Returns logits (n_held_out,
     n_classes) and targets (n_held_out,) as indices into ``np.unique(labels)``;
-    both are empty when no class is that large.
+    both are empty when no class is that large. :func:`held_out_predictions` also
+    says which example each row is.
     """
+    held = held_out_predictions(
+        make_learner, support, labels, min_class_size=min_class_size, max_folds=max_folds, seed=seed
+    )
+    return held.logits, held.targets
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Row i of ``logits`` and ``targets`` is example ``indices[i]`` of the support."""
+
+    logits: np.ndarray
+    targets: np.ndarray
+    indices: np.ndarray
+
+
+def held_out_predictions(
+    make_learner: Callable[[], FewShotLearner],
+    support: ArrayLike,
+    labels: Sequence,
+    *,
+    min_class_size: int = MIN_CLASS_SIZE,
+    max_folds: int = MAX_FOLDS,
+    seed: int = 0,
+) -> HeldOut:
+    """:func:`held_out_logits` with the index of the example behind each row."""
     support = np.asarray(support)
     labels = np.asarray(labels)
     classes, targets = np.unique(labels, return_inverse=True)
@@ -118,15 +144,16 @@ def held_out_logits(
     n_folds = min(max_folds, len(order))
     folds = np.full(len(labels), -1)
     folds[order] = np.arange(len(order)) % max(n_folds, 1)
-    logits, held_targets = [], []
+    logits, indices = [], []
     for fold in range(n_folds):
         out = folds == fold
         learner = make_learner().fit(support[~out], labels[~out])
         logits.append(learner.decision_function(support[out]))
-        held_targets.append(targets[out])
+        indices.append(np.flatnonzero(out))
     if not logits:
-        return np.empty((0, len(classes))), np.empty(0, dtype=int)
-    return np.concatenate(logits), np.concatenate(held_targets)
+        return HeldOut(np.empty((0, len(classes))), np.empty(0, dtype=int), np.empty(0, dtype=int))
+    held = np.concatenate(indices)
+    return HeldOut(np.concatenate(logits), targets[held], held)
 
 
 def fit_temperature(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fsl_app.calibration import calibrate_temperature, held_out_logits
+from fsl_app.calibration import calibrate_temperature, held_out_predictions
 from fsl_app.explanations import cosine_distances
 from fsl_app.learners import DEFAULT_LEARNER, create_learner
 from fsl_app.learners.base import softmax
@@ -70,16 +70,15 @@ def find_mislabeled(
     temperature = calibrate_temperature(make, support, labels_array).value
     # Leave-one-out: as many folds as judged examples. Logit columns follow ``classes``.
     judged = np.flatnonzero(np.isin(labels_array, classes[counts >= 2]))
-    logits, targets = held_out_logits(
+    held = held_out_predictions(
         make, support, labels_array, min_class_size=2, max_folds=len(judged)
     )
-    order = _held_out_order(labels_array, classes, counts)
-    probabilities = softmax(logits / temperature)
+    probabilities = softmax(held.logits / temperature)
     distances = cosine_distances(support, support)
     np.fill_diagonal(distances, np.inf)
     suspects = []
-    for row, index in enumerate(order):
-        own = int(targets[row])
+    for row, index in enumerate(held.indices):
+        own = int(held.targets[row])
         ranked = np.argsort(-probabilities[row])
         best = int(ranked[0]) if ranked[0] != own else int(ranked[1])
         score, own_score = float(probabilities[row, best]), float(probabilities[row, own])
@@ -103,17 +102,3 @@ def find_mislabeled(
             )
         )
     return sorted(suspects, key=lambda s: -s.score)
-
-
-def _held_out_order(labels: np.ndarray, classes: np.ndarray, counts: np.ndarray) -> list[int]:
-    """The example behind each row of :func:`held_out_logits` in leave-one-out.
-
-    It holds out examples class by class, each class's examples in an order drawn with seed 0,
-    one per fold; this repeats that order.
-    """
-    rng = np.random.default_rng(0)
-    return [
-        int(i)
-        for c in np.flatnonzero(counts >= 2)
-        for i in rng.permutation(np.flatnonzero(labels == classes[c]))
-    ]
