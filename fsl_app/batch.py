@@ -225,10 +225,14 @@ def run_local(
     """
     journal = open_journal(output)
     done = journal.done()
-    total = sum(1 for _ in iter_image_files(input_dir))
-    todo = total - sum(1 for p in iter_image_files(input_dir) if str(p) in done)
+    # One walk to count (the progress bar's total), one to read: the folder is never listed whole.
+    total = skipped = 0
+    for path in iter_image_files(input_dir):
+        total += 1
+        skipped += str(path) in done
+    todo = total - skipped
     chunk_size = chunk_size or predictor.embedder.batch_size * DEFAULT_CHUNK_BATCHES
-    report = BatchReport(total=total, skipped=total - todo, predicted=0, errors=0)
+    report = BatchReport(total=total, skipped=skipped, predicted=0, errors=0)
     pending = (str(p) for p in iter_image_files(input_dir) if str(p) not in done)
     for chunk in _chunks(pending, chunk_size):
         rows = predictor.predict(chunk)
