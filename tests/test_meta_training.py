@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_data import distorted_classes
 
 from fsl_app.cli import main
 from fsl_app.datasets import load_dataset
@@ -37,18 +38,8 @@ SMALL = MetaTrainingConfig(
 )
 
 
-def base_classes(n_classes=6, per_class=12, dim=16, seed=0):
-    """Gaussian classes that share a random distortion, so there is something to meta-learn."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    noise = rng.normal(size=(n_classes * per_class, dim)) @ rng.normal(size=(dim, dim))
-    features = np.repeat(centres, per_class, axis=0) + 0.5 * noise
-    labels = np.repeat([f"class_{i}" for i in range(n_classes)], per_class)
-    return features.astype(np.float32), labels
-
-
 def meta_gradient(config: MetaTrainingConfig) -> dict[str, torch.Tensor]:
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     meta = initial_meta_parameters(features.shape[1], config)
     task = training_tasks(labels, config)[0]
     loss, _ = task_loss(meta, torch.as_tensor(features), labels, task, config)
@@ -67,7 +58,7 @@ def test_first_and_second_order_meta_gradients_differ():
 
 
 def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": "reptile", "episodes": 1})
     config = MetaTrainingConfig(**{**vars(config), "meta_batch": 1})
     start = initial_meta_parameters(features.shape[1], config)
@@ -87,7 +78,7 @@ def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
 
 
 def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     support, query, support_labels = features[::6], features[1::6], labels[::6]
     plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
     baseline = plain.fit(support, support_labels).predict_proba(query)
@@ -101,7 +92,7 @@ def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_pat
 
 
 def test_meta_sgd_learns_the_step_sizes(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     result = meta_train(features, labels, SMALL, backbone="toy")
     step_sizes = result.checkpoint.step_sizes
     assert step_sizes["w2"].shape == (16, 8)  # one step size per parameter
@@ -114,7 +105,7 @@ def test_meta_sgd_learns_the_step_sizes(tmp_path):
 
 
 def test_checkpoint_loads_and_changes_predictions(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     out = tmp_path / "maml-toy.safetensors"
     result = meta_train(features, labels, SMALL, backbone="toy", metadata={"datasets": ["blobs"]})
     assert result.checkpoint.path is None and not out.exists()
@@ -134,7 +125,7 @@ def test_checkpoint_loads_and_changes_predictions(tmp_path):
 
 
 def test_resume_continues_from_the_saved_episode(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     config = MetaTrainingConfig(**{**vars(SMALL), "checkpoint_every": 4})
     out = tmp_path / "maml-toy.safetensors"
 
@@ -164,7 +155,7 @@ def test_resume_continues_from_the_saved_episode(tmp_path):
 
 
 def test_resume_refuses_other_settings_or_a_missing_state(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     out = tmp_path / "maml-toy.safetensors"
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
         meta_train(features, labels, SMALL, backbone="toy", out=out, resume=True)
@@ -187,7 +178,7 @@ def test_held_out_classes_are_drawn_per_dataset():
 
 
 def test_comparison_scores_three_learners_on_the_same_episodes(tmp_path):
-    features, labels = base_classes(n_classes=8)
+    features, labels = distorted_classes(n_classes=8)
     train = np.isin(labels, [f"class_{i}" for i in range(5)])
     out = tmp_path / "maml-toy.safetensors"
     result = meta_train(features[train], labels[train], SMALL, backbone="toy", out=out)

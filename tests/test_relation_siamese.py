@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from toy_data import gaussian_blobs
+from toy_data import distorted_classes, gaussian_blobs
 
 from fsl_app.cli import main
 from fsl_app.datasets import load_dataset
@@ -28,16 +28,6 @@ LEARNERS = ("relation", "siamese")
 def small(learner: str, **changes) -> MetricTrainingConfig:
     settings = dict(ways=3, shots=(1, 3), queries=4, episodes=24, meta_batch=2, hidden=8, lr=1e-2)
     return MetricTrainingConfig(learner=learner, **{**settings, **changes})
-
-
-def base_classes(n_classes=6, per_class=12, dim=16, seed=0):
-    """Gaussian classes that share a random distortion, so there is something to learn."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    noise = rng.normal(size=(n_classes * per_class, dim)) @ rng.normal(size=(dim, dim))
-    features = np.repeat(centres, per_class, axis=0) + 0.5 * noise
-    labels = np.repeat([f"class_{i}" for i in range(n_classes)], per_class)
-    return features.astype(np.float32), labels
 
 
 @pytest.fixture
@@ -103,7 +93,7 @@ def test_auto_without_a_file_warns_and_falls_back(learner, pretrained):
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_training_writes_a_checkpoint_that_loads_and_changes_predictions(learner, tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     out = tmp_path / f"{learner}-toy.safetensors"
     result = metric_train(
         features, labels, small(learner), backbone="toy", backbone_id="toy@1", out=out
@@ -122,7 +112,7 @@ def test_training_writes_a_checkpoint_that_loads_and_changes_predictions(learner
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_training_lowers_the_loss(learner):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     config = small(learner, episodes=200, meta_batch=4)
     losses = []
     metric_train(
@@ -177,7 +167,7 @@ def test_siamese_training_teaches_verification_of_unseen_classes(tmp_path):
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_resume_continues_from_the_saved_episode(learner, tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     config = small(learner, episodes=8, checkpoint_every=4)
     out = tmp_path / f"{learner}-toy.safetensors"
 
@@ -203,7 +193,7 @@ def test_resume_continues_from_the_saved_episode(learner, tmp_path):
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_a_head_for_other_embeddings_is_refused_or_skipped(learner, tmp_path, pretrained):
-    features, labels = base_classes(dim=8)
+    features, labels = distorted_classes(dim=8)
     explicit = tmp_path / "other.safetensors"
     metric_train(features, labels, small(learner, episodes=2), backbone="toy", out=explicit)
     support, support_labels = gaussian_blobs(dim=16)
@@ -218,7 +208,7 @@ def test_a_head_for_other_embeddings_is_refused_or_skipped(learner, tmp_path, pr
 
 
 def test_a_head_of_the_other_learner_is_refused(tmp_path):
-    features, labels = base_classes()
+    features, labels = distorted_classes()
     out = tmp_path / "siamese-toy.safetensors"
     metric_train(features, labels, small("siamese", episodes=2), backbone="toy", out=out)
     with pytest.raises(ValueError, match="not a relation checkpoint"):
@@ -233,7 +223,7 @@ def test_bad_settings_are_refused():
 
 
 def test_comparison_scores_three_learners_on_the_same_episodes(tmp_path):
-    features, labels = base_classes(n_classes=8)
+    features, labels = distorted_classes(n_classes=8)
     train = np.isin(labels, [f"class_{i}" for i in range(5)])
     out = tmp_path / "relation-toy.safetensors"
     result = metric_train(features[train], labels[train], small("relation"), backbone="t", out=out)

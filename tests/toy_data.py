@@ -25,3 +25,13 @@ def gaussian_blobs(
     features = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres])
     labels = np.repeat([f"class_{i}" for i in range(n_classes)], n_per_class)
     return features.astype(np.float32), labels
+
+
+def distorted_classes(n_classes=6, per_class=12, dim=16, seed=0):
+    """Gaussian classes that share a random distortion, so there is something to meta-learn."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    noise = rng.normal(size=(n_classes * per_class, dim)) @ rng.normal(size=(dim, dim))
+    features = np.repeat(centres, per_class, axis=0) + 0.5 * noise
+    labels = np.repeat([f"class_{i}" for i in range(n_classes)], per_class)
+    return features.astype(np.float32), labels
