@@ -109,7 +109,7 @@ def test_returned_image_is_plain_and_independent_of_the_file(
     path.unlink()
 
     assert not isinstance(loaded.image, ImageFile.ImageFile)
-    assert loaded.image.getpixel((0, 0)) is not None
+    assert loaded.image.getpixel((0, 0)) == load_image(chelsea_jpeg).image.getpixel((0, 0))
 
 
 # --- modes --------------------------------------------------------------------------------------
