@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from fsl_app.allocator import tune_allocator  # noqa: E402
-from fsl_app.batch import BundlePredictor, run_local  # noqa: E402
 from fsl_app.cli import main as cli  # noqa: E402
 from fsl_app.datasets import tuxpaint_photos  # noqa: E402
+from fsl_app.deploy.batch import BundlePredictor, run_local  # noqa: E402
 from fsl_app.images import load_image  # noqa: E402
 
 BATCH_SIZE = 32

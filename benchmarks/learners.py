@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fsl_app.backbones import load_backbone  # noqa: E402
-from fsl_app.calibrated import CalibratedClassifier  # noqa: E402
+from fsl_app.classifier import CalibratedClassifier  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
-from fsl_app.episodes import evaluate_learner, sample_episodes  # noqa: E402
+from fsl_app.evaluation.episodes import evaluate_learner, sample_episodes  # noqa: E402
 from fsl_app.learners import MAML, available_learners, create_learner  # noqa: E402
-from fsl_app.meta_training import ALGORITHMS, MetaTrainingConfig, meta_train  # noqa: E402
+from fsl_app.training.maml import ALGORITHMS, MetaTrainingConfig, meta_train  # noqa: E402
 
 WAYS, QUERIES = 5, 5
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from fsl_app.backbones import load_backbone  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache  # noqa: E402
-from fsl_app.store import Store  # noqa: E402
+from fsl_app.project.store import Store  # noqa: E402
 from fsl_app.workspace import (  # noqa: E402
     fit_project_classifier,
     predict_images,

@@ -13,7 +13,7 @@ arXiv:2202.02794):
   farthest from everything labeled; Sener & Savarese, ICLR 2018,
   arXiv:1708.00489);
 * **uncertain** picks, best once the model is roughly right: ``entropy``,
-  ``margin``, ``least-confidence`` and ``bald`` (see :mod:`fsl_app.uncertainty`).
+  ``margin``, ``least-confidence`` and ``bald`` (see :mod:`fsl_app.trust.uncertainty`).
 
 ``auto`` (the default) starts representative and turns uncertain as labels
 accumulate, one pick per group; see :func:`_auto` for its rule and
@@ -38,9 +38,9 @@ from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
-from fsl_app import uncertainty
 from fsl_app.learners import FewShotLearner, create_learner
 from fsl_app.learners.protonet import Normalization, check_normalization, simpleshot_normalize
+from fsl_app.trust import uncertainty
 
 DEFAULT_STRATEGY = "auto"
 # Neighbours behind "typical" (TypiClust's K) and cluster count above which
@@ -120,7 +120,7 @@ def rank(
     fresh learner whose probabilities the uncertain strategies read; ``bald``
     fits ``n_members`` more on bootstrap resamples of the support, plus one
     prediction per array of ``augmented_pools`` (augmented views of the pool,
-    see :func:`fsl_app.uncertainty.ensemble_probabilities`). ``seed`` fixes
+    see :func:`fsl_app.trust.uncertainty.ensemble_probabilities`). ``seed`` fixes
     every random choice. Indices are distinct; ``k`` beyond the pool size
     returns the whole pool, an empty pool returns [].
     """

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fsl_app.calibrated import CalibratedClassifier
-from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
 from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
 from fsl_app.learners import DEFAULT_LEARNER
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 # Given a stage ("examples" or "queries"), a progress callback for it, or None.
 ProgressFactory = Callable[[str], ProgressCallback | None]
@@ -66,7 +66,7 @@ class FittedClassifier:
     """A classifier fitted on the readable examples, with what it was fitted on.
 
     ``support`` (n, dim) and ``labels`` (n,) are the embeddings and class
-    names of the readable examples, what :func:`fsl_app.export.save_bundle`
+    names of the readable examples, what :func:`fsl_app.deploy.bundle.save_bundle`
     keeps; ``skipped`` the (name, reason) of the others.
     """
 

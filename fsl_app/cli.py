@@ -24,7 +24,7 @@ from fsl_app.commands import (
     predict,
     suggest,
 )
-from fsl_app.export import BundleError
+from fsl_app.deploy.bundle import BundleError
 
 COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest, check_labels)
 EXIT_UNUSABLE_INPUT = 2

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from fsl_app.active import DEFAULT_STRATEGY, Suggestion, rank
-from fsl_app.calibrated import CalibratedClassifier
-from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embeddings import Embedder
-from fsl_app.explanations import explain
 from fsl_app.learners import DEFAULT_LEARNER, create_learner
-from fsl_app.store import Prediction, ProjectImage, Store, StoreError
-from fsl_app.uncertainty import entropy
+from fsl_app.project.store import Prediction, ProjectImage, Store, StoreError
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+from fsl_app.trust.explanations import explain
+from fsl_app.trust.uncertainty import entropy
 
 ProgressCallback = Callable[[int, int], None]
 

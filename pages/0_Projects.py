@@ -6,10 +6,10 @@ import streamlit as st
 import torch
 
 from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
-from fsl_app.calibration import DEFAULT_STRICTNESS
-from fsl_app.demo import create_demo_project
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
-from fsl_app.store import StoreError
+from fsl_app.project.demo import create_demo_project
+from fsl_app.project.store import StoreError
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.store import StoreError
+from fsl_app.project.store import StoreError
 from fsl_app.ui.evaluation import label_suspects
 from fsl_app.ui.session import class_counts, load_features, project_page
 from fsl_app.ui.widgets import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.project_io import image_table, table_csv
-from fsl_app.store import StoreError
+from fsl_app.project.io import image_table, table_csv
+from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import (
     BADGE_COLOURS,

@@ -6,16 +6,16 @@ import re
 
 import streamlit as st
 
-from fsl_app.dataset_zip import DatasetZipError
-from fsl_app.export import bundle_bytes
-from fsl_app.project_io import (
+from fsl_app.deploy.bundle import bundle_bytes
+from fsl_app.project.dataset_zip import DatasetZipError
+from fsl_app.project.io import (
     export_dataset_zip,
     image_table,
     import_dataset_zip,
     table_csv,
     table_json,
 )
-from fsl_app.store import StoreError
+from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import clear_upload, flash, upload_key
 from fsl_app.workspace import predict_images

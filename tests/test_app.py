@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fsl_app.demo import DEMO_EXAMPLES_PER_CLASS
-from fsl_app.store import Store
+from fsl_app.project.demo import DEMO_EXAMPLES_PER_CLASS
+from fsl_app.project.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fsl_app.batch import BundlePredictor, iter_image_files, run_local
 from fsl_app.cli import main
+from fsl_app.deploy.batch import BundlePredictor, iter_image_files, run_local
 
 pytestmark = pytest.mark.slow
 

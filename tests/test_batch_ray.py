@@ -11,10 +11,10 @@ import pytest
 import ray
 from conftest import make_folders
 
-from fsl_app.batch import BundlePredictor, open_journal, run_local
-from fsl_app.batch_ray import run_ray
 from fsl_app.cli import main
-from fsl_app.export import BundleError
+from fsl_app.deploy.batch import BundlePredictor, open_journal, run_local
+from fsl_app.deploy.batch_ray import run_ray
+from fsl_app.deploy.bundle import BundleError
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from toy_data import gaussian_blobs
 
-from fsl_app.calibrated import CalibratedClassifier
-from fsl_app.calibration import (
+from fsl_app.classifier import CalibratedClassifier
+from fsl_app.datasets import load_dataset
+from fsl_app.embeddings import Embedder, EmbeddingCache
+from fsl_app.evaluation.episodes import sample_episodes
+from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
+from fsl_app.learners.base import softmax
+from fsl_app.trust.calibration import (
     MIN_CLASS_SIZE,
     OpenSetDetector,
     calibrate_temperature,
@@ -16,11 +21,6 @@ from fsl_app.calibration import (
     held_out_logits,
     negative_log_likelihood,
 )
-from fsl_app.datasets import load_dataset
-from fsl_app.embeddings import Embedder, EmbeddingCache
-from fsl_app.episodes import sample_episodes
-from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
-from fsl_app.learners.base import softmax
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from fsl_app.dataset_zip import (
+from fsl_app.project.dataset_zip import (
     DatasetZipError,
     ZipImage,
     imagefolder_zip,

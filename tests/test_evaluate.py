@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fsl_app.cli import main
-from fsl_app.episodes import confidence_interval95, evaluate_learner, sample_episodes
+from fsl_app.evaluation.episodes import confidence_interval95, evaluate_learner, sample_episodes
 from fsl_app.learners import create_learner
 
 LABELS = np.repeat(["a", "b", "c", "d", "e", "f"], 20)

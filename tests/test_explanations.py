@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fsl_app.explanations import cosine_distances, explain
 from fsl_app.learners import create_learner
+from fsl_app.trust.explanations import cosine_distances, explain
 
 
 def test_nearest_examples_are_the_true_nearest_neighbours(tux_embeddings):

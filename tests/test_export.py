@@ -12,10 +12,9 @@ import pytest
 import safetensors.numpy
 from conftest import make_folders
 
-from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.cli import main
-from fsl_app.embeddings import Embedder
-from fsl_app.export import (
+from fsl_app.deploy.bundle import (
     FORMAT_VERSION,
     BundleError,
     bundle_bytes,
@@ -23,6 +22,7 @@ from fsl_app.export import (
     load_bundle,
     save_bundle,
 )
+from fsl_app.embeddings import Embedder
 from fsl_app.learners import available_learners
 
 # Every test here embeds real photos with the real backbone.

@@ -10,7 +10,7 @@ import pytest
 from toy_data import gaussian_blobs
 
 from fsl_app.cli import main
-from fsl_app.label_check import find_mislabeled
+from fsl_app.trust.label_check import find_mislabeled
 
 CLASSES = ("bird", "flower", "fruit", "vegetable")
 PER_CLASS = 8

@@ -12,15 +12,15 @@ from toy_data import distorted_classes
 from fsl_app.cli import main
 from fsl_app.datasets import load_dataset
 from fsl_app.embeddings import Embedder, EmbeddingCache
-from fsl_app.finetune import (
+from fsl_app.images import load_image
+from fsl_app.learners import MAML
+from fsl_app.learners.maml import load_checkpoint
+from fsl_app.training.finetune import (
     FineTuningNeedsGPUError,
     fine_tune_backbone,
     last_stage_parameters,
 )
-from fsl_app.images import load_image
-from fsl_app.learners import MAML
-from fsl_app.learners.maml import load_checkpoint
-from fsl_app.meta_training import (
+from fsl_app.training.maml import (
     REPTILE_KEYS,
     MetaTrainingConfig,
     compare_initialisations,

@@ -1,6 +1,6 @@
 """ONNX export: onnxruntime on real photos answers as the torch classifier does, for every learner.
 
-Exporting the backbone takes about 10 s on 2 CPU cores; :mod:`fsl_app.onnx_export`
+Exporting the backbone takes about 10 s on 2 CPU cores; :mod:`fsl_app.deploy.onnx`
 keeps the last backbone graph, so each further export here costs a few seconds.
 """
 
@@ -15,12 +15,10 @@ import torch
 from PIL import Image
 
 from fsl_app import __version__
-from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.cli import main
-from fsl_app.export import Bundle, BundleError, bundle_bytes, load_bundle
-from fsl_app.images import load_image
-from fsl_app.learners import available_learners
-from fsl_app.onnx_export import (
+from fsl_app.deploy.bundle import Bundle, BundleError, bundle_bytes, load_bundle
+from fsl_app.deploy.onnx import (
     ONNX_LEARNERS,
     OnnxExportError,
     OnnxModel,
@@ -28,6 +26,8 @@ from fsl_app.onnx_export import (
     onnx_metadata,
     predict_onnx,
 )
+from fsl_app.images import load_image
+from fsl_app.learners import available_learners
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

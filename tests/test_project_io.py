@@ -8,15 +8,15 @@ import json
 
 import pytest
 
-from fsl_app.dataset_zip import DatasetZipError, ZipImage, imagefolder_zip
-from fsl_app.project_io import (
+from fsl_app.project.dataset_zip import DatasetZipError, ZipImage, imagefolder_zip
+from fsl_app.project.io import (
     export_dataset_zip,
     image_table,
     import_dataset_zip,
     table_csv,
     table_json,
 )
-from fsl_app.store import Prediction, Store
+from fsl_app.project.store import Prediction, Store
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from fsl_app.datasets import load_dataset
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.learners import ProtoNet, RelationNet, SiameseNet, create_learner
 from fsl_app.learners.heads import default_head_path, load_head
-from fsl_app.meta_training import training_state_path
-from fsl_app.metric_training import (
+from fsl_app.training.maml import training_state_path
+from fsl_app.training.metric_heads import (
     MetricTrainingConfig,
     compare_with_protonet,
     metric_train,

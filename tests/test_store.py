@@ -1,4 +1,4 @@
-"""Tests for fsl_app.store: projects that survive restarts, two writers at once, and crashes.
+"""Tests for the project store: projects that survive restarts, two writers, and crashes.
 
 Pictures are small crops of the real photographs bundled with scikit-image, encoded with PIL.
 Other processes are real child processes; crashes are real (``os._exit``, ``SIGKILL``) or
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fsl_app import store as store_module
 from fsl_app.images import image_sha256
-from fsl_app.store import DATA_DIR_ENV, Duplicate, Prediction, Store, StoreError
+from fsl_app.project import store as store_module
+from fsl_app.project.store import DATA_DIR_ENV, Duplicate, Prediction, Store, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -224,7 +224,7 @@ def test_project_survives_a_new_process(store, pictures):
         """
         import json, sys
         from fsl_app.images import image_sha256
-        from fsl_app.store import Store
+        from fsl_app.project.store import Store
 
         with Store(sys.argv[1]) as store:
             [project] = store.list_projects()
@@ -620,7 +620,7 @@ def test_a_vacuum_while_files_are_being_written_loses_nothing(store, pictures, m
 STOP_MID_SAVE = """
     import os, sys, time
     from pathlib import Path
-    from fsl_app.store import Store
+    from fsl_app.project.store import Store
 
     root, project_id, stop_after, how, *paths = sys.argv[1:]
 
@@ -751,7 +751,7 @@ def test_two_processes_writing_at_once(store, race, tmp_path):
         import json, sys
         sys.path.insert(0, sys.argv[1])
         from test_store import read_files, write_concurrently
-        from fsl_app.store import Store
+        from fsl_app.project.store import Store
 
         root, project_id, class_name, *paths = sys.argv[2:]
         with Store(root) as store:

@@ -7,7 +7,7 @@ import pytest
 
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.learners import create_learner
-from fsl_app.uncertainty import (
+from fsl_app.trust.uncertainty import (
     MEANINGS,
     bald,
     bootstrap_indices,

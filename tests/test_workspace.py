@@ -8,10 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fsl_app.demo import DEMO_EXAMPLES_PER_CLASS, DEMO_UNLABELED_PER_CLASS, create_demo_project
 from fsl_app.embeddings import Embedder, EmbeddingCache
-from fsl_app.project_eval import accuracy_interval, evaluate_held_out, fold_assignment
-from fsl_app.store import Store
+from fsl_app.evaluation.held_out import accuracy_interval, evaluate_held_out, fold_assignment
+from fsl_app.project.demo import (
+    DEMO_EXAMPLES_PER_CLASS,
+    DEMO_UNLABELED_PER_CLASS,
+    create_demo_project,
+)
+from fsl_app.project.store import Store
 from fsl_app.workspace import (
     badge,
     few_example_hints,

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from fsl_app.batch import BundlePredictor, output_format, run_local
 from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import progress_bar
+from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
 
 ENGINES = ("local", "ray")
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.input).exists():
         raise UnusableInputError(f"The input folder '{args.input}' does not exist.")
     if args.engine == "ray":
-        from fsl_app.batch_ray import run_ray
+        from fsl_app.deploy.batch_ray import run_ray
 
         report = run_ray(
             args.bundle,

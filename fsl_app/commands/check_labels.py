@@ -9,8 +9,8 @@ import sys
 from fsl_app.classify import UnusableInputError, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
-from fsl_app.label_check import DEFAULT_MIN_SCORE, find_mislabeled
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
+from fsl_app.trust.label_check import DEFAULT_MIN_SCORE, find_mislabeled
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import argparse
 from fsl_app.classify import fit_folder, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_learner_options, report_examples
-from fsl_app.export import load_bundle, save_bundle
-from fsl_app.onnx_export import check_onnx_export, export_onnx
+from fsl_app.deploy.bundle import load_bundle, save_bundle
+from fsl_app.deploy.onnx import check_onnx_export, export_onnx
 
 
 def register(commands: argparse._SubParsersAction) -> None:

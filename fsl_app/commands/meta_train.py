@@ -1,7 +1,7 @@
 """``meta-train``: meta-learn a learner's head for a backbone on offline base classes.
 
-``--learner maml`` meta-learns MAML's initialisation (:mod:`fsl_app.meta_training`);
-``relation`` and ``siamese`` train their heads (:mod:`fsl_app.metric_training`).
+``--learner maml`` meta-learns MAML's initialisation (:mod:`fsl_app.training.maml`);
+``relation`` and ``siamese`` train their heads (:mod:`fsl_app.training.metric_heads`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from fsl_app.commands.common import add_embedding_options, open_embedder, progre
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
 from fsl_app.embeddings import Embedder
-from fsl_app.episodes import EvaluationResult
+from fsl_app.evaluation.episodes import EvaluationResult
 from fsl_app.learners.heads import default_head_path
 from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
-from fsl_app.meta_training import (
+from fsl_app.training.maml import (
     ALGORITHMS,
     MetaProgress,
     MetaTrainingConfig,
@@ -32,7 +32,7 @@ from fsl_app.meta_training import (
     split_classes,
     training_state_path,
 )
-from fsl_app.metric_training import (
+from fsl_app.training.metric_heads import (
     METRIC_LEARNERS,
     MetricTrainingConfig,
     compare_with_protonet,

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 
 from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.calibration import DEFAULT_STRICTNESS
 from fsl_app.classify import (
     Classification,
     QueryResult,
@@ -18,8 +17,9 @@ from fsl_app.classify import (
     classify_files_with,
 )
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.export import check_backbone, load_bundle
+from fsl_app.deploy.bundle import check_backbone, load_bundle
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """Meta-trained heads of the metric learners (``relation``, ``siamese``): files and fall-back.
 
 A head is a few tensors meta-trained on a backbone's embeddings of base
-classes by :mod:`fsl_app.metric_training`, shipped as
+classes by :mod:`fsl_app.training.metric_heads`, shipped as
 ``pretrained/<learner>-<backbone>.safetensors`` with the backbone, the
 embedding size and the training record in its header. A learner asked for
 ``checkpoint="auto"`` uses that file when it fits the embeddings and otherwise

@@ -17,7 +17,7 @@ et al., ICLR 2020, arXiv:1909.09157), and it lets ``fit`` project the support
 through ``W1`` once instead of at every step, which halves its time.
 
 The initialisation (W1, b1, W2, the temperature and the step sizes) is
-meta-trained per backbone by :mod:`fsl_app.meta_training` and shipped as
+meta-trained per backbone by :mod:`fsl_app.training.maml` and shipped as
 ``pretrained/maml-<backbone>.safetensors``. ``W2`` starts at zero, so an
 adapter that was never meta-trained is the identity. The functions below are
 shared by ``fit`` and meta-training: the same inner loop runs with

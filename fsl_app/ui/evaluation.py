@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.label_check import SuspectLabel, find_mislabeled
-from fsl_app.project_eval import HeldOutEvaluation, evaluate_held_out
+from fsl_app.evaluation.held_out import HeldOutEvaluation, evaluate_held_out
+from fsl_app.trust.label_check import SuspectLabel, find_mislabeled
 from fsl_app.ui.session import ProjectSettings
 from fsl_app.workspace import ProjectFeatures
 

@@ -16,9 +16,9 @@ from typing import Any
 import streamlit as st
 
 from fsl_app.backbones import Backbone, load_backbone
-from fsl_app.calibrated import CalibratedClassifier
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
-from fsl_app.store import Store, default_data_dir
+from fsl_app.project.store import Store, default_data_dir
 from fsl_app.workspace import ProjectFeatures, fit_project_classifier
 
 EMBEDDING_CACHE_NAME = "embeddings.sqlite"

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import streamlit as st
 
 from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
-from fsl_app.calibrated import CalibratedClassifier
-from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embeddings import Embedder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
-from fsl_app.store import Project, Store, StoreError
+from fsl_app.project.store import Project, Store, StoreError
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
 from fsl_app.workspace import ProjectFeatures, project_features, readiness

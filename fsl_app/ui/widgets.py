@@ -9,7 +9,7 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 from fsl_app.images import ImageLoadError, load_image
-from fsl_app.store import AddReport, Store, StoreError
+from fsl_app.project.store import AddReport, Store, StoreError
 from fsl_app.workspace import ImagePrediction
 
 THUMBNAIL_SIDE = 192

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from fsl_app.calibrated import CalibratedClassifier
-from fsl_app.calibration import DEFAULT_STRICTNESS
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
+from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 # Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
 SLOW_LEARNER_FOLDS = 5

@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fsl_app.dataset_zip import ZipImage, imagefolder_zip, read_imagefolder_zip
-from fsl_app.store import Prediction, ProjectImage, Rejected, Store
+from fsl_app.project.dataset_zip import ZipImage, imagefolder_zip, read_imagefolder_zip
+from fsl_app.project.store import Prediction, ProjectImage, Rejected, Store
 
 TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
 

@@ -40,8 +40,8 @@ from torch import nn
 
 from fsl_app import __version__
 from fsl_app.backbones import Backbone
-from fsl_app.calibrated import CalibratedPredictions
-from fsl_app.export import Bundle, BundleError, check_backbone
+from fsl_app.classifier import CalibratedPredictions
+from fsl_app.deploy.bundle import Bundle, BundleError, check_backbone
 from fsl_app.files import write_atomically
 from fsl_app.learners import FewShotLearner, LinearProbe, MatchingNet
 from fsl_app.learners.protonet import simpleshot_normalize
@@ -275,7 +275,7 @@ class _Head(nn.Module):
         logits = self.logits(embedding).double()
         probabilities = (logits / self.temperature).softmax(dim=1)
         features = embedding.double()
-        # fsl_app.calibration.power_normalize: signed square root, then unit rows.
+        # fsl_app.trust.calibration.power_normalize: signed square root, then unit rows.
         features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
         distance = 1 - (features @ self.prototypes.T).amax(dim=1)
         return probabilities.float(), distance.float(), distance > self.threshold

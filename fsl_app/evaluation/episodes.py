@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fsl_app.calibration import expected_calibration_error
+from fsl_app.trust.calibration import expected_calibration_error
 
 
 class Classifier(Protocol):

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl_app.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
 from fsl_app.learners import MAML, ProtoNet
 from fsl_app.learners.maml import (
     ADAPTER_KEYS,

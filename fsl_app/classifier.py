@@ -3,7 +3,7 @@
 What the app and the command line classify with: any registered learner for
 the ranking of the classes, a temperature fitted on its held-out support
 predictions for the confidence, and a distance threshold on the embeddings for
-"none of these" (both from :mod:`fsl_app.calibration`).
+"none of these" (both from :mod:`fsl_app.trust.calibration`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fsl_app.calibration import (
+from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
+from fsl_app.learners.base import softmax
+from fsl_app.trust.calibration import (
     DEFAULT_STRICTNESS,
     MAX_FOLDS,
     OpenSetDetector,
     calibrate_temperature,
 )
-from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
-from fsl_app.learners.base import softmax
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Batch prediction on Ray Data: the ``local`` engine's job, spread over a pool of actors.
 
 Each actor loads the bundle once (one model per actor, on a GPU when the cluster has them) and
-runs the same :class:`~fsl_app.batch.BundlePredictor` as the local engine over the batches of
+runs the same :class:`~fsl_app.deploy.batch.BundlePredictor` as the local engine over the batches of
 paths it is given, so both engines write the same rows. The driver streams the results back and
-appends them to the same journal as :func:`fsl_app.batch.run_local`, so a run is resumable
+appends them to the same journal as :func:`fsl_app.deploy.batch.run_local`, so a run is resumable
 with either engine and a rerun predicts only what is not yet in the output.
 
 The bundle is read on the driver and its bytes shipped to the actors: workers on other machines
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fsl_app.batch import (
+from fsl_app.deploy.batch import (
     DEFAULT_CHUNK_BATCHES,
     BatchReport,
     BundlePredictor,
@@ -28,7 +28,7 @@ from fsl_app.batch import (
     iter_image_files,
     open_journal,
 )
-from fsl_app.export import load_bundle
+from fsl_app.deploy.bundle import load_bundle
 
 
 # Rows as the local engine makes them: confidence NaN and unknown null on an error row.

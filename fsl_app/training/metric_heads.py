@@ -2,7 +2,7 @@
 
 Both heads train on cached embeddings of base classes, never on images, and
 on the same fixed-seed tasks as MAML's meta-training
-(:func:`fsl_app.meta_training.training_tasks`: N-way tasks of K support and Q
+(:func:`fsl_app.training.maml.training_tasks`: N-way tasks of K support and Q
 query images per class):
 
 - ``relation`` (Sung et al. 2018, arXiv:1711.06025): episodic. The relation
@@ -34,14 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl_app.episodes import Episode, EvaluationResult
+from fsl_app.evaluation.episodes import Episode, EvaluationResult
 from fsl_app.learners import ProtoNet, RelationNet, SiameseNet
 from fsl_app.learners.heads import HeadCheckpoint, Tensors, save_head
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.relation import init_relation_module, relation_logits
 from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
-from fsl_app.meta_training import (
+from fsl_app.training.maml import (
     MetaProgress,
     episode_targets,
     score_on_episodes,
@@ -171,7 +171,7 @@ def metric_train(
     """Train ``config.learner``'s head on ``features`` (n, dim) of base classes ``labels``.
 
     With ``out``, the checkpoint is written there at the end and the training
-    state next to it (:func:`fsl_app.meta_training.training_state_path`) every
+    state next to it (:func:`fsl_app.training.maml.training_state_path`) every
     ``config.checkpoint_every`` tasks; ``resume=True`` continues from that
     state. ``metadata`` (datasets, classes, ...) is recorded in the
     checkpoint's ``meta_training`` entry.
@@ -226,7 +226,7 @@ def compare_with_protonet(
     """The learner with ``checkpoint`` vs without it (untrained) vs ProtoNet, per shot count.
 
     Every learner sees the same fixed-seed episodes, drawn as
-    :func:`fsl_app.meta_training.compare_initialisations` draws them;
+    :func:`fsl_app.training.maml.compare_initialisations` draws them;
     ``ways`` and ``queries`` shrink to what the classes allow. Results are
     named "<learner> (meta-trained)", "<learner> (untrained)" and "protonet".
     """

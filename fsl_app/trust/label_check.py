@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fsl_app.calibration import calibrate_temperature, held_out_predictions
-from fsl_app.explanations import cosine_distances
 from fsl_app.learners import DEFAULT_LEARNER, create_learner
 from fsl_app.learners.base import softmax
+from fsl_app.trust.calibration import calibrate_temperature, held_out_predictions
+from fsl_app.trust.explanations import cosine_distances
 
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_MAX_OWN_RATIO = 0.2

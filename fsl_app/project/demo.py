@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from fsl_app.datasets import TUXPAINT_STAMPS, tuxpaint_photos
-from fsl_app.store import Project, Store, StoreError
+from fsl_app.project.store import Project, Store, StoreError
 
 DEMO_PROJECT_NAME = "Demo: birds, fish, flowers, fruit, vegetables"
 DEMO_EXAMPLES_PER_CLASS = 3

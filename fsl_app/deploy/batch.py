@@ -7,7 +7,7 @@ point therefore finishes on rerun with every image in the output exactly once (a
 half by the kill is dropped and redone).
 
 The same :class:`BundlePredictor` does the work on one machine (``local``) and inside each actor
-of a Ray Data job (``ray``, see :mod:`fsl_app.batch_ray`).
+of a Ray Data job (``ray``, see :mod:`fsl_app.deploy.batch_ray`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fsl_app.backbones import load_backbone
+from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
-from fsl_app.export import Bundle, check_backbone, load_bundle
 from fsl_app.images import SUPPORTED_SUFFIXES
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
