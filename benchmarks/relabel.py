@@ -25,16 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fsl_app.active import suggest  # noqa: E402
 from fsl_app.backbones import load_backbone  # noqa: E402
+from fsl_app.classifier import fit_classifier, predict_set  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
+from fsl_app.embedded_set import embed_project  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache  # noqa: E402
 from fsl_app.project.store import Store  # noqa: E402
-from fsl_app.workspace import (  # noqa: E402
-    fit_project_classifier,
-    predict_images,
-    project_features,
-    suggest_next,
-)
 
 CLASSES = ("T-shirt/top", "Trouser", "Sandal", "Bag", "Ankle boot")
 EXAMPLES_PER_CLASS = 5
@@ -69,14 +66,13 @@ def time_library(store, project_id, embedder, pool, learner, rounds) -> dict[str
         marks = [("start", time.perf_counter())]
         store.label(project_id, [sha256], true_class)
         marks.append(("label", time.perf_counter()))
-        features = project_features(store, project_id, embedder)
+        embedded = embed_project(store, project_id, embedder)
         marks.append(("embeddings by hash", time.perf_counter()))
-        classifier = fit_project_classifier(features, learner=learner)
+        classifier = fit_classifier(embedded, learner=learner)
         marks.append(("refit + calibrate", time.perf_counter()))
-        unlabeled = [i for i, label in zip(features.ids, features.labels, strict=True) if not label]
-        predict_images(classifier, features, unlabeled)
+        predict_set(classifier, embedded)
         marks.append(("predict + explain pool", time.perf_counter()))
-        suggest_next(features, k=3, learner=learner)
+        suggest(embedded, classifier, k=3)
         marks.append(("suggest 3", time.perf_counter()))
         for (_, before), (name, after) in itertools.pairwise(marks):
             steps.setdefault(name, []).append(after - before)
@@ -123,10 +119,10 @@ def main() -> None:
         project_id, pool = build_project(store, args.pool)
         embedder = Embedder(load_backbone(), cache=EmbeddingCache(cache_path))
         started = time.perf_counter()
-        features = project_features(store, project_id, embedder)
+        embedded = embed_project(store, project_id, embedder)
         first = time.perf_counter() - started
         print(
-            f"{len(features.ids)} pictures ({len(pool)} unlabeled); first embedding "
+            f"{len(embedded.ids)} pictures ({len(pool)} unlabeled); first embedding "
             f"{first:.1f} s ({embedder.images_forwarded} through the model, rest cached)\n"
         )
         forwarded = embedder.images_forwarded

@@ -38,6 +38,8 @@ from numpy.typing import ArrayLike
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
+from fsl_app.classifier import CalibratedClassifier
+from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.learners import FewShotLearner, create_learner
 from fsl_app.learners.protonet import Normalization, check_normalization, simpleshot_normalize
 from fsl_app.trust import uncertainty
@@ -107,6 +109,7 @@ def rank(
     pool: ArrayLike,
     k: int,
     learner_factory: Callable[[], FewShotLearner] = create_learner,
+    model: FewShotLearner | CalibratedClassifier | None = None,
     seed: int = 0,
     n_members: int = 10,
     augmented_pools: Sequence[ArrayLike] = (),
@@ -117,7 +120,9 @@ def rank(
     ``support`` (n_labeled, dim) and ``labels`` are the labeled embeddings (may
     be empty: the representative strategies then pick a first set to label);
     ``pool`` (n_pool, dim) the unlabeled ones. ``learner_factory`` makes the
-    fresh learner whose probabilities the uncertain strategies read; ``bald``
+    fresh learner whose probabilities the uncertain strategies read, unless ``model`` (fitted
+    on exactly this support, e.g. the classifier whose predictions the user sees) is given;
+    ``bald``
     fits ``n_members`` more on bootstrap resamples of the support, plus one
     prediction per array of ``augmented_pools`` (augmented views of the pool,
     see :func:`fsl_app.trust.uncertainty.ensemble_probabilities`). ``seed`` fixes
@@ -141,6 +146,7 @@ def rank(
         pool,
         k=k,
         learner_factory=learner_factory,
+        model=model,
         seed=seed,
         n_members=n_members,
         augmented_pools=augmented_pools,
@@ -197,6 +203,7 @@ class _Problem:
         *,
         k: int,
         learner_factory: Callable[[], FewShotLearner],
+        model: FewShotLearner | CalibratedClassifier | None,
         seed: int,
         n_members: int,
         augmented_pools: Sequence[ArrayLike],
@@ -220,6 +227,7 @@ class _Problem:
         self.k = min(k, self.n_pool)
         self.seed = seed
         self.learner_factory = learner_factory
+        self.fitted = model
         self.n_members = n_members
         self.augmented_pools = augmented_pools
         self.normalize = normalize
@@ -231,9 +239,11 @@ class _Problem:
         return [str(c) for c in np.unique(self.labels)]
 
     @cached_property
-    def model(self) -> FewShotLearner | None:
+    def model(self) -> FewShotLearner | CalibratedClassifier | None:
         if len(self.classes) < 2:
             return None
+        if self.fitted is not None:
+            return self.fitted
         return self.learner_factory().fit(self.support, self.labels)
 
     @cached_property
@@ -576,3 +586,43 @@ def _auto(problem: _Problem) -> list[Suggestion]:
             used.add(group)
             taken.add(int(i))
     return picks
+
+
+def suggest(
+    embedded: EmbeddedSet,
+    classifier: CalibratedClassifier | None,
+    *,
+    k: int = 3,
+    strategy: str = DEFAULT_STRATEGY,
+    skipped: Sequence[str] = (),
+    seed: int = 0,
+) -> list[tuple[int, Suggestion]]:
+    """The unlabeled pictures of the set most worth labeling next, as (row, suggestion).
+
+    ``classifier`` is the one fitted on the set's examples (None while it cannot be fitted):
+    the probabilities a reason quotes are its calibrated ones, the numbers the user sees
+    beside every prediction. Pictures in ``skipped`` (ids the user passed over, or said are
+    none of the classes) and pictures with the bytes of an example are left out of the pool.
+    Without a classifier a strategy that needs one gives way to ``auto``.
+    """
+    support, labels, example_ids = embedded.examples()
+    left_out = {*skipped, *example_ids}
+    pool_rows = [
+        i
+        for i, (image_id, label) in enumerate(zip(embedded.ids, embedded.labels, strict=True))
+        if label is None and image_id not in left_out
+    ]
+    if not pool_rows:
+        return []
+    chosen = strategy if classifier is not None or not STRATEGIES[strategy].needs_model else "auto"
+    suggestions = rank(
+        chosen,
+        support=support,
+        labels=labels,
+        pool=embedded.embeddings[pool_rows],
+        k=k,
+        learner_factory=classifier.refit_factory if classifier is not None else create_learner,
+        model=classifier,
+        seed=seed,
+    )
+    return [(pool_rows[s.index], s) for s in suggestions]

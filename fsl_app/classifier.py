@@ -1,20 +1,25 @@
-"""A learner with calibrated confidence and a "none of these" answer, fitted in one call.
+"""THE fitted model: a learner, its calibration and "none of these", and one record per picture.
 
-What the app and the command line classify with: any registered learner for
-the ranking of the classes, a temperature fitted on its held-out support
-predictions for the confidence, and a distance threshold on the embeddings for
-"none of these" (both from :mod:`fsl_app.trust.calibration`).
+Every page, command, export and batch job classifies through :func:`fit_classifier` and
+:meth:`CalibratedClassifier.predict_pictures`, so the same picture gets the same class, the same
+confidence and the same "none of these" everywhere. The ranking of the classes comes from any
+registered learner; the confidence from a temperature fitted on its held-out predictions of the
+examples; "none of these" from a distance threshold on the embeddings (both in
+:mod:`fsl_app.trust.calibration`). The classifier keeps what it was fitted on, so saving it
+needs nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fsl_app.embedded_set import EmbeddedSet
+from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
 from fsl_app.trust.calibration import (
@@ -23,11 +28,19 @@ from fsl_app.trust.calibration import (
     OpenSetDetector,
     calibrate_temperature,
 )
+from fsl_app.trust.explanations import explain
+from fsl_app.trust.uncertainty import entropy
+
+# Calibrated confidence below which a prediction is shown as unsure, and at or above which it
+# is shown as sure; in between it is "fairly sure". Calibrated, so "sure" is right about 8 in 10.
+SURE_CONFIDENCE = 0.8
+UNSURE_CONFIDENCE = 0.5
+BADGES = ("sure", "fairly sure", "unsure", "none of these")
 
 
 @dataclass(frozen=True)
 class CalibratedPredictions:
-    """Predictions for n queries over the classes ``classes`` (n_classes,).
+    """Predictions for n queries over the classes ``classes`` (n_classes,), as arrays.
 
     ``probabilities`` (n, n_classes) are calibrated; ``distance`` (n,) is the
     cosine distance to the nearest class prototype and ``unknown`` (n,) marks
@@ -49,6 +62,37 @@ class CalibratedPredictions:
         return self.probabilities.max(axis=1)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one picture, the same on every page, command and file.
+
+    ``prediction`` is the most probable class (when ``unknown``, the class it is closest to);
+    ``confidence`` its calibrated probability; ``probabilities`` every class's; ``uncertainty``
+    the normalised entropy of those (0: certain, 1: no idea); ``badge`` one of :data:`BADGES`;
+    ``explanation`` a sentence, ``neighbours`` the ids of the examples of the predicted class
+    nearest to it and ``runner_up`` the next most probable class. ``label`` is the picture's
+    own class when it is an example.
+    """
+
+    id: str
+    name: str
+    label: str | None
+    prediction: str
+    confidence: float
+    unknown: bool
+    probabilities: dict[str, float]
+    uncertainty: float
+    badge: str
+    explanation: str
+    neighbours: list[str]
+    runner_up: str | None
+
+    @property
+    def verdict(self) -> str:
+        """The answer in words: the class, or "none of these" with the closest class."""
+        return f"none of these (closest: {self.prediction})" if self.unknown else self.prediction
+
+
 class CalibratedClassifier:
     """``learner`` (a registry name, built with ``params``) with calibrated confidence.
 
@@ -59,8 +103,10 @@ class CalibratedClassifier:
     :data:`MAX_FOLDS`.
 
     After ``fit``: ``learner_`` (fitted on every example), ``classes_``,
-    ``temperature_``, ``threshold_`` and ``notes``, plain sentences saying
-    where the support was too small to calibrate and what to add.
+    ``temperature_``, ``open_set_``, ``threshold_``, what it was fitted on
+    (``support_`` (n_support, dim), ``labels_`` (n_support,) and ``ids_``, the
+    examples' ids or None), and ``notes``: plain sentences saying where the
+    support was too small to calibrate and what to add.
     """
 
     def __init__(
@@ -74,17 +120,18 @@ class CalibratedClassifier:
         self.strictness = strictness
         self.params = params
 
-    def fit(self, support: ArrayLike, labels: Sequence) -> CalibratedClassifier:
-        support = np.asarray(support, dtype=np.float32)
-        labels = np.asarray(labels)
-        self.learner_ = self._make_learner().fit(support, labels)
+    def fit(
+        self, support: ArrayLike, labels: Sequence, *, ids: Sequence[str] | None = None
+    ) -> CalibratedClassifier:
+        self._keep_examples(support, labels, ids)
+        self.learner_ = self._make_learner().fit(self.support_, self.labels_)
         self.classes_ = self.learner_.classes_
         max_folds = getattr(type(self.learner_), "calibration_folds", MAX_FOLDS)
         temperature = calibrate_temperature(
-            self._make_learner, support, labels, max_folds=max_folds
+            self._make_learner, self.support_, self.labels_, max_folds=max_folds
         )
         self.temperature_ = temperature.value
-        self.open_set_ = OpenSetDetector(self.strictness).fit(support, labels)
+        self.open_set_ = OpenSetDetector(self.strictness).fit(self.support_, self.labels_)
         self.threshold_ = self.open_set_.threshold_
         open_set_note = (
             '"None of these" is switched off: every image gets one of your classes.'
@@ -106,6 +153,7 @@ class CalibratedClassifier:
         temperature: float,
         open_set: OpenSetDetector,
         notes: Sequence[str] = (),
+        ids: Sequence[str] | None = None,
     ) -> CalibratedClassifier:
         """A fitted classifier restored without calibrating again, e.g. from a saved model.
 
@@ -115,9 +163,8 @@ class CalibratedClassifier:
         many. ``temperature`` and the fitted ``open_set`` are taken as given.
         """
         model = cls(learner, strictness=strictness, **params)
-        model.learner_ = model._make_learner().fit(
-            np.asarray(support, dtype=np.float32), np.asarray(labels)
-        )
+        model._keep_examples(support, labels, ids)
+        model.learner_ = model._make_learner().fit(model.support_, model.labels_)
         model.classes_ = model.learner_.classes_
         model.temperature_ = float(temperature)
         model.open_set_ = open_set
@@ -127,11 +174,7 @@ class CalibratedClassifier:
 
     def predict(self, query: ArrayLike) -> CalibratedPredictions:
         """Calibrated predictions for ``query`` of shape (n_query, dim)."""
-        if not hasattr(self, "learner_"):
-            raise NotFittedError(
-                "This CalibratedClassifier has not been fitted yet: call fit(support, labels) "
-                "with labeled examples before predicting."
-            )
+        self._check_fitted()
         logits = self.learner_.decision_function(query)
         distance = self.open_set_.distance(query)
         return CalibratedPredictions(
@@ -145,5 +188,149 @@ class CalibratedClassifier:
         """Calibrated probabilities (n_query, n_classes), as a learner's ``predict_proba``."""
         return self.predict(query).probabilities
 
+    def predict_pictures(
+        self,
+        embeddings: ArrayLike,
+        *,
+        ids: Sequence[str],
+        names: Sequence[str],
+        labels: Sequence[str | None] | None = None,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``embeddings`` (n, dim), in that order.
+
+        ``ids`` and ``names`` (n,) identify the pictures; ``labels`` (n,) are their own
+        classes when they are examples (default: none is).
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if len(embeddings) == 0:
+            return []
+        predicted = self.predict(embeddings)
+        classes = [str(c) for c in predicted.classes]
+        explanations = explain(
+            self.support_, self.labels_, embeddings, predicted.probabilities, classes
+        )
+        spread = entropy(predicted.probabilities)
+        records = []
+        for j, why in enumerate(explanations):
+            confidence = float(predicted.confidence[j])
+            unknown = bool(predicted.unknown[j])
+            prediction = str(predicted.prediction[j])
+            records.append(
+                Prediction(
+                    id=ids[j],
+                    name=names[j],
+                    label=None if labels is None else labels[j],
+                    prediction=prediction,
+                    confidence=confidence,
+                    unknown=unknown,
+                    probabilities={
+                        c: float(p)
+                        for c, p in zip(classes, predicted.probabilities[j], strict=True)
+                    },
+                    uncertainty=float(spread[j]),
+                    badge=badge(confidence, unknown),
+                    explanation=_explanation_text(why.text, unknown, prediction),
+                    neighbours=[]
+                    if self.ids_ is None
+                    else [self.ids_[n.index] for n in why.neighbours],
+                    runner_up=why.runner_up,
+                )
+            )
+        return records
+
+    def refit_factory(self) -> FewShotLearner:
+        """A fresh learner of this classifier's kind whose probabilities use its temperature.
+
+        What active learning's ensembles are made of, so that every number a reason quotes
+        is on the scale the predictions are shown on.
+        """
+        self._check_fitted()
+        return _Tempered(self._make_learner(), self.temperature_)
+
+    def _keep_examples(
+        self, support: ArrayLike, labels: Sequence, ids: Sequence[str] | None
+    ) -> None:
+        self.support_ = np.asarray(support, dtype=np.float32)
+        self.labels_ = np.asarray(labels)
+        if ids is not None and len(ids) != len(self.labels_):
+            raise ValueError(f"Got {len(ids)} ids for {len(self.labels_)} examples.")
+        self.ids_ = None if ids is None else [str(i) for i in ids]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "learner_"):
+            raise NotFittedError(
+                "This CalibratedClassifier has not been fitted yet: call fit(support, labels) "
+                "with labeled examples before predicting."
+            )
+
     def _make_learner(self) -> FewShotLearner:
         return create_learner(self.learner, **self.params)
+
+
+class _Tempered:
+    """A learner whose ``predict_proba`` divides its logits by a fixed temperature."""
+
+    def __init__(self, learner: FewShotLearner, temperature: float):
+        self.learner = learner
+        self.temperature = temperature
+
+    def fit(self, support: ArrayLike, labels: Sequence) -> _Tempered:
+        self.learner.fit(support, labels)
+        self.classes_ = self.learner.classes_
+        return self
+
+    def predict_proba(self, query: ArrayLike) -> np.ndarray:
+        return softmax(self.learner.decision_function(query) / self.temperature)
+
+
+def fit_classifier(
+    embedded: EmbeddedSet,
+    *,
+    learner: str = DEFAULT_LEARNER,
+    strictness: float = DEFAULT_STRICTNESS,
+    params: Mapping[str, Any] | None = None,
+) -> CalibratedClassifier:
+    """The calibrated classifier of the set's examples; :class:`UnusableInputError` when the
+    set is not ready (fewer than two classes, or a class without a usable example)."""
+    problems = embedded.readiness()
+    if problems:
+        raise UnusableInputError(" ".join(problems))
+    support, labels, ids = embedded.examples()
+    model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
+    return model.fit(support, labels, ids=ids)
+
+
+def predict_set(
+    classifier: CalibratedClassifier, embedded: EmbeddedSet, ids: Sequence[str] | None = None
+) -> list[Prediction]:
+    """Predictions for the pictures ``ids`` of the set (default: every unlabeled one).
+
+    Ids not in the set are left out; the order is that of ``ids``.
+    """
+    rows = np.flatnonzero(~embedded.labeled) if ids is None else embedded.rows(ids)
+    return classifier.predict_pictures(
+        embedded.embeddings[rows],
+        ids=[embedded.ids[i] for i in rows],
+        names=[embedded.names[i] for i in rows],
+        labels=[embedded.labels[i] for i in rows],
+    )
+
+
+def badge(confidence: float, unknown: bool) -> str:
+    """The word a person reads beside a prediction, one of :data:`BADGES`."""
+    if unknown:
+        return "none of these"
+    if confidence >= SURE_CONFIDENCE:
+        return "sure"
+    if confidence >= UNSURE_CONFIDENCE:
+        return "fairly sure"
+    return "unsure"
+
+
+def _explanation_text(text: str, unknown: bool, prediction: str) -> str:
+    if not unknown:
+        return text
+    return (
+        f"Unlike the examples of every class; the closest is '{prediction}', but it is further "
+        "from it than the examples of each class are from each other."
+    )

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from fsl_app import __version__
 from fsl_app.allocator import tune_allocator
 from fsl_app.backbones import BackboneError
-from fsl_app.classify import UnusableInputError
 from fsl_app.commands import (
     batch_predict,
     check_labels,
@@ -25,6 +24,7 @@ from fsl_app.commands import (
     suggest,
 )
 from fsl_app.deploy.bundle import BundleError
+from fsl_app.errors import UnusableInputError
 
 COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest, check_labels)
 EXIT_UNUSABLE_INPUT = 2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from fsl_app.embedded_set import few_example_hints
 from fsl_app.project.store import StoreError
 from fsl_app.ui.evaluation import label_suspects
-from fsl_app.ui.session import class_counts, load_features, project_page
+from fsl_app.ui.session import load_embedded, project_page
 from fsl_app.ui.widgets import (
     add_report_messages,
     clear_upload,
@@ -15,7 +16,6 @@ from fsl_app.ui.widgets import (
     show_thumbnail,
     upload_key,
 )
-from fsl_app.workspace import few_example_hints
 
 PAGE_SIZE = 12
 # Images whose label the user confirmed after a suspicion: not flagged again.
@@ -25,7 +25,7 @@ page = project_page(
     "Classes", "Make a class for each kind of picture, and drop a few example pictures into each."
 )
 store, project, settings = page.store, page.project, page.settings
-embedder, features = page.embedder, page.features
+embedder, embedded = page.embedder, page.embedded
 
 with st.form("add_class", clear_on_submit=True):
     name = st.text_input("New class name", placeholder="e.g. robin")
@@ -53,12 +53,12 @@ def add_files(files, class_name: str | None, where: str, uploader: str) -> None:
     clear_upload(uploader)
     st.session_state["_last_class"] = class_name
     if report.added:
-        load_features(store, project, embedder)  # embeds the new images now, with progress
+        load_embedded(store, project, embedder)  # embeds the new images now, with progress
     flash(add_report_messages(report, where))
     st.rerun()
 
 
-counts = class_counts(store, project, features)
+counts = embedded.class_counts()
 st.caption(" · ".join(f"{plain(c.name)}: {c.n_examples}" for c in classes))
 for hint in few_example_hints(counts):
     st.info(plain(hint))
@@ -144,10 +144,10 @@ st.caption(
     "class may have been put in the wrong one."
 )
 kept = set(project.settings.get(KEPT_KEY, []))
-suspects = [(i, s) for i, s in label_suspects(features, settings) if i not in kept]
+suspects = [(i, s) for i, s in label_suspects(embedded, settings) if i not in kept]
 if not suspects:
     st.caption("No example looks like it is in the wrong class.")
-names = dict(zip(features.ids, features.names, strict=True))
+names = dict(zip(embedded.ids, embedded.names, strict=True))
 for image_id, suspect in suspects:
     key = image_id[:16]
     with st.container(border=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from fsl_app.classifier import predict_set
 from fsl_app.project.io import image_table, table_csv
 from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
@@ -17,7 +18,6 @@ from fsl_app.ui.widgets import (
     show_thumbnail,
     upload_key,
 )
-from fsl_app.workspace import predict_images
 
 PAGE_SIZE = 12
 SORTS = {
@@ -29,7 +29,7 @@ SORTS = {
 
 page = project_page("Predict")
 store, project, settings = page.store, page.project, page.settings
-embedder, features = page.embedder, page.features
+embedded = page.embedded
 
 new_files = st.file_uploader(
     "Drop new pictures to sort here", accept_multiple_files=True, key=upload_key("predict_files")
@@ -44,26 +44,16 @@ if new_files:
         flash(add_report_messages(report, "the pictures to sort"))
         st.rerun()
 
-classifier = classifier_or_none(store, project, features, embedder, settings)
+classifier = classifier_or_none(page)
 if classifier is None:
     st.stop()
 for note in classifier.notes:
     st.info(note)
 
-pool_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
-if not pool_ids:
+if not embedded.unlabeled_ids:
     st.info("Every picture is labeled. Drop new pictures above to see what the app makes of them.")
     st.stop()
-predictions = predict_images(classifier, features, pool_ids)
-saved_key = (project.id, embedder.cache_key, settings.learner, tuple(features.labels))
-if st.session_state.get("_saved_predictions") != saved_key:
-    store.save_predictions(
-        project.id,
-        settings.learner,
-        embedder.cache_key,
-        [p.as_store_prediction() for p in predictions],
-    )
-    st.session_state["_saved_predictions"] = saved_key
+predictions = predict_set(classifier, embedded)
 
 classes = [str(c) for c in classifier.classes_]
 n_unknown = sum(p.unknown for p in predictions)
@@ -92,7 +82,7 @@ st.download_button(
     table_csv(
         image_table(
             store.list_images(project.id, labeled=False),
-            {p.id: p.as_store_prediction() for p in predictions},
+            {p.id: p for p in predictions},
         )
     ),
     file_name=f"{project.name}-predictions.csv",
@@ -112,11 +102,7 @@ for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
             show_thumbnail(store, prediction.id, prediction.name, width=160)
         with verdict:
             st.markdown("**Looks like:**")
-            st.text(
-                f"none of these (closest: {prediction.prediction})"
-                if prediction.unknown
-                else prediction.prediction
-            )
+            st.text(prediction.verdict)
             show_badge(prediction)
             st.caption(f"uncertainty {prediction.uncertainty:.2f} (0 = certain, 1 = no idea)")
             accept, correct = st.columns(2)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 from fsl_app import projection
+from fsl_app.active import suggest
+from fsl_app.classifier import predict_set
 from fsl_app.projection import map_figure, map_points, selected_ids
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import flash, show_thumbnail
-from fsl_app.workspace import predict_images, suggest_next
 
 METHODS = {"pca": "PCA (instant)", "tsne": "t-SNE (clusters)", "umap": "UMAP (clusters, fast)"}
 MAX_SHOWN_SELECTED = 12
@@ -22,8 +23,8 @@ page = project_page(
     "the lasso in the map's toolbar (top right) and draw around them.",
 )
 store, project, settings = page.store, page.project, page.settings
-embedder, features = page.embedder, page.features
-labeled = features.labeled
+embedded = page.embedded
+labeled = embedded.labeled
 if not labeled.any():
     st.info("Add example pictures to a class first; the map shows them with the other pictures.")
     st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
@@ -36,24 +37,25 @@ color_by = controls[2].radio(
     "Colour", ["class", "prediction"], format_func=str.capitalize, horizontal=True
 )
 
-classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
-pool_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
-predictions = predict_images(classifier, features, pool_ids) if classifier else []
+classifier = classifier_or_none(page, explain=False)
+pool_ids = embedded.unlabeled_ids
+predictions = predict_set(classifier, embedded) if classifier else []
 example_predictions = None
 if classifier is not None:
-    example_ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label]
-    example_predictions = [p.prediction for p in predict_images(classifier, features, example_ids)]
-suggested = [image_id for image_id, _ in suggest_next(features, k=5, learner=settings.learner)]
-support, labels = features.support()
+    example_predictions = [
+        p.prediction for p in predict_set(classifier, embedded, embedded.example_ids)
+    ]
+suggested = [embedded.ids[row] for row, _ in suggest(embedded, classifier, k=5)]
+support, labels, example_ids = embedded.examples()
 points = map_points(
     support,
     labels,
-    [i for i, label in zip(features.ids, features.labels, strict=True) if label],
-    example_names=[n for n, label in zip(features.names, features.labels, strict=True) if label],
-    query_features=features.matrix[~labeled],
+    example_ids,
+    example_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if label],
+    query_features=embedded.embeddings[~labeled],
     query_predictions=[p.prediction for p in predictions] or [None] * len(pool_ids),
     query_ids=pool_ids,
-    query_names=[n for n, label in zip(features.names, features.labels, strict=True) if not label],
+    query_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if not label],
     example_predictions=example_predictions,
     suggested_ids=suggested,
 )
@@ -62,8 +64,8 @@ if len(points.features) < 3:
     st.stop()
 with st.spinner("Laying out the map…"):
     coords = projection.project(points.features, method=method, dims=dims)
-names = dict(zip(features.ids, features.names, strict=True))
-labels_by_id = dict(zip(features.ids, features.labels, strict=True))
+names = dict(zip(embedded.ids, embedded.names, strict=True))
+labels_by_id = dict(zip(embedded.ids, embedded.labels, strict=True))
 classes = [c.name for c in store.list_classes(project.id)]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from fsl_app.active import suggest
 from fsl_app.ui.evaluation import held_out_evaluation
-from fsl_app.ui.session import class_counts, project_page
+from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import flash, plain, show_thumbnail
-from fsl_app.workspace import suggest_next
 
 HISTORY_KEY = "accuracy_history"
 OUTSIDE_KEY = "none_of_these"
@@ -19,8 +19,8 @@ page = project_page(
     "The app picks the unlabeled pictures that would teach it most, and says why. "
     "Label them with one click; the model learns at once.",
 )
-store, project, settings, features = page.store, page.project, page.settings, page.features
-classes = list(class_counts(store, project, features))
+store, project, settings, embedded = page.store, page.project, page.settings, page.embedded
+classes = embedded.classes
 if not classes:
     st.info("Make your classes first.")
     st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
@@ -28,15 +28,21 @@ if not classes:
 
 skipped = st.session_state.setdefault(f"skipped_{project.id}", [])
 outside = project.settings.get(OUTSIDE_KEY, [])
-suggestions = suggest_next(
-    features, k=N_SUGGESTIONS, learner=settings.learner, skipped=[*skipped, *outside]
-)
+suggestions = [
+    (embedded.ids[row], suggestion)
+    for row, suggestion in suggest(
+        embedded,
+        classifier_or_none(page, explain=False),
+        k=N_SUGGESTIONS,
+        skipped=[*skipped, *outside],
+    )
+]
 if not suggestions:
     st.success(
         "Nothing left to suggest: every picture is labeled or skipped. Drop more pictures on "
         "the Predict page to go on."
     )
-names = dict(zip(features.ids, features.names, strict=True))
+names = dict(zip(embedded.ids, embedded.names, strict=True))
 for rank, (image_id, suggestion) in enumerate(suggestions):
     key = image_id[:16]
     with st.container(border=True):
@@ -71,11 +77,11 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
                 st.rerun()
 
 st.subheader("How good is the model now?")
-evaluation, problem = held_out_evaluation(features, settings)
+evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
     st.info(problem)
     st.stop()
-n_labels = int(features.labeled.sum())
+n_labels = int(embedded.labeled.sum())
 history = [h for h in project.settings.get(HISTORY_KEY, []) if h["labels"] != n_labels]
 point = {
     "labels": n_labels,

@@ -19,8 +19,8 @@ page = project_page(
     "Each labeled picture is predicted by a model trained on all the other labeled pictures, "
     "so these numbers describe pictures the model had not seen.",
 )
-store, settings, features = page.store, page.settings, page.features
-evaluation, problem = held_out_evaluation(features, settings)
+store, settings, embedded = page.store, page.settings, page.embedded
+evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
     st.info(problem)
     st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
@@ -73,7 +73,7 @@ if cells:
     st.write(
         f"**{len(ids)}** pictures of '{plain(true_class)}' predicted as '{plain(predicted_class)}':"
     )
-    names = dict(zip(features.ids, features.names, strict=True))
+    names = dict(zip(embedded.ids, embedded.names, strict=True))
     columns = st.columns(6)
     for i, image_id in enumerate(ids[:24]):
         with columns[i % 6]:
@@ -109,7 +109,7 @@ if st.button("Compare all learners", key="compare"):
     rows = []
     for learner in available_learners():
         started = time.perf_counter()
-        result, problem = held_out_evaluation(features, settings, learner=learner)
+        result, problem = held_out_evaluation(embedded, settings, learner=learner)
         if result is None:
             continue
         rows.append(

@@ -6,6 +6,7 @@ import re
 
 import streamlit as st
 
+from fsl_app.classifier import predict_set
 from fsl_app.deploy.bundle import bundle_bytes
 from fsl_app.project.dataset_zip import DatasetZipError
 from fsl_app.project.io import (
@@ -18,15 +19,14 @@ from fsl_app.project.io import (
 from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import clear_upload, flash, upload_key
-from fsl_app.workspace import predict_images
 
 page = project_page("Export and import")
 store, project, settings = page.store, page.project, page.settings
-embedder, features = page.embedder, page.features
+embedder, embedded = page.embedder, page.embedded
 file_stem = re.sub(r"[^\w.-]+", "_", project.name).strip("_") or "project"
-classifier = classifier_or_none(store, project, features, embedder, settings, explain=False)
+classifier = classifier_or_none(page, explain=False)
 # A prepared download belongs to this project as it is now; after any change it is made again.
-state_now = (project.id, settings, tuple(zip(features.ids, features.labels, strict=True)))
+state_now = (project.id, settings, tuple(zip(embedded.ids, embedded.labels, strict=True)))
 
 
 def prepared(name: str) -> bytes | None:
@@ -38,7 +38,6 @@ st.subheader("The model")
 if classifier is None:
     st.info("The model can be exported once two classes have examples.")
 else:
-    support, labels = features.support()
     st.write(
         "One file with what the app learned: the image model's name and exact preprocessing, "
         "your classes, the examples' embeddings, the calibration and the 'none of these' "
@@ -48,7 +47,7 @@ else:
     if st.button("Prepare the model file", key="prepare_bundle"):
         st.session_state["bundle"] = (
             state_now,
-            bundle_bytes(classifier, backbone=embedder.backbone, support=support, labels=labels),
+            bundle_bytes(classifier, backbone=embedder.backbone),
         )
     if (bundle := prepared("bundle")) is not None:
         st.download_button(
@@ -62,9 +61,7 @@ else:
 st.subheader("Labels and predictions")
 predictions = {}
 if classifier is not None:
-    predictions = {
-        p.id: p.as_store_prediction() for p in predict_images(classifier, features, features.ids)
-    }
+    predictions = {p.id: p for p in predict_set(classifier, embedded, embedded.ids)}
 rows = image_table(store.list_images(project.id), predictions)
 csv_column, json_column = st.columns(2)
 csv_column.download_button(

@@ -116,7 +116,10 @@ def test_csv_has_one_row_per_query_with_probabilities(folders, capsys):
     ("make_support", "message"),
     [
         (lambda root: [(root / "bird").mkdir()], "at least 2 class folders"),
-        (lambda root: [(root / "bird").mkdir(), (root / "cat").mkdir()], "no readable image"),
+        (
+            lambda root: [(root / "bird").mkdir(), (root / "cat").mkdir()],
+            "Add example images to: bird, cat.",
+        ),
     ],
 )
 def test_unusable_support_exits_2_with_a_clear_message(
@@ -130,6 +133,8 @@ def test_unusable_support_exits_2_with_a_clear_message(
     code, out, err = run_cli(capsys, "--support", support, "--query", folders.query)
     assert code == 2
     assert message in err and out == ""
+    if "Add example" in message:  # and it says why the examples there did not count
+        assert "skipped example" in err and "bad.jpg" in err
 
 
 def test_no_readable_query_exits_2(folders, tmp_path, capsys):

@@ -23,7 +23,7 @@ from fsl_app.deploy.bundle import (
     save_bundle,
 )
 from fsl_app.embeddings import Embedder
-from fsl_app.learners import available_learners
+from fsl_app.learners import NotFittedError, available_learners
 
 # Every test here embeds real photos with the real backbone.
 pytestmark = pytest.mark.slow
@@ -55,9 +55,7 @@ def fitted(embedded: Embedded, learner: str = "protonet", **kwargs) -> Calibrate
 
 
 def saved(classifier: CalibratedClassifier, backbone, embedded: Embedded) -> bytes:
-    return bundle_bytes(
-        classifier, backbone=backbone, support=embedded.support, labels=embedded.labels
-    )
+    return bundle_bytes(classifier, backbone=backbone)
 
 
 @pytest.mark.parametrize("learner", available_learners())
@@ -91,7 +89,7 @@ def test_one_example_per_class_keeps_the_calibration_notes(backbone, embedded):
     first = [embedded.labels.index(c) for c in ("bird", "flower", "fruit")]
     support, labels = embedded.support[first], [embedded.labels[i] for i in first]
     live = CalibratedClassifier().fit(support, labels)
-    data = bundle_bytes(live, backbone=backbone, support=support, labels=labels)
+    data = bundle_bytes(live, backbone=backbone)
     restored = load_bundle(data).classifier
     assert restored.notes == live.notes and len(live.notes) == 2
     assert restored.open_set_.reason_ == live.open_set_.reason_
@@ -102,8 +100,6 @@ def test_save_bundle_writes_one_file_that_names_its_backbone(backbone, embedded,
         tmp_path / "models" / "fruit.safetensors",
         fitted(embedded),
         backbone=backbone,
-        support=embedded.support,
-        labels=embedded.labels,
     )
     assert list(path.parent.iterdir()) == [path], "no temporary file is left behind"
     bundle = load_bundle(path)
@@ -178,12 +174,27 @@ def test_a_missing_file_is_refused(tmp_path):
         load_bundle(tmp_path / "nothing.safetensors")
 
 
-def test_saving_with_other_examples_than_the_fitted_ones_is_refused(backbone, embedded):
-    classifier = fitted(embedded)
-    with pytest.raises(ValueError, match="not the ones the classifier was fitted on"):
-        bundle_bytes(classifier, backbone=backbone, support=embedded.query, labels=embedded.labels)
-    with pytest.raises(ValueError, match="not a class"):
-        bundle_bytes(classifier, backbone=backbone, support=embedded.support, labels=["cat"] * 15)
+def test_saving_needs_a_classifier_fitted_on_this_backbones_embeddings(backbone, embedded):
+    with pytest.raises(NotFittedError, match="nothing to save"):
+        bundle_bytes(CalibratedClassifier(), backbone=backbone)
+    other_backbone = CalibratedClassifier().fit(embedded.support[:, :16], embedded.labels)
+    with pytest.raises(ValueError, match="16-d embeddings"):
+        bundle_bytes(other_backbone, backbone=backbone)
+
+
+def test_the_bundle_keeps_what_the_classifier_was_fitted_on(backbone, embedded):
+    """Saving needs only the classifier: its examples, their labels and ids travel with it,
+    so the restored model explains a prediction with the same examples."""
+    ids = [f"example-{i}" for i in range(len(embedded.labels))]
+    live = CalibratedClassifier().fit(embedded.support, embedded.labels, ids=ids)
+    restored = load_bundle(bundle_bytes(live, backbone=backbone)).classifier
+    np.testing.assert_array_equal(restored.support_, live.support_)
+    assert restored.labels_.tolist() == embedded.labels and restored.ids_ == ids
+    names = [f"query {i}" for i in range(len(embedded.query))]
+    expected = live.predict_pictures(embedded.query, ids=names, names=names)
+    got = restored.predict_pictures(embedded.query, ids=names, names=names)
+    assert [p.neighbours for p in got] == [p.neighbours for p in expected]
+    assert [p.confidence for p in got] == pytest.approx([p.confidence for p in expected])
 
 
 # --- Command line ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _bundle(backbone, real: Photos, learner: str, strictness: float = 1.0, **par
     """A bundle as the app saves it and reads it back."""
     model = CalibratedClassifier(learner, strictness=strictness, **params)
     model.fit(real.support, real.labels)
-    data = bundle_bytes(model, backbone=backbone, support=real.support, labels=real.labels)
+    data = bundle_bytes(model, backbone=backbone)
     return load_bundle(data)
 
 

@@ -1,4 +1,5 @@
-"""A project's model: embeddings by stored hash, predictions, suggestions, honest evaluation.
+"""A project's pictures as an embedded set: embeddings by stored hash, predictions, suggestions,
+honest evaluation.
 
 Real Tux Paint photos through the real default backbone, in a real store.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fsl_app.active import suggest
+from fsl_app.classifier import badge, fit_classifier, predict_set
+from fsl_app.embedded_set import embed_project, few_example_hints, readiness
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.held_out import accuracy_interval, evaluate_held_out, fold_assignment
 from fsl_app.project.demo import (
@@ -16,15 +20,6 @@ from fsl_app.project.demo import (
     create_demo_project,
 )
 from fsl_app.project.store import Store
-from fsl_app.workspace import (
-    badge,
-    few_example_hints,
-    fit_project_classifier,
-    predict_images,
-    project_features,
-    readiness,
-    suggest_next,
-)
 
 
 @pytest.fixture(scope="session")
@@ -54,25 +49,25 @@ def test_demo_project_has_labeled_examples_and_a_pool(demo):
 def test_features_come_from_the_cache_by_hash_without_new_forward_passes(demo, embedder):
     store, project = demo
     progress = []
-    first = project_features(store, project.id, embedder, progress=lambda *a: progress.append(a))
+    first = embed_project(store, project.id, embedder, progress=lambda *a: progress.append(a))
     n = len(store.list_images(project.id))
-    assert first.matrix.shape == (n, embedder.backbone.embedding_dim)
+    assert first.embeddings.shape == (n, embedder.backbone.embedding_dim)
     forwarded = embedder.images_forwarded
-    again = project_features(store, project.id, embedder, progress=lambda *a: progress.append(a))
+    again = embed_project(store, project.id, embedder, progress=lambda *a: progress.append(a))
     assert embedder.images_forwarded == forwarded
-    np.testing.assert_array_equal(first.matrix, again.matrix)
+    np.testing.assert_array_equal(first.embeddings, again.embeddings)
     # Labeling changes labels only.
     store.label(project.id, [first.ids[-1]], "bird")
-    relabeled = project_features(store, project.id, embedder)
+    relabeled = embed_project(store, project.id, embedder)
     assert relabeled.labels[-1] == "bird" and embedder.images_forwarded == forwarded
 
 
 def test_predictions_of_the_pool_are_mostly_right_with_explanations(demo, embedder, photos):
     store, project = demo
-    features = project_features(store, project.id, embedder)
-    classifier = fit_project_classifier(features)
-    pool = [i for i, label in zip(features.ids, features.labels, strict=True) if label is None]
-    predictions = predict_images(classifier, features, pool)
+    features = embed_project(store, project.id, embedder)
+    classifier = fit_classifier(features)
+    predictions = predict_set(classifier, features)
+    assert [p.id for p in predictions] == features.unlabeled_ids
     truth = {p.name: name for name, paths in photos.items() for p in paths}
     right = sum(p.prediction == truth[p.name] for p in predictions)
     assert right / len(predictions) >= 0.6  # 5-way 3-shot; chance is 0.2
@@ -96,21 +91,22 @@ def test_readiness_says_what_to_add():
 
 def test_suggestions_come_from_the_pool_with_reasons(demo, embedder):
     store, project = demo
-    features = project_features(store, project.id, embedder)
+    features = embed_project(store, project.id, embedder)
     pool = {i for i, label in zip(features.ids, features.labels, strict=True) if label is None}
-    suggestions = suggest_next(features, k=3)
+    classifier = fit_classifier(features)
+    suggestions = suggest(features, classifier, k=3)
     assert len(suggestions) == 3
-    assert {image_id for image_id, _ in suggestions} <= pool
+    assert {features.ids[row] for row, _ in suggestions} <= pool
     assert all(s.reason for _, s in suggestions)
-    skipped = suggestions[0][0]
-    assert skipped not in {i for i, _ in suggest_next(features, k=3, skipped=[skipped])}
+    skipped = features.ids[suggestions[0][0]]
+    again = suggest(features, classifier, k=3, skipped=[skipped])
+    assert skipped not in {features.ids[row] for row, _ in again}
 
 
 def test_held_out_evaluation_predicts_each_example_without_it(demo, embedder):
     store, project = demo
-    features = project_features(store, project.id, embedder)
-    support, labels = features.support()
-    ids = [i for i, label in zip(features.ids, features.labels, strict=True) if label]
+    features = embed_project(store, project.id, embedder)
+    support, labels, ids = features.examples()
     result = evaluate_held_out(support, labels, ids)
     assert result.method == "leave-one-out" and result.n == len(labels)
     assert result.confusion.sum() == result.n

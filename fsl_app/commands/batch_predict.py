@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import progress_bar
+from fsl_app.commands.predict import add_images_option
 from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
+from fsl_app.errors import UnusableInputError
 
 ENGINES = ("local", "ray")
 
@@ -26,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--bundle", required=True, metavar="FILE", help="model file")
-    parser.add_argument("--input", required=True, metavar="DIR", help="folder of images")
+    add_images_option(parser, "--input", help="folder of images to classify, at any depth")
     parser.add_argument(
         "--output", required=True, metavar="FILE", help="results: FILE.csv or FILE.parquet"
     )
@@ -64,14 +65,14 @@ def run(args: argparse.Namespace) -> int:
         raise UnusableInputError(str(err)) from None
     if args.batch_size < 1:
         raise UnusableInputError("--batch-size must be at least 1.")
-    if not Path(args.input).exists():
-        raise UnusableInputError(f"The input folder '{args.input}' does not exist.")
+    if not Path(args.images).exists():
+        raise UnusableInputError(f"The input folder '{args.images}' does not exist.")
     if args.engine == "ray":
         from fsl_app.deploy.batch_ray import run_ray
 
         report = run_ray(
             args.bundle,
-            args.input,
+            args.images,
             args.output,
             batch_size=args.batch_size,
             address=args.address,
@@ -82,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
         predictor = BundlePredictor(args.bundle, device=args.device, batch_size=args.batch_size)
         report = run_local(
             predictor,
-            args.input,
+            args.images,
             args.output,
             progress=progress_bar("", description="Predicting", leave=True),
         )
     print(
         f"{report.predicted} images predicted ({report.errors} unreadable), "
-        f"{report.skipped} already in {args.output}; {report.total} under {args.input}.",
+        f"{report.skipped} already in {args.output}; {report.total} under {args.images}.",
         file=sys.stderr,
     )
     return 0

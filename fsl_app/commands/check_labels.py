@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from fsl_app.classify import UnusableInputError, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.commands.predict import print_table
+from fsl_app.commands.predict import add_examples_option, print_table, report_examples
+from fsl_app.embedded_set import embed_folders
+from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.label_check import DEFAULT_MIN_SCORE, find_mislabeled
 
@@ -23,9 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "in the wrong folder."
         ),
     )
-    parser.add_argument(
-        "--support", required=True, metavar="DIR", help="folder with one subfolder per class"
-    )
+    add_examples_option(parser)
     parser.add_argument(
         "--min-score",
         type=float,
@@ -43,19 +41,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = scan_examples_folder(args.support)
     with open_embedder(args) as embedder:
-        embedded = embedder.embed(list(folder.paths), progress=progress_bar("examples"))
-    if embedded.errors:
-        for index, message in embedded.errors:
-            print(f"skipped example {folder.paths[index]}: {message}", file=sys.stderr)
-    paths = [str(folder.paths[i]) for i in embedded.indices]
-    labels = [folder.labels[i] for i in embedded.indices]
+        embedded = embed_folders(embedder, args.examples, progress=progress_bar)
+    report_examples(embedded.unreadable, [])
+    support, labels, _ = embedded.examples()
+    paths = [name for name, label in zip(embedded.names, embedded.labels, strict=True) if label]
     if len(set(labels)) < 2:
         raise UnusableInputError("Checking labels needs two classes with readable examples.")
-    suspects = find_mislabeled(
-        embedded.embeddings, labels, learner=args.learner, min_score=args.min_score
-    )
+    suspects = find_mislabeled(support, labels, learner=args.learner, min_score=args.min_score)
     rows = [
         {
             "path": paths[s.index],

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import numpy as np
 
 from fsl_app.classifier import CalibratedClassifier
-from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
+from fsl_app.errors import UnusableInputError
 from fsl_app.evaluation.episodes import (
     Classifier,
     EvaluationResult,

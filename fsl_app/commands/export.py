@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from fsl_app.classify import fit_folder, scan_examples_folder
+from fsl_app.classifier import fit_classifier
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.commands.predict import add_learner_options, report_examples
+from fsl_app.commands.predict import add_examples_option, add_learner_options, report_examples
 from fsl_app.deploy.bundle import load_bundle, save_bundle
 from fsl_app.deploy.onnx import check_onnx_export, export_onnx
+from fsl_app.embedded_set import embed_folders
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,12 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "the same backbone weights."
         ),
     )
-    parser.add_argument(
-        "--support",
-        required=True,
-        metavar="DIR",
-        help="folder with one subfolder per class; images inside, at any depth",
-    )
+    add_examples_option(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="where to save the model")
     parser.add_argument(
         "--onnx",
@@ -48,29 +44,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.onnx:
         check_onnx_export(args.learner)  # before any work: a missing package says so at once
-    support = scan_examples_folder(args.support)
     with open_embedder(args) as embedder:
-        fitted = fit_folder(
-            embedder,
-            support,
-            learner=args.learner,
-            strictness=args.strictness,
-            progress=progress_bar,
-        )
-        path = save_bundle(
-            args.out,
-            fitted.model,
-            backbone=embedder.backbone,
-            support=fitted.support,
-            labels=fitted.labels,
-        )
+        embedded = embed_folders(embedder, args.examples, progress=progress_bar)
+        report_examples(embedded.unreadable, [])
+        classifier = fit_classifier(embedded, learner=args.learner, strictness=args.strictness)
+        path = save_bundle(args.out, classifier, backbone=embedder.backbone)
         if args.onnx:
             # From the saved file, so the graph is what the bundle holds.
             onnx_path = export_onnx(load_bundle(path), embedder.backbone, args.onnx)
-    report_examples(fitted.skipped, fitted.model.notes)
-    classes = ", ".join(str(c) for c in fitted.model.classes_)
+    report_examples([], classifier.notes)
+    classes = ", ".join(str(c) for c in classifier.classes_)
     print(
-        f"Saved a {args.learner} model of {len(fitted.labels)} examples ({classes}) "
+        f"Saved a {args.learner} model of {len(classifier.labels_)} examples ({classes}) "
         f"on {embedder.backbone.name} to {path}"
     )
     if args.onnx:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
 from fsl_app.embeddings import Embedder
+from fsl_app.errors import UnusableInputError
 from fsl_app.evaluation.episodes import EvaluationResult
 from fsl_app.learners.heads import default_head_path
 from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path

@@ -7,17 +7,14 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.classify import (
-    Classification,
-    QueryResult,
-    UnusableInputError,
-    classify_files,
-    classify_files_with,
-)
+from fsl_app.classifier import CalibratedClassifier, Prediction, fit_classifier, predict_set
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.deploy.bundle import check_backbone, load_bundle
+from fsl_app.embedded_set import EmbeddedSet, Unreadable, embed_folders
+from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
@@ -29,29 +26,48 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Learn classes from a folder of examples (one subfolder per class, named after "
             "the class), or load a model saved by the export command, and predict the class "
-            "of each query image. Confidence is calibrated on the examples; an image unlike "
+            "of each image. Confidence is calibrated on the examples; an image unlike "
             "every class is marked unknown (none of these)."
         ),
     )
     examples = parser.add_mutually_exclusive_group(required=True)
-    examples.add_argument(
-        "--support",
-        metavar="DIR",
-        help="folder with one subfolder per class; images inside, at any depth",
-    )
+    add_examples_option(examples, required=False)
     examples.add_argument(
         "--bundle",
         metavar="FILE",
         help="a model saved by the export command (it fixes backbone, learner and strictness)",
     )
-    parser.add_argument(
-        "--query", required=True, metavar="PATH", help="one image, or a folder of images"
-    )
+    add_images_option(parser, "--query", help="one image, or a folder of images to classify")
     add_learner_options(parser)
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
     add_embedding_options(parser)
-    # None means "not given": --bundle refuses these, --support falls back to the defaults.
+    # None means "not given": --bundle refuses these, --examples falls back to the defaults.
     parser.set_defaults(handler=run, learner=None, strictness=None, backbone=None)
+
+
+def add_examples_option(parser, *, required: bool = True) -> None:
+    """--examples DIR (old name --support): one subfolder per class."""
+    parser.add_argument(
+        "--examples",
+        "--support",
+        dest="examples",
+        required=required,
+        metavar="DIR",
+        help="folder of examples: one subfolder per class, images inside at any depth "
+        "(--support is the old name)",
+    )
+
+
+def add_images_option(parser: argparse.ArgumentParser, old_name: str, *, help: str) -> None:
+    """--images PATH (with the command's old name as an alias): the pictures to work on."""
+    parser.add_argument(
+        "--images",
+        old_name,
+        dest="images",
+        required=True,
+        metavar="PATH",
+        help=f"{help} ({old_name} is the old name)",
+    )
 
 
 def add_learner_options(parser: argparse.ArgumentParser) -> None:
@@ -74,27 +90,36 @@ def add_learner_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.bundle:
-        result = _classify_with_bundle(args)
+        classifier, embedded = _bundle_and_images(args)
     else:
         args.backbone = args.backbone or DEFAULT_BACKBONE
         with open_embedder(args) as embedder:
-            result = classify_files(
-                embedder,
-                args.support,
-                args.query,
-                learner=args.learner or DEFAULT_LEARNER,
-                strictness=DEFAULT_STRICTNESS if args.strictness is None else args.strictness,
-                progress=progress_bar,
-            )
-    report_examples(result.skipped_examples, result.notes)
-    for query in result.results:
-        if query.error:
-            print(f"skipped query {query.name}: {query.error}", file=sys.stderr)
-    {"table": _print_table, "csv": _print_csv, "json": _print_json}[args.format](result)
+            embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
+        report_examples(embedded.unreadable, [])
+        classifier = fit_classifier(
+            embedded,
+            learner=args.learner or DEFAULT_LEARNER,
+            strictness=DEFAULT_STRICTNESS if args.strictness is None else args.strictness,
+        )
+    predictions = predict_set(classifier, embedded)
+    unreadable = [u for u in embedded.unreadable if not u.labeled]
+    report_examples([], classifier.notes)
+    if not predictions:
+        raise UnusableInputError(
+            f"None of the {len(unreadable)} image(s) is readable, so there is nothing to predict."
+        )
+    for skipped in unreadable:
+        print(f"skipped image {skipped.name}: {skipped.reason}", file=sys.stderr)
+    results = sorted([*predictions, *unreadable], key=lambda r: Path(r.name))
+    classes = [str(c) for c in classifier.classes_]
+    {"table": _print_table, "csv": _print_csv, "json": _print_json}[args.format](results, classes)
     return 0
 
 
-def _classify_with_bundle(args: argparse.Namespace) -> Classification:
+Result = Prediction | Unreadable
+
+
+def _bundle_and_images(args: argparse.Namespace) -> tuple[CalibratedClassifier, EmbeddedSet]:
     given = [
         option
         for option, value in (
@@ -113,70 +138,69 @@ def _classify_with_bundle(args: argparse.Namespace) -> Classification:
     args.backbone = bundle.backbone_name
     with open_embedder(args) as embedder:
         check_backbone(bundle, embedder.backbone)
-        return classify_files_with(embedder, bundle.classifier, args.query, progress=progress_bar)
+        return bundle.classifier, embed_folders(embedder, None, args.images, progress=progress_bar)
 
 
-def report_examples(skipped: Sequence[tuple[str, str]], notes: Sequence[str]) -> None:
-    """Skipped examples and notes on the examples, on stderr."""
-    for name, reason in skipped:
-        print(f"skipped example {name}: {reason}", file=sys.stderr)
+def report_examples(unreadable: Sequence[Unreadable], notes: Sequence[str]) -> None:
+    """Examples left out and notes on the examples, on stderr."""
+    for skipped in unreadable:
+        if skipped.labeled:
+            print(f"skipped example {skipped.name}: {skipped.reason}", file=sys.stderr)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
 
-def _print_json(result: Classification) -> None:
+def _print_json(results: Sequence[Result], classes: list[str]) -> None:
     rows = []
-    for query in result.results:
-        if query.error:
-            rows.append({"path": query.name, "error": query.error})
+    for result in results:
+        if isinstance(result, Unreadable):
+            rows.append({"path": result.name, "error": result.reason})
         else:
             rows.append(
                 {
-                    "path": query.name,
-                    "prediction": query.prediction,
-                    "confidence": query.confidence,
-                    "unknown": query.unknown,
-                    "probabilities": query.probabilities,
+                    "path": result.name,
+                    "prediction": result.prediction,
+                    "confidence": result.confidence,
+                    "unknown": result.unknown,
+                    "probabilities": result.probabilities,
                 }
             )
     json.dump(rows, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
-def _print_csv(result: Classification) -> None:
+def _print_csv(results: Sequence[Result], classes: list[str]) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "prediction", "confidence", "unknown", "error", *result.classes])
-    for query in result.results:
-        probabilities = query.probabilities or {}
-        writer.writerow(
-            [
-                query.name,
-                query.prediction or "",
-                "" if query.confidence is None else f"{query.confidence:.4f}",
-                "" if query.error else str(query.unknown).lower(),
-                query.error or "",
-                *(f"{probabilities[c]:.4f}" if c in probabilities else "" for c in result.classes),
-            ]
-        )
+    writer.writerow(["path", "prediction", "confidence", "unknown", "error", *classes])
+    for result in results:
+        if isinstance(result, Unreadable):
+            writer.writerow([result.name, "", "", "", result.reason, *[""] * len(classes)])
+        else:
+            writer.writerow(
+                [
+                    result.name,
+                    result.prediction,
+                    f"{result.confidence:.4f}",
+                    str(result.unknown).lower(),
+                    "",
+                    *(f"{result.probabilities[c]:.4f}" for c in classes),
+                ]
+            )
 
 
-def _print_table(result: Classification) -> None:
-    header = ["path", "prediction", "confidence", *result.classes]
+def _print_table(results: Sequence[Result], classes: list[str]) -> None:
+    header = ["path", "prediction", "confidence", *classes]
     rows = [
         [
-            query.name,
-            _verdict(query),
-            f"{query.confidence:.1%}",
-            *(f"{query.probabilities[c]:.1%}" for c in result.classes),
+            result.name,
+            result.verdict,
+            f"{result.confidence:.1%}",
+            *(f"{result.probabilities[c]:.1%}" for c in classes),
         ]
-        for query in result.results
-        if not query.error
+        for result in results
+        if isinstance(result, Prediction)
     ]
     print_table(header, rows)
-
-
-def _verdict(query: QueryResult) -> str:
-    return f"none of these (closest: {query.prediction})" if query.unknown else query.prediction
 
 
 def _strictness(text: str) -> float:

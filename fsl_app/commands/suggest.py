@@ -6,12 +6,20 @@ import argparse
 import json
 import sys
 import textwrap
+from dataclasses import replace
 
-from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, Suggestion, available_strategies, rank
-from fsl_app.classify import UnusableInputError, list_input_files, scan_examples_folder
+from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, Suggestion, available_strategies, suggest
+from fsl_app.classifier import fit_classifier
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.commands.predict import print_table
-from fsl_app.learners import DEFAULT_LEARNER, available_learners, create_learner
+from fsl_app.commands.predict import (
+    add_examples_option,
+    add_images_option,
+    print_table,
+    report_examples,
+)
+from fsl_app.embedded_set import EmbeddedSet, embed_folders
+from fsl_app.errors import UnusableInputError
+from fsl_app.learners import DEFAULT_LEARNER, available_learners
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,15 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         epilog="strategies:\n"
         + "\n".join(f"  {s.name:<17} {s.meaning}" for s in STRATEGIES.values()),
     )
-    parser.add_argument(
-        "--support",
-        required=True,
-        metavar="DIR",
-        help="the labeled examples: one subfolder per class, images inside (may be empty)",
-    )
-    parser.add_argument(
-        "--pool", required=True, metavar="DIR", help="a folder of unlabeled images, at any depth"
-    )
+    add_examples_option(parser)
+    add_images_option(parser, "--pool", help="a folder of unlabeled images, at any depth")
     parser.add_argument(
         "--k",
         type=_positive,
@@ -59,76 +60,77 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    support = scan_examples_folder(args.support, min_classes=0)
-    pool_files = list_input_files(args.pool, what="pool")
     with open_embedder(args) as embedder:
-        examples = embedder.embed(support.paths, progress=progress_bar("examples"))
-        pool = embedder.embed(pool_files, progress=progress_bar("pool"))
-    for path in support.loose_files:
-        print(f"skipped example {path}: it is not inside a class folder", file=sys.stderr)
-    for index, reason in examples.errors:
-        print(f"skipped example {support.paths[index]}: {reason}", file=sys.stderr)
-    for index, reason in pool.errors:
-        print(f"skipped pool image {pool_files[index]}: {reason}", file=sys.stderr)
-    if not pool.indices:
-        raise UnusableInputError(
-            f"None of the {len(pool_files)} file(s) in the pool '{args.pool}' is a readable "
-            "image, so there is nothing to suggest."
+        embedded = embed_folders(
+            embedder, args.examples, args.images, min_classes=0, progress=progress_bar
         )
-    labels = [support.labels[i] for i in examples.indices]
-    # An image that is already labeled (same bytes) is no suggestion.
-    labeled = dict(zip(examples.hashes, labels, strict=True))
-    unlabeled = [n for n, digest in enumerate(pool.hashes) if digest not in labeled]
-    for n, digest in enumerate(pool.hashes):
-        if digest in labeled:
-            path = pool_files[pool.indices[n]]
+    report_examples(embedded.unreadable, [])
+    for skipped in embedded.unreadable:
+        if not skipped.labeled:
+            print(f"skipped image {skipped.name}: {skipped.reason}", file=sys.stderr)
+    unlabeled = [row for row, label in enumerate(embedded.labels) if label is None]
+    if not unlabeled:
+        raise UnusableInputError(
+            f"None of the files in '{args.images}' is a readable image, so there is nothing "
+            "to suggest."
+        )
+    _, labels, example_ids = embedded.examples()
+    labeled = dict(zip(example_ids, labels, strict=True))
+    for row in unlabeled:
+        if embedded.ids[row] in labeled:
             print(
-                f"skipped pool image {path}: it is already labeled '{labeled[digest]}'",
+                f"skipped image {embedded.names[row]}: it is already labeled "
+                f"'{labeled[embedded.ids[row]]}'",
                 file=sys.stderr,
             )
-    if not unlabeled:
+    if all(embedded.ids[row] in labeled for row in unlabeled):
         raise UnusableInputError("Every image in the pool is already labeled.")
-    empty = [c for c in support.classes if c not in set(labels)]
+    counts = embedded.class_counts()
+    empty = [name for name, count in counts.items() if count == 0]
     if empty:
         print(f"no readable example yet for: {', '.join(empty)}", file=sys.stderr)
-    if STRATEGIES[args.strategy].needs_model and len(set(labels)) < 2:
+    with_examples = len(counts) - len(empty)
+    if STRATEGIES[args.strategy].needs_model and with_examples < 2:
         raise UnusableInputError(
             f"The '{args.strategy}' strategy needs labeled examples of at least two classes; "
-            f"found {len(set(labels))}. Use --strategy auto, typiclust or coreset until then."
+            f"found {with_examples}. Use --strategy auto, typiclust or coreset until then."
         )
-    suggestions = rank(
-        args.strategy,
-        support=examples.embeddings,
-        labels=labels,
-        pool=pool.embeddings[unlabeled],
-        k=args.k,
-        learner_factory=lambda: create_learner(args.learner),
-        seed=args.seed,
-    )
-    paths = [str(pool_files[pool.indices[n]]) for n in unlabeled]
+    # The classifier whose calibrated probabilities the reasons quote, fitted on the classes
+    # that have examples (a class still empty has nothing to be compared with).
+    classifier = None
+    if with_examples >= 2:
+        classifier = fit_classifier(_without_empty_classes(embedded), learner=args.learner)
+    suggestions = suggest(embedded, classifier, k=args.k, strategy=args.strategy, seed=args.seed)
+    paths = [embedded.names[row] for row, _ in suggestions]
+    ranked = [s for _, s in suggestions]
     if args.format == "json":
-        _print_json(suggestions, paths)
+        _print_json(ranked, paths)
     else:
         print_table(
             ["rank", "path", "score", "prediction", "reason"],
             [
-                [n, paths[s.index], f"{s.score:.2f}", s.prediction or "", s.reason]
-                for n, s in enumerate(suggestions, 1)
+                [n, path, f"{s.score:.2f}", s.prediction or "", s.reason]
+                for n, (path, s) in enumerate(zip(paths, ranked, strict=True), 1)
             ],
         )
     return 0
 
 
+def _without_empty_classes(embedded: EmbeddedSet) -> EmbeddedSet:
+    counts = embedded.class_counts()
+    return replace(embedded, classes=[c for c in embedded.classes if counts[c]])
+
+
 def _print_json(suggestions: list[Suggestion], paths: list[str]) -> None:
     rows = [
         {
-            "path": paths[s.index],
+            "path": path,
             "score": round(s.score, 4),
             "strategy": s.strategy,
             "reason": s.reason,
             "prediction": s.prediction,
         }
-        for s in suggestions
+        for path, s in zip(paths, suggestions, strict=True)
     ]
     json.dump(rows, sys.stdout, indent=2)
     sys.stdout.write("\n")

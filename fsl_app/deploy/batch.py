@@ -76,16 +76,19 @@ class BundlePredictor:
         rows: list[Row] = [{}] * len(paths)
         for index, message in embedded.errors:
             rows[index] = _error_row(paths[index], message)
-        if embedded.indices:
-            result = self.bundle.classifier.predict(embedded.embeddings)
-            for j, index in enumerate(embedded.indices):
-                rows[index] = {
-                    "path": str(paths[index]),
-                    "prediction": str(result.prediction[j]),
-                    "confidence": float(result.confidence[j]),
-                    "unknown": bool(result.unknown[j]),
-                    "error": "",
-                }
+        predictions = self.bundle.classifier.predict_pictures(
+            embedded.embeddings,
+            ids=embedded.hashes,
+            names=[str(paths[i]) for i in embedded.indices],
+        )
+        for index, prediction in zip(embedded.indices, predictions, strict=True):
+            rows[index] = {
+                "path": prediction.name,
+                "prediction": prediction.prediction,
+                "confidence": prediction.confidence,
+                "unknown": prediction.unknown,
+                "error": "",
+            }
         return rows
 
 

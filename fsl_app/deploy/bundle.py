@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,41 +65,25 @@ class Bundle:
     app_version: str
 
 
-def bundle_bytes(
-    classifier: CalibratedClassifier,
-    *,
-    backbone: Backbone,
-    support: np.ndarray,
-    labels: Sequence[str],
-) -> bytes:
+def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> bytes:
     """The bundle of ``classifier`` as bytes, e.g. for a download button.
 
-    ``support`` (n_support, dim) and ``labels`` (n_support,) must be the
-    embeddings by ``backbone`` and the class names the classifier was fitted
-    on; other examples raise ``ValueError``.
+    The classifier keeps the examples it was fitted on; they must be embeddings by
+    ``backbone`` (another embedding size raises ``ValueError``).
     """
     if not hasattr(classifier, "learner_"):
         raise NotFittedError("Fit the classifier before saving it: there is nothing to save yet.")
     classes = classifier.classes_.tolist()
     if not all(isinstance(name, str) for name in classes):
         raise ValueError("Only a classifier fitted on class names (strings) can be saved.")
-    index = {name: i for i, name in enumerate(classes)}
-    try:
-        targets = np.array([index[label] for label in labels], dtype=np.int64)
-    except KeyError as err:
-        raise ValueError(f"The label {err} is not a class of this classifier.") from None
-    support = np.ascontiguousarray(support, dtype=np.float32)
-    if support.ndim != 2 or support.shape[1] != backbone.embedding_dim:
+    targets = np.searchsorted(classifier.classes_, classifier.labels_).astype(np.int64)
+    support = np.ascontiguousarray(classifier.support_, dtype=np.float32)
+    if support.shape[1] != backbone.embedding_dim:
         raise ValueError(
-            f"The support embeddings have shape {support.shape} but {backbone.name} makes "
-            f"{backbone.embedding_dim}-d embeddings."
+            f"The classifier was fitted on {support.shape[1]}-d embeddings but {backbone.name} "
+            f"makes {backbone.embedding_dim}-d embeddings."
         )
     open_set = classifier.open_set_
-    refitted = OpenSetDetector(classifier.strictness).fit(support, targets)
-    if refitted.prototypes_.shape != open_set.prototypes_.shape or not np.allclose(
-        refitted.prototypes_, open_set.prototypes_
-    ):
-        raise ValueError("These support embeddings are not the ones the classifier was fitted on.")
     try:
         params = json.dumps(classifier.params, default=os.fspath)
     except TypeError as err:
@@ -124,6 +107,7 @@ def bundle_bytes(
         "strictness": repr(float(classifier.strictness)),
         "open_set_reason": json.dumps(open_set.reason_),
         "notes": json.dumps(classifier.notes),
+        "example_ids": json.dumps(classifier.ids_),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fsl_app_version": __version__,
     }
@@ -131,15 +115,10 @@ def bundle_bytes(
 
 
 def save_bundle(
-    path: str | os.PathLike,
-    classifier: CalibratedClassifier,
-    *,
-    backbone: Backbone,
-    support: np.ndarray,
-    labels: Sequence[str],
+    path: str | os.PathLike, classifier: CalibratedClassifier, *, backbone: Backbone
 ) -> Path:
     """Write :func:`bundle_bytes` to ``path`` atomically: no reader ever sees half a file."""
-    data = bundle_bytes(classifier, backbone=backbone, support=support, labels=labels)
+    data = bundle_bytes(classifier, backbone=backbone)
     return write_atomically(path, data)
 
 
@@ -281,6 +260,7 @@ def _rebuild(
         temperature=float(tensors["temperature"]),
         open_set=open_set,
         notes=json.loads(metadata["notes"]),
+        ids=json.loads(metadata.get("example_ids", "null")),
     )
     if classifier.classes_.tolist() != classes:
         raise ValueError("its classes do not match its examples")

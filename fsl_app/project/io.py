@@ -85,7 +85,7 @@ def image_table(
                 "name": image.name,
                 "sha256": image.sha256,
                 "label": image.class_name or "",
-                "prediction": "" if predicted is None else predicted.predicted_class,
+                "prediction": "" if predicted is None else predicted.prediction,
                 "confidence": "" if predicted is None else round(predicted.confidence, 4),
                 "unknown": "" if predicted is None else bool(predicted.unknown),
             }

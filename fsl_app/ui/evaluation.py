@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import streamlit as st
 
+from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.evaluation.held_out import HeldOutEvaluation, evaluate_held_out
 from fsl_app.trust.label_check import SuspectLabel, find_mislabeled
+from fsl_app.ui.resources import examples_key
 from fsl_app.ui.session import ProjectSettings
-from fsl_app.workspace import ProjectFeatures
 
 
 @st.cache_resource(show_spinner="Measuring accuracy…", max_entries=32)
 def _evaluate(
-    _features: ProjectFeatures, key: tuple, learner: str, strictness: float
+    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float
 ) -> HeldOutEvaluation | str:
-    support, labels = _features.support()
-    ids = [i for i, label in zip(_features.ids, _features.labels, strict=True) if label]
+    support, labels, ids = _embedded.examples()
     try:
         return evaluate_held_out(support, labels, ids, learner=learner, strictness=strictness)
     except ValueError as err:
@@ -24,16 +24,14 @@ def _evaluate(
 
 
 def held_out_evaluation(
-    features: ProjectFeatures, settings: ProjectSettings, learner: str | None = None
+    embedded: EmbeddedSet, settings: ProjectSettings, learner: str | None = None
 ) -> tuple[HeldOutEvaluation | None, str | None]:
     """(evaluation, None), or (None, what to add first) when nothing can be held out."""
-    labeled = tuple(
-        (image_id, label)
-        for image_id, label in zip(features.ids, features.labels, strict=True)
-        if label is not None
-    )
     result = _evaluate(
-        features, (settings.backbone, labeled), learner or settings.learner, settings.strictness
+        embedded,
+        examples_key(embedded, settings.backbone),
+        learner or settings.learner,
+        settings.strictness,
     )
     if isinstance(result, str):
         return None, result
@@ -41,19 +39,15 @@ def held_out_evaluation(
 
 
 @st.cache_resource(show_spinner="Checking the labels…", max_entries=32)
-def _suspects(_features: ProjectFeatures, key: tuple, learner: str) -> list[SuspectLabel]:
-    support, labels = _features.support()
+def _suspects(_embedded: EmbeddedSet, key: tuple, learner: str) -> list[SuspectLabel]:
+    support, labels, _ = _embedded.examples()
     return find_mislabeled(support, labels, learner=learner)
 
 
 def label_suspects(
-    features: ProjectFeatures, settings: ProjectSettings
+    embedded: EmbeddedSet, settings: ProjectSettings
 ) -> list[tuple[str, SuspectLabel]]:
     """Labeled images that look like another class, as (image id, suspect), most suspect first."""
-    labeled = [
-        (image_id, label)
-        for image_id, label in zip(features.ids, features.labels, strict=True)
-        if label is not None
-    ]
-    suspects = _suspects(features, (settings.backbone, tuple(labeled)), settings.learner)
-    return [(labeled[s.index][0], s) for s in suspects]
+    suspects = _suspects(embedded, examples_key(embedded, settings.backbone), settings.learner)
+    example_ids = embedded.example_ids
+    return [(example_ids[s.index], s) for s in suspects]

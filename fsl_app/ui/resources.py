@@ -16,10 +16,10 @@ from typing import Any
 import streamlit as st
 
 from fsl_app.backbones import Backbone, load_backbone
-from fsl_app.classifier import CalibratedClassifier
+from fsl_app.classifier import CalibratedClassifier, fit_classifier
+from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
 from fsl_app.project.store import Store, default_data_dir
-from fsl_app.workspace import ProjectFeatures, fit_project_classifier
 
 EMBEDDING_CACHE_NAME = "embeddings.sqlite"
 
@@ -64,28 +64,37 @@ def get_embedder(backbone_name: str, device: str = "auto") -> Embedder:
 
 @st.cache_resource(show_spinner="Learning your classes…", max_entries=16)
 def _fitted(
-    _features: ProjectFeatures, key: tuple, learner: str, strictness: float, params_json: str
+    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float, params_json: str
 ) -> CalibratedClassifier:
-    return fit_project_classifier(
-        _features, learner=learner, strictness=strictness, params=json.loads(params_json)
+    return fit_classifier(
+        _embedded, learner=learner, strictness=strictness, params=json.loads(params_json)
     )
 
 
 def fitted_classifier(
-    features: ProjectFeatures,
+    embedded: EmbeddedSet,
     *,
     backbone_key: str,
     learner: str,
     strictness: float,
     params: Mapping[str, Any] | None = None,
 ) -> CalibratedClassifier:
-    """The project's classifier, refitted only when its labeled images or settings change."""
+    """The project's classifier, refitted only when its examples or settings change."""
+    return _fitted(
+        embedded,
+        examples_key(embedded, backbone_key),
+        learner,
+        strictness,
+        json.dumps(dict(params or {}), sort_keys=True),
+    )
+
+
+def examples_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
+    """What a model fitted on the set's examples depends on: the embeddings' backbone, every
+    (id, label) of the examples and the classes."""
     labeled = tuple(
         (image_id, label)
-        for image_id, label in zip(features.ids, features.labels, strict=True)
+        for image_id, label in zip(embedded.ids, embedded.labels, strict=True)
         if label is not None
     )
-    key = (backbone_key, labeled)
-    return _fitted(
-        features, key, learner, strictness, json.dumps(dict(params or {}), sort_keys=True)
-    )
+    return (backbone_key, labeled, tuple(embedded.classes))

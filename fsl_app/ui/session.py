@@ -13,13 +13,13 @@ import streamlit as st
 
 from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
 from fsl_app.classifier import CalibratedClassifier
+from fsl_app.embedded_set import EmbeddedSet, embed_project
 from fsl_app.embeddings import Embedder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
-from fsl_app.workspace import ProjectFeatures, project_features, readiness
 
 PROJECT_KEY = "project_id"
 
@@ -97,40 +97,24 @@ def embedder_or_stop(settings: ProjectSettings) -> Embedder:
         st.stop()
 
 
-def load_features(store: Store, project: Project, embedder: Embedder) -> ProjectFeatures:
-    """The project's embeddings; a progress bar while new images go through the model."""
+def load_embedded(store: Store, project: Project, embedder: Embedder) -> EmbeddedSet:
+    """The project's pictures as embeddings; a progress bar while new ones go through the
+    model."""
     bar = st.empty()
 
     def progress(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Reading new images: {done} of {total}")
 
-    features = project_features(store, project.id, embedder, progress=progress)
+    embedded = embed_project(store, project.id, embedder, progress=progress)
     bar.empty()
-    for name, message in features.failed:
-        st.warning(f"'{name}' is left out: {message}")
-    return features
+    for unreadable in embedded.unreadable:
+        st.warning(f"'{unreadable.name}' is left out: {unreadable.reason}")
+    return embedded
 
 
-def class_counts(store: Store, project: Project, features: ProjectFeatures) -> dict[str, int]:
-    """Usable examples per class, every class of the project included."""
-    counts = {c.name: 0 for c in store.list_classes(project.id)}
-    for label in features.labels:
-        if label is not None:
-            counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
-def classifier_or_none(
-    store: Store,
-    project: Project,
-    features: ProjectFeatures,
-    embedder: Embedder,
-    settings: ProjectSettings,
-    *,
-    explain: bool = True,
-) -> CalibratedClassifier | None:
+def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> CalibratedClassifier | None:
     """The fitted classifier, or None after saying what to add first (when ``explain``)."""
-    problems = readiness(class_counts(store, project, features))
+    problems = page.embedded.readiness()
     if problems:
         if explain:
             for problem in problems:
@@ -138,10 +122,10 @@ def classifier_or_none(
             st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
         return None
     return fitted_classifier(
-        features,
-        backbone_key=embedder.cache_key,
-        learner=settings.learner,
-        strictness=settings.strictness,
+        page.embedded,
+        backbone_key=page.embedder.cache_key,
+        learner=page.settings.learner,
+        strictness=page.settings.strictness,
     )
 
 
@@ -153,7 +137,7 @@ class ProjectPage:
     project: Project
     settings: ProjectSettings
     embedder: Embedder
-    features: ProjectFeatures
+    embedded: EmbeddedSet
 
 
 def project_page(title: str, intro: str | None = None) -> ProjectPage:
@@ -168,4 +152,4 @@ def project_page(title: str, intro: str | None = None) -> ProjectPage:
     show_flashed()
     settings = ProjectSettings.of(project)
     embedder = embedder_or_stop(settings)
-    return ProjectPage(store, project, settings, embedder, load_features(store, project, embedder))
+    return ProjectPage(store, project, settings, embedder, load_embedded(store, project, embedder))

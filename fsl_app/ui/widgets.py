@@ -8,9 +8,9 @@ import re
 import streamlit as st
 from PIL import Image, ImageOps
 
+from fsl_app.classifier import Prediction
 from fsl_app.images import ImageLoadError, load_image
 from fsl_app.project.store import AddReport, Store, StoreError
-from fsl_app.workspace import ImagePrediction
 
 THUMBNAIL_SIDE = 192
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -48,7 +48,7 @@ def show_thumbnail(store: Store, sha256: str, caption: str | None = None, width:
         st.image(data, caption=caption, width=width)
 
 
-def show_badge(prediction: ImagePrediction) -> None:
+def show_badge(prediction: Prediction) -> None:
     label = (
         f"none of these (closest: {prediction.prediction})"
         if prediction.unknown

@@ -1,0 +1,254 @@
+"""Pictures as embeddings: the user's examples and the pictures still to sort, in one type.
+
+Everything that classifies starts from an :class:`EmbeddedSet`, whether the pictures come from a
+project in the store (the app) or from folders (the command line): one fit, one prediction
+record, one readiness check downstream. Embeddings come through the embedder's cache by the
+SHA-256 of each picture's bytes, so building the set again after a label changes embeds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
+from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
+from fsl_app.errors import UnusableInputError
+from fsl_app.project.store import ProjectImage, Store, StoreError
+
+# Given a stage ("examples" or "images"), a progress callback for it, or None.
+ProgressFactory = Callable[[str], ProgressCallback | None]
+
+# A class with fewer examples than this gets a hint to add more: calibration needs 3 per class.
+FEW_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A picture left out, and why, in words for the person who gave it."""
+
+    name: str
+    reason: str
+    labeled: bool  # it was meant as an example (else as a picture to sort)
+
+
+@dataclass(frozen=True)
+class EmbeddedSet:
+    """Labeled examples and unlabeled pictures, one embedding row each, in the order given.
+
+    Row i is the picture ``ids[i]`` (the SHA-256 of its bytes) named ``names[i]`` (a file path
+    or an upload's name), of class ``labels[i]`` or unlabeled (None), with embedding
+    ``embeddings[i]`` of shape (dim,). ``classes`` lists every class the user defined, in their
+    order, also those without a usable example yet; ``unreadable`` the pictures left out.
+    """
+
+    ids: list[str]
+    names: list[str]
+    labels: list[str | None]
+    embeddings: np.ndarray  # (n, dim) float32
+    classes: list[str]
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """Which rows are examples, of shape (n,)."""
+        return np.array([label is not None for label in self.labels], dtype=bool)
+
+    def examples(self) -> tuple[np.ndarray, list[str], list[str]]:
+        """Embeddings (n_examples, dim), labels and ids of the labeled rows."""
+        rows = np.flatnonzero(self.labeled)
+        return (
+            self.embeddings[rows],
+            [str(self.labels[i]) for i in rows],
+            [self.ids[i] for i in rows],
+        )
+
+    @property
+    def example_ids(self) -> list[str]:
+        return [i for i, label in zip(self.ids, self.labels, strict=True) if label is not None]
+
+    @property
+    def unlabeled_ids(self) -> list[str]:
+        return [i for i, label in zip(self.ids, self.labels, strict=True) if label is None]
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row of each of ``ids`` that is in the set (others are left out), in that order."""
+        position = {image_id: i for i, image_id in enumerate(self.ids)}
+        return np.array([position[i] for i in ids if i in position], dtype=int)
+
+    def class_counts(self) -> dict[str, int]:
+        """Usable examples per class, every class of the set included."""
+        counts = dict.fromkeys(self.classes, 0)
+        for label in self.labels:
+            if label is not None:
+                counts[label] = counts.get(label, 0) + 1
+        return counts
+
+    def readiness(self) -> list[str]:
+        """Why no classifier can be fitted yet, as sentences to act on; empty when it can."""
+        return readiness(self.class_counts())
+
+
+def readiness(class_counts: dict[str, int]) -> list[str]:
+    """Why the classes cannot be told apart yet, as sentences to act on; empty when they can.
+
+    ``class_counts`` maps every class the user defined to its number of usable examples.
+    """
+    problems = []
+    if len(class_counts) < 2:
+        problems.append(
+            "Add at least two classes: the app tells classes apart, so it needs two or more."
+        )
+    empty = [name for name, count in class_counts.items() if count == 0]
+    if empty:
+        problems.append(f"Add example images to: {', '.join(empty)}.")
+    return problems
+
+
+def few_example_hints(class_counts: dict[str, int]) -> list[str]:
+    """Gentle hints for classes with too few examples to be learned or calibrated well."""
+    return [
+        f"'{name}' has {count} example{'s' if count != 1 else ''}: add a few more "
+        f"(at least {FEW_EXAMPLES}, better 5 to 10) so the app learns it and knows how sure "
+        "to be."
+        for name, count in class_counts.items()
+        if 0 < count < FEW_EXAMPLES
+    ]
+
+
+# --- From a project in the store -------------------------------------------------------------
+
+
+def embed_project(
+    store: Store,
+    project_id: int,
+    embedder: Embedder,
+    *,
+    images: Sequence[ProjectImage] | None = None,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedSet:
+    """A project's pictures: embeddings from the cache by hash, the rest through the model.
+
+    ``images`` (default: all of the project's) may be passed when the caller already listed
+    them. ``progress(done, total)`` is called only while pictures go through the model, so
+    a rerun after a label reads no image file at all.
+    """
+    images = list(store.list_images(project_id) if images is None else images)
+    vectors = embedder.cache.get_many(embedder.cache_key, [image.sha256 for image in images])
+    missing = [image for image in images if image.sha256 not in vectors]
+    unreadable: list[Unreadable] = []
+    if missing:
+        readable, sources = [], []
+        for image in missing:
+            try:
+                sources.append(store.image_path(image.sha256))
+                readable.append(image)
+            except StoreError as err:  # a row whose file went away: report it, keep the rest
+                unreadable.append(Unreadable(image.name, str(err), image.class_name is not None))
+        embedded = embedder.embed(sources, progress=progress)
+        vectors.update(zip(embedded.hashes, embedded.embeddings, strict=True))
+        unreadable.extend(
+            Unreadable(readable[i].name, message, readable[i].class_name is not None)
+            for i, message in embedded.errors
+        )
+    usable = [image for image in images if image.sha256 in vectors]
+    return EmbeddedSet(
+        ids=[image.sha256 for image in usable],
+        names=[image.name for image in usable],
+        labels=[image.class_name for image in usable],
+        embeddings=_stack([vectors[image.sha256] for image in usable], embedder),
+        classes=[c.name for c in store.list_classes(project_id)],
+        unreadable=unreadable,
+    )
+
+
+# --- From folders ----------------------------------------------------------------------------
+
+
+def embed_folders(
+    embedder: Embedder,
+    examples: str | os.PathLike | None,
+    images: str | os.PathLike | None = None,
+    *,
+    min_classes: int = 2,
+    progress: ProgressFactory = lambda stage: None,
+) -> EmbeddedSet:
+    """Examples from a folder of class folders and, optionally, pictures to sort.
+
+    ``examples`` holds one subfolder per class (images inside at any depth; files outside
+    every class folder are reported as unreadable examples); ``images`` is one image or a
+    folder of images at any depth, each an unlabeled row, after the examples. Folders that are
+    missing, have fewer than ``min_classes`` classes or hold no file raise
+    :class:`UnusableInputError`.
+    """
+    folder = scan_examples_folder(examples, min_classes=min_classes) if examples else None
+    image_files = list_input_files(images) if images is not None else []
+    sources: list[ImageSource] = [*(folder.paths if folder else []), *image_files]
+    labels: list[str | None] = [*(folder.labels if folder else []), *[None] * len(image_files)]
+    n_examples = len(folder.paths) if folder else 0
+    unreadable = [
+        Unreadable(str(path), "it is not inside a class folder", True)
+        for path in (folder.loose_files if folder else [])
+    ]
+    kept: list[int] = []
+    hashes: list[str] = []
+    parts = []
+    for stage, span in (
+        ("examples", range(n_examples)),
+        ("images", range(n_examples, len(sources))),
+    ):
+        if not span:
+            continue
+        embedded = embedder.embed([sources[i] for i in span], progress=progress(stage))
+        kept.extend(span[i] for i in embedded.indices)
+        hashes.extend(embedded.hashes)
+        parts.append(embedded.embeddings)
+        unreadable.extend(
+            Unreadable(str(sources[span[i]]), why, stage == "examples")
+            for i, why in embedded.errors
+        )
+    return EmbeddedSet(
+        ids=hashes,
+        names=[str(sources[i]) for i in kept],
+        labels=[labels[i] for i in kept],
+        embeddings=np.concatenate(parts) if parts else _stack([], embedder),
+        classes=folder.classes if folder else [],
+        unreadable=unreadable,
+    )
+
+
+def scan_examples_folder(examples: str | os.PathLike, *, min_classes: int = 2) -> ImageFolder:
+    """The class folders under ``examples``, refused clearly when there are too few."""
+    if not Path(examples).is_dir():
+        raise UnusableInputError(
+            f"The examples folder '{examples}' does not exist or is not a folder."
+        )
+    folder = scan_image_folder(examples)
+    if len(folder.classes) < min_classes:
+        found = f"only '{folder.classes[0]}'" if folder.classes else "none"
+        raise UnusableInputError(
+            f"The examples folder '{examples}' needs at least {min_classes} class folders "
+            f"(one per class, images inside); found {found}."
+        )
+    return folder
+
+
+def list_input_files(path: str | os.PathLike) -> list[Path]:
+    """Files of one image or a folder of images, refused clearly when there are none."""
+    try:
+        files = list_files(path)
+    except FileNotFoundError:
+        raise UnusableInputError(f"'{path}' does not exist.") from None
+    if not files:
+        raise UnusableInputError(f"The folder '{path}' has no files in it.")
+    return files
+
+
+def _stack(vectors: list[np.ndarray], embedder: Embedder) -> np.ndarray:
+    if not vectors:
+        return np.zeros((0, embedder.backbone.embedding_dim), np.float32)
+    return np.stack(vectors).astype(np.float32, copy=False)
