@@ -172,8 +172,8 @@ class CalibratedClassifier:
         model.notes = list(notes)
         return model
 
-    def predict(self, query: ArrayLike) -> CalibratedPredictions:
-        """Calibrated predictions for ``query`` of shape (n_query, dim)."""
+    def predict_calibrated(self, query: ArrayLike) -> CalibratedPredictions:
+        """Calibrated predictions for ``query`` of shape (n_query, dim), as arrays."""
         self._check_fitted()
         logits = self.learner_.decision_function(query)
         distance = self.open_set_.distance(query)
@@ -186,7 +186,11 @@ class CalibratedClassifier:
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:
         """Calibrated probabilities (n_query, n_classes), as a learner's ``predict_proba``."""
-        return self.predict(query).probabilities
+        return self.predict_calibrated(query).probabilities
+
+    def predict(self, query: ArrayLike) -> np.ndarray:
+        """The most probable class of each query, of shape (n_query,), as a learner's."""
+        return self.predict_calibrated(query).prediction
 
     def predict_pictures(
         self,
@@ -204,7 +208,7 @@ class CalibratedClassifier:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if len(embeddings) == 0:
             return []
-        predicted = self.predict(embeddings)
+        predicted = self.predict_calibrated(embeddings)
         classes = [str(c) for c in predicted.classes]
         explanations = explain(
             self.support_, self.labels_, embeddings, predicted.probabilities, classes
@@ -291,13 +295,20 @@ def fit_classifier(
     params: Mapping[str, Any] | None = None,
 ) -> CalibratedClassifier:
     """The calibrated classifier of the set's examples; :class:`UnusableInputError` when the
-    set is not ready (fewer than two classes, or a class without a usable example)."""
+    set is not ready (fewer than two classes, or a class without a usable example).
+
+    The examples are fitted in one canonical order (by class, then id), so the same pictures
+    give the same model, and the same numbers, wherever they come from.
+    """
     problems = embedded.readiness()
     if problems:
         raise UnusableInputError(" ".join(problems))
     support, labels, ids = embedded.examples()
+    # One order for the same examples, however they were added: calibration deals examples
+    # into folds by their order, so a project and the folders exported from it must agree.
+    order = sorted(range(len(ids)), key=lambda i: (labels[i], ids[i]))
     model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
-    return model.fit(support, labels, ids=ids)
+    return model.fit(support[order], [labels[i] for i in order], ids=[ids[i] for i in order])
 
 
 def predict_set(

@@ -55,6 +55,27 @@ def resolve_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+DEVICE_NAMES = {"auto": "Best available", "cpu": "CPU", "cuda": "GPU", "mps": "Apple GPU"}
+
+
+def available_devices() -> list[str]:
+    """The device choices this machine offers: ``auto``, ``cpu`` and any GPU present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def describe_device(preference: str = "auto") -> str:
+    """Where ``preference`` runs, in words: "CPU", "GPU (NVIDIA H200)", "Apple GPU"."""
+    device = resolve_device(preference)
+    if device.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(device)})"
+    return DEVICE_NAMES.get(device.type, device.type)
+
+
 def default_cache_path() -> Path:
     """``$FSL_APP_CACHE``, else ``$XDG_CACHE_HOME/fsl_app/embeddings.sqlite``."""
     if os.environ.get(CACHE_PATH_ENV):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import streamlit as st
-import torch
 
 from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
+from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.store import StoreError
@@ -107,12 +107,16 @@ with st.expander("Rename or delete this project"):
             st.rerun()
 
 st.subheader("How the model works")
-gpu = torch.cuda.is_available()
+running_on = describe_device()
 st.write(
-    f"Running on: **{'GPU (' + torch.cuda.get_device_name(0) + ')' if gpu else 'CPU'}**"
-    + ("" if gpu else " — no GPU here; everything works, the first reading of images is slower.")
+    f"Running on: **{running_on}**"
+    + (
+        " — no GPU here; everything works, the first reading of images is slower."
+        if running_on == "CPU"
+        else ""
+    )
 )
-devices = ["auto", "cpu"] + (["cuda"] if gpu else [])
+devices = available_devices()
 backbones = available_backbones()
 learners = available_learners()
 with st.form("model_settings"):
@@ -120,7 +124,7 @@ with st.form("model_settings"):
         "Device",
         devices,
         index=devices.index(settings.device) if settings.device in devices else 0,
-        format_func=lambda d: {"auto": "Best available", "cpu": "CPU", "cuda": "GPU"}[d],
+        format_func=DEVICE_NAMES.get,
     )
     backbone = st.selectbox(
         "Image model (reads each picture once)",

@@ -113,7 +113,7 @@ def test_one_shot_classifier_predicts_with_notes_instead_of_crashing():
     support, labels = blobs(n_per_class=1)
     query, truth = blobs(n_per_class=4, seed=1)
     model = CalibratedClassifier().fit(support, labels)
-    predicted = model.predict(query)
+    predicted = model.predict_calibrated(query)
     assert model.temperature_ == 1.0 and np.isfinite(model.threshold_)
     assert len(model.notes) == 2 and "not calibrated" in model.notes[0]
     assert (predicted.prediction == truth).all()
@@ -126,7 +126,7 @@ def test_every_learner_calibrates_without_changing_its_ranking(name):
     support, labels = blobs(n_per_class=4)
     query, _ = blobs(n_per_class=3, seed=1, spread=1.0)
     model = CalibratedClassifier(name).fit(support, labels)
-    predicted = model.predict(query)
+    predicted = model.predict_calibrated(query)
     assert model.notes == [] and 0.05 <= model.temperature_ <= 20
     assert predicted.probabilities.shape == (9, 3)
     assert np.allclose(predicted.probabilities.sum(axis=1), 1.0)
@@ -137,7 +137,7 @@ def test_every_learner_calibrates_without_changing_its_ranking(name):
 
 def test_predicting_before_fitting_says_what_to_do():
     with pytest.raises(NotFittedError, match="fit"):
-        CalibratedClassifier().predict(np.zeros((1, 4)))
+        CalibratedClassifier().predict_calibrated(np.zeros((1, 4)))
 
 
 # --- "None of these" -----------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_strictness_moves_the_threshold_and_zero_turns_it_off():
     thresholds = [OpenSetDetector(s).fit(support, labels).threshold_ for s in (0.5, 1, 2)]
     assert thresholds[0] > thresholds[1] > thresholds[2]
     off = CalibratedClassifier(strictness=0).fit(support, labels)
-    assert off.threshold_ == np.inf and not off.predict(FAR_AWAY).unknown.any()
+    assert off.threshold_ == np.inf and not off.predict_calibrated(FAR_AWAY).unknown.any()
     assert "switched off" in off.notes[0]
     with pytest.raises(ValueError, match="strictness"):
         OpenSetDetector(-1).fit(support, labels)
@@ -206,7 +206,7 @@ def test_temperature_fitted_on_the_support_calibrates_held_out_queries(real, sca
         model.fit(features[episode.support], labels[episode.support])
         query = features[episode.query]
         raw.append(model.learner_.predict_proba(query))
-        calibrated.append(model.predict(query).probabilities)
+        calibrated.append(model.predict_calibrated(query).probabilities)
         targets.append(np.searchsorted(model.classes_, labels[episode.query]))
     raw, calibrated, targets = map(np.concatenate, (raw, calibrated, targets))
     nll_raw = negative_log_likelihood(raw, targets)
@@ -222,7 +222,7 @@ def test_foreign_images_are_flagged_far_more_often_than_photos_of_the_classes(re
     in_class, flagged_foreign = [], []
     for episode in sample_episodes(labels, ways=3, shots=shots, queries=5, n_episodes=10):
         model = CalibratedClassifier().fit(features[episode.support], labels[episode.support])
-        in_class.append(model.predict(features[episode.query]).unknown.mean())
-        flagged_foreign.append(model.predict(foreign).unknown.mean())
+        in_class.append(model.predict_calibrated(features[episode.query]).unknown.mean())
+        flagged_foreign.append(model.predict_calibrated(foreign).unknown.mean())
     assert np.mean(in_class) < 0.15
     assert np.mean(flagged_foreign) > max(0.3, 3 * np.mean(in_class))

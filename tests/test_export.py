@@ -63,7 +63,10 @@ def test_a_loaded_bundle_predicts_exactly_like_the_live_classifier(learner, back
     live = fitted(embedded, learner)
     bundle = load_bundle(saved(live, backbone, embedded))
 
-    expected, got = live.predict(embedded.query), bundle.classifier.predict(embedded.query)
+    expected, got = (
+        live.predict_calibrated(embedded.query),
+        bundle.classifier.predict_calibrated(embedded.query),
+    )
     np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got.unknown, expected.unknown)
     np.testing.assert_allclose(got.distance, expected.distance, rtol=0, atol=1e-9)
@@ -81,7 +84,8 @@ def test_strictness_and_its_threshold_are_kept(strictness, backbone, embedded):
     assert restored.strictness == strictness
     assert restored.threshold_ == live.threshold_  # infinite when "none of these" is off
     np.testing.assert_array_equal(
-        restored.predict(embedded.query).unknown, live.predict(embedded.query).unknown
+        restored.predict_calibrated(embedded.query).unknown,
+        live.predict_calibrated(embedded.query).unknown,
     )
 
 

@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from toy_data import gaussian_blobs
 
+from fsl_app.classifier import CalibratedClassifier
 from fsl_app.learners import (
     LEARNERS,
     LinearProbe,
@@ -17,6 +18,7 @@ from fsl_app.learners import (
     create_learner,
 )
 from fsl_app.learners.protonet import soft_kmeans_prototypes
+from fsl_app.trust.calibration import OpenSetDetector
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
@@ -24,9 +26,35 @@ def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
     return gaussian_blobs(n_per_class, n_classes, dim, seed, spread)
 
 
-@pytest.fixture(params=sorted(LEARNERS))
+# Every learner, and every learner wrapped with calibration and "none of these" (what the app
+# classifies with), honours the same protocol.
+CLASSIFIERS = [*sorted(LEARNERS), *(f"calibrated {name}" for name in sorted(LEARNERS))]
+
+
+def make(name: str):
+    if name.startswith("calibrated "):
+        return CalibratedClassifier(name.removeprefix("calibrated "))
+    if name == "open-set detector":
+        return OpenSetDetector()
+    return create_learner(name)
+
+
+@pytest.fixture(params=CLASSIFIERS)
 def learner(request):
-    return create_learner(request.param)
+    return make(request.param)
+
+
+@pytest.fixture(params=[*CLASSIFIERS, "open-set detector"])
+def model(request):
+    """Anything fitted on examples: the protocol checks below hold for the detector too."""
+    return make(request.param)
+
+
+def answer(model, query):
+    """What a fitted model says about ``query``: probabilities, or the detector's distances."""
+    if isinstance(model, OpenSetDetector):
+        return model.distance(query)
+    return model.predict_proba(query)
 
 
 def test_probabilities_are_a_distribution_over_sorted_classes(learner):
@@ -45,15 +73,17 @@ def test_solves_separable_blobs(learner):
     assert (learner.fit(support, labels).predict(query) == truth).mean() == 1.0
 
 
-def test_predicting_before_fitting_says_what_to_do(learner):
+def test_predicting_before_fitting_says_what_to_do(model):
     with pytest.raises(NotFittedError, match="fit"):
-        learner.predict_proba(np.zeros((1, 4), dtype=np.float32))
+        answer(model, np.zeros((1, 4), dtype=np.float32))
 
 
-def test_fit_returns_self_and_accepts_any_label_type(learner):
+def test_fit_returns_self_and_accepts_any_label_type(model):
     support, _ = blobs(n_per_class=2, n_classes=2)
-    assert learner.fit(support, [3, 3, 7, 7]) is learner
-    assert set(learner.predict(support)) <= {3, 7}
+    assert model.fit(support, [3, 3, 7, 7]) is model
+    assert set(model.classes_) == {3, 7}
+    if not isinstance(model, OpenSetDetector):
+        assert set(model.predict(support)) <= {3, 7}
 
 
 @pytest.mark.parametrize(
@@ -65,16 +95,16 @@ def test_fit_returns_self_and_accepts_any_label_type(learner):
         (np.array([[np.nan, 1.0], [1.0, 1.0]]), ["a", "b"], "NaN"),
     ],
 )
-def test_bad_support_is_refused_clearly(learner, support, labels, message):
+def test_bad_support_is_refused_clearly(model, support, labels, message):
     with pytest.raises(ValueError, match=message):
-        learner.fit(support, labels)
+        model.fit(support, labels)
 
 
-def test_query_from_another_backbone_is_refused(learner):
+def test_query_from_another_backbone_is_refused(model):
     support, labels = blobs(dim=16)
-    learner.fit(support, labels)
+    model.fit(support, labels)
     with pytest.raises(ValueError, match="another backbone"):
-        learner.predict_proba(np.zeros((2, 8), dtype=np.float32))
+        answer(model, np.zeros((2, 8), dtype=np.float32))
 
 
 def test_unknown_learner_names_the_choices():

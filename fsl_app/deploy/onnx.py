@@ -150,7 +150,7 @@ def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> 
     onnx.helper.set_model_props(graph, _metadata(bundle, backbone))
     data = graph.SerializeToString()
     classifier = bundle.classifier
-    _check(data, probe, classifier.predict(embedding.numpy()), classifier.threshold_)
+    _check(data, probe, classifier.predict_calibrated(embedding.numpy()), classifier.threshold_)
     return write_atomically(path, data)
 
 

@@ -138,7 +138,7 @@ def evaluate_held_out(
     for fold in range(folds.max() + 1):
         out = folds == fold
         model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
-        result = model.fit(support[~out], labels_array[~out]).predict(support[out])
+        result = model.fit(support[~out], labels_array[~out]).predict_calibrated(support[out])
         held.extend(np.flatnonzero(out).tolist())
         predicted.extend(str(p) for p in result.prediction)
         confidence.extend(result.confidence.tolist())

@@ -34,7 +34,7 @@ class FewShotLearner(ABC):
 
     def fit(self, support: ArrayLike, labels: Sequence) -> FewShotLearner:
         """Learn the classes from ``support`` of shape (n_support, dim) and their labels."""
-        features = _as_features(support, "support")
+        features = as_embeddings(support, "support")
         labels = np.asarray(labels)
         if labels.shape != (len(features),):
             raise ValueError(
@@ -72,7 +72,7 @@ class FewShotLearner(ABC):
                 f"This {type(self).__name__} has not been fitted yet: call fit(support, labels) "
                 "with labeled examples before predicting."
             )
-        features = _as_features(query, "query")
+        features = as_embeddings(query, "query")
         if features.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"Query embeddings have {features.shape[1]} dimensions but the learner was "
@@ -96,7 +96,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _as_features(array: ArrayLike, what: str) -> torch.Tensor:
+def as_embeddings(array: ArrayLike, what: str) -> torch.Tensor:
+    """``array`` as a float32 tensor of shape (n, dim), or ValueError saying what is wrong.
+
+    ``what`` ("support", "query") names the array in the message.
+    """
     features = torch.as_tensor(np.asarray(array, dtype=np.float32))
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(

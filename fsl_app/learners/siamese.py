@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.learners.base import FewShotLearner, _as_features
+from fsl_app.learners.base import FewShotLearner, as_embeddings
 from fsl_app.learners.heads import Tensors, find_head
 from fsl_app.learners.protonet import class_means
 
@@ -148,8 +148,8 @@ class SiameseNet(FewShotLearner):
         so 0.5 is its decision threshold for that balance. Without a head the
         score is an uncalibrated guess on the raw cosine (see the module).
         """
-        a = _as_features(np.atleast_2d(np.asarray(a, dtype=np.float32)), "first")
-        b = _as_features(np.atleast_2d(np.asarray(b, dtype=np.float32)), "second")
+        a = as_embeddings(np.atleast_2d(np.asarray(a, dtype=np.float32)), "first")
+        b = as_embeddings(np.atleast_2d(np.asarray(b, dtype=np.float32)), "second")
         if a.shape[1] != b.shape[1]:
             raise ValueError(
                 f"The embeddings of a pair must have the same size; got {a.shape[1]} and "

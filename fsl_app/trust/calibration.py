@@ -18,6 +18,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from fsl_app.learners import FewShotLearner, NotFittedError
+from fsl_app.learners.base import as_embeddings
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Only classes with this many examples are held out. With 2, the held-out predictions are
@@ -262,11 +263,16 @@ class OpenSetDetector:
     def fit(self, support: ArrayLike, labels: Sequence) -> OpenSetDetector:
         if self.strictness < 0:
             raise ValueError("strictness must be 0 (off) or a positive number; 1 is the default.")
-        features = power_normalize(support)
-        if len(labels) != len(features):
-            raise ValueError(f"Got {len(features)} support embeddings but {len(labels)} labels.")
+        features = power_normalize(as_embeddings(support, "support").numpy())
+        if np.shape(labels) != (len(features),):
+            raise ValueError(
+                f"Got {len(features)} support embeddings but {np.size(labels)} labels; "
+                "each example needs exactly one label."
+            )
         self.classes_, targets = np.unique(np.asarray(labels), return_inverse=True)
         n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError('"None of these" needs at least two classes to tell apart.')
         sums = np.zeros((n_classes, features.shape[1]))
         np.add.at(sums, targets, features)
         counts = np.bincount(targets, minlength=n_classes)
@@ -316,6 +322,12 @@ class OpenSetDetector:
         if not hasattr(self, "prototypes_"):
             raise NotFittedError(
                 "This OpenSetDetector has not been fitted yet: call fit(support, labels) first."
+            )
+        query = as_embeddings(query, "query").numpy()
+        if query.shape[1] != self.prototypes_.shape[1]:
+            raise ValueError(
+                f"Query embeddings have {query.shape[1]} dimensions but the detector was "
+                f"fitted on {self.prototypes_.shape[1]}; were they made with another backbone?"
             )
         return 1 - (power_normalize(query) @ self.prototypes_.T).max(axis=1)
 
