@@ -116,7 +116,59 @@ _SCHEMA_V1 = (
             ON DELETE CASCADE
     )""",
 )
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+# Three things the user told the app used to be kept in the settings JSON, where nothing tied
+# them to their images. They get tables, so they go with their image or project like the rest.
+_SETTINGS_TO_TABLES_V2 = (
+    # Examples whose label the user kept after the label check doubted it: not doubted again.
+    """CREATE TABLE confirmed_labels (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+    # Unlabeled images the user said belong to no class: not suggested for labeling again.
+    """CREATE TABLE none_of_these (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+    # The held-out accuracy the project reached with so many labeled images, and its interval.
+    """CREATE TABLE accuracy_history (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        n_labels INTEGER NOT NULL,
+        accuracy REAL NOT NULL,
+        low REAL NOT NULL,
+        high REAL NOT NULL,
+        PRIMARY KEY (project_id, n_labels)
+    )""",
+    # Moved from the settings keys the pages wrote until now. Entries for images no longer in
+    # the project are dropped (the tables refuse them), and so are "none of these" marks of
+    # images labeled since (labeling an image clears its mark from now on, see Store.label).
+    """INSERT OR IGNORE INTO confirmed_labels (project_id, sha256)
+        SELECT pi.project_id, pi.sha256
+        FROM projects AS p, json_each(p.settings, '$.labels_confirmed') AS j
+        JOIN project_images AS pi ON pi.project_id = p.id AND pi.sha256 = j.value""",
+    """INSERT OR IGNORE INTO none_of_these (project_id, sha256)
+        SELECT pi.project_id, pi.sha256
+        FROM projects AS p, json_each(p.settings, '$.none_of_these') AS j
+        JOIN project_images AS pi ON pi.project_id = p.id AND pi.sha256 = j.value
+        WHERE pi.class_id IS NULL""",
+    """INSERT OR REPLACE INTO accuracy_history (project_id, n_labels, accuracy, low, high)
+        SELECT p.id, json_extract(j.value, '$.labels'), json_extract(j.value, '$.accuracy'),
+            json_extract(j.value, '$.low'), json_extract(j.value, '$.high')
+        FROM projects AS p, json_each(p.settings, '$.accuracy_history') AS j
+        WHERE j.type = 'object'
+            AND json_type(j.value, '$.labels') = 'integer'
+            AND json_type(j.value, '$.accuracy') IN ('integer', 'real')
+            AND json_type(j.value, '$.low') IN ('integer', 'real')
+            AND json_type(j.value, '$.high') IN ('integer', 'real')""",
+    """UPDATE projects SET settings = json_remove(
+        settings, '$.labels_confirmed', '$.none_of_these', '$.accuracy_history')""",
+)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SETTINGS_TO_TABLES_V2)
 
 _IMAGE_COLUMNS = """
     SELECT pi.sha256, pi.name, c.name, pi.added, i.width, i.height
@@ -166,6 +218,16 @@ class Prediction:
     unknown: bool  # the learner answered "none of these"
     probabilities: dict[str, float]  # class name -> probability
     updated: str | None = None  # when the store saved it (ISO 8601, UTC); None before
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """The held-out accuracy measured when the project had ``n_labels`` labeled images."""
+
+    n_labels: int
+    accuracy: float
+    low: float  # 95% interval
+    high: float
 
 
 @dataclass(frozen=True)
@@ -453,16 +515,24 @@ class Store:
         """Move images of the project into a class, or to unlabeled when ``class_name`` is None.
 
         Returns how many of them are in the project (and so now in that class); the others,
-        removed meanwhile in another window, are skipped.
+        removed meanwhile in another window, are skipped. Putting an image in a class takes
+        back an earlier "none of these" for it: the user has changed their mind.
         """
+        sha256s = _json_list(sha256s)
         with self._transaction() as db:
             class_id = (
                 None if class_name is None else self._find_class(db, project_id, class_name)[0]
             )
+            if class_id is not None:
+                db.execute(
+                    "DELETE FROM none_of_these"
+                    " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                    (project_id, sha256s),
+                )
             return db.execute(
                 "UPDATE project_images SET class_id = ?"
                 " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
-                (class_id, project_id, _json_list(sha256s)),
+                (class_id, project_id, sha256s),
             ).rowcount
 
     def remove_images(self, project_id: int, sha256s: Iterable[str]) -> int:
@@ -513,6 +583,85 @@ class Store:
                 f"The file of this image, '{path}', cannot be read ({err.strerror or err}). "
                 "It may have been moved or deleted outside the app; add the image again."
             ) from err
+
+    # What the user told the app about images
+
+    def confirm_labels(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Note that the user checked these examples' labels and kept them.
+
+        The label check doubts an example by comparing it with the others; once the user has
+        looked and said it is right, asking again at every visit would only be noise. Returns
+        how many were newly confirmed; images removed meanwhile in another window are skipped.
+        """
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO confirmed_labels (project_id, sha256)"
+                " SELECT project_id, sha256 FROM project_images"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def confirmed_labels(self, project_id: int) -> set[str]:
+        """The examples whose labels the user kept, by sha256."""
+        rows = self._fetch(
+            "SELECT sha256 FROM confirmed_labels WHERE project_id = ?", (project_id,)
+        )
+        return {sha256 for (sha256,) in rows}
+
+    def mark_none_of_these(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Note that these unlabeled images belong to none of the project's classes.
+
+        They are then not suggested for labeling again. A labeled image is left alone (it is in
+        a class, perhaps labeled in another window meanwhile), and so is one no longer in the
+        project; returns how many were newly marked.
+        """
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO none_of_these (project_id, sha256)"
+                " SELECT project_id, sha256 FROM project_images"
+                " WHERE project_id = ? AND class_id IS NULL"
+                " AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def none_of_these(self, project_id: int) -> list[str]:
+        """The images marked as belonging to no class, by sha256, in the project's order."""
+        rows = self._fetch(
+            "SELECT n.sha256 FROM none_of_these AS n JOIN project_images AS pi"
+            " ON pi.project_id = n.project_id AND pi.sha256 = n.sha256"
+            " WHERE n.project_id = ? ORDER BY pi.rowid",
+            (project_id,),
+        )
+        return [sha256 for (sha256,) in rows]
+
+    def record_accuracy(self, project_id: int, point: AccuracyPoint) -> None:
+        """Keep the accuracy measured at ``point.n_labels`` labeled images.
+
+        One point per number of labels: a new measurement at the same number (after a relabel,
+        or with another learner) replaces the old one, so the chart shows one line.
+        """
+        with self._transaction() as db:
+            self._project(db, project_id)
+            db.execute(
+                "INSERT OR REPLACE INTO accuracy_history (project_id, n_labels, accuracy, low,"
+                " high) VALUES (?, ?, ?, ?, ?)",
+                (
+                    project_id,
+                    int(point.n_labels),
+                    float(point.accuracy),
+                    float(point.low),
+                    float(point.high),
+                ),
+            )
+
+    def accuracy_history(self, project_id: int) -> list[AccuracyPoint]:
+        """The accuracy points kept so far, by number of labels."""
+        rows = self._fetch(
+            "SELECT n_labels, accuracy, low, high FROM accuracy_history"
+            " WHERE project_id = ? ORDER BY n_labels",
+            (project_id,),
+        )
+        return [AccuracyPoint(*row) for row in rows]
 
     # Predictions
 
