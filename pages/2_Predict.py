@@ -55,15 +55,6 @@ if not pool_ids:
     st.info("Every picture is labeled. Drop new pictures above to see what the app makes of them.")
     st.stop()
 predictions = predict_images(classifier, features, pool_ids)
-saved_key = (project.id, embedder.cache_key, settings.learner, tuple(features.labels))
-if st.session_state.get("_saved_predictions") != saved_key:
-    store.save_predictions(
-        project.id,
-        settings.learner,
-        embedder.cache_key,
-        [p.as_store_prediction() for p in predictions],
-    )
-    st.session_state["_saved_predictions"] = saved_key
 
 classes = [str(c) for c in classifier.classes_]
 n_unknown = sum(p.unknown for p in predictions)
@@ -92,7 +83,7 @@ st.download_button(
     table_csv(
         image_table(
             store.list_images(project.id, labeled=False),
-            {p.id: p.as_store_prediction() for p in predictions},
+            {p.id: p for p in predictions},
         )
     ),
     file_name=f"{project.name}-predictions.csv",

@@ -62,9 +62,7 @@ else:
 st.subheader("Labels and predictions")
 predictions = {}
 if classifier is not None:
-    predictions = {
-        p.id: p.as_store_prediction() for p in predict_images(classifier, features, features.ids)
-    }
+    predictions = {p.id: p for p in predict_images(classifier, features, features.ids)}
 rows = image_table(store.list_images(project.id), predictions)
 csv_column, json_column = st.columns(2)
 csv_column.download_button(

@@ -34,7 +34,6 @@ from fsl_app.project.store import (
     DATA_DIR_ENV,
     AccuracyPoint,
     Duplicate,
-    Prediction,
     Store,
     StoreError,
 )
@@ -131,7 +130,7 @@ def test_data_folder_comes_from_the_environment(tmp_path, monkeypatch):
     assert (tmp_path / "from-env" / "fsl.sqlite").is_file()
     with sqlite3.connect(tmp_path / "from-env" / "fsl.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
     monkeypatch.delenv(DATA_DIR_ENV)
     monkeypatch.chdir(tmp_path)
@@ -264,7 +263,10 @@ PRAGMA user_version = 1;
 
 
 def test_a_data_folder_from_schema_1_keeps_what_its_settings_held(tmp_path):
-    """Kept labels, "none of these" and the accuracy history move from settings to tables."""
+    """Kept labels, "none of these" and the accuracy history move from settings to tables.
+
+    Saved predictions are dropped: they are recomputed from the classifier.
+    """
     a, b, c, gone = "a" * 64, "b" * 64, "c" * 64, "d" * 64
     history = [
         {"labels": 4, "accuracy": 0.5, "low": 0.15, "high": 0.85},
@@ -292,6 +294,11 @@ def test_a_data_folder_from_schema_1_keeps_what_its_settings_held(tmp_path):
             db.execute(
                 "INSERT INTO project_images VALUES (1, ?, ?, 'x.png', 'then')", (sha256, class_id)
             )
+        db.execute(
+            "INSERT INTO predictions VALUES (1, ?, 'protonet', 'mobilenet', 'robin', 0.9, 0,"
+            " '{\"robin\": 0.9}', 'then')",
+            (b,),
+        )
     db.close()
 
     with Store(tmp_path) as store:
@@ -304,6 +311,11 @@ def test_a_data_folder_from_schema_1_keeps_what_its_settings_held(tmp_path):
             AccuracyPoint(h["labels"], h["accuracy"], h["low"], h["high"]) for h in history
         ]
         assert store.accuracy_history(fish.id) == []
+    with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
+        assert "predictions" not in tables
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
     assert integrity(tmp_path) == "ok"
 
 
@@ -594,12 +606,6 @@ def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
     store.confirm_labels(birds.id, [image_sha256(pictures[1])])
     store.mark_none_of_these(birds.id, [image_sha256(pictures[2])])
     store.record_accuracy(birds.id, AccuracyPoint(4, 0.5, 0.2, 0.8))
-    store.save_predictions(
-        birds.id,
-        "protonet",
-        "mobilenet",
-        [Prediction(image_sha256(pictures[0]), "robin", 1.0, False, {"robin": 1.0})],
-    )
 
     store.delete_project(birds.id)
 
@@ -608,7 +614,6 @@ def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
         for table in (
             "classes",
             "project_images",
-            "predictions",
             "confirmed_labels",
             "none_of_these",
             "accuracy_history",
@@ -672,41 +677,6 @@ def test_accuracy_history_keeps_one_point_per_number_of_labels(store):
     store.delete_project(project.id)
     with pytest.raises(StoreError, match="This project no longer exists"):
         store.record_accuracy(project.id, AccuracyPoint(7, 0.5, 0.2, 0.8))
-
-
-# Predictions
-
-
-def test_predictions_keep_the_latest_per_image_and_go_with_their_image(store, pictures):
-    project = store.create_project("Birds")
-    store.add_class(project.id, "robin")
-    store.add_class(project.id, "wren")
-    hashes = [i.sha256 for i in store.add_images(project.id, named(pictures, 0, 3)).added]
-
-    def predict(sha256: str, robin: float) -> Prediction:
-        return Prediction(sha256, "robin", robin, False, {"robin": robin, "wren": 1 - robin})
-
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict(h, 0.75) for h in hashes])
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict(hashes[0], 0.5)])
-    store.save_predictions(project.id, "maml", "mobilenet", [predict(hashes[1], 0.25)])
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict("f" * 64, 0.5)])
-
-    saved = store.list_predictions(project.id, "protonet", "mobilenet")
-    assert [(p.sha256, p.confidence, p.probabilities["wren"]) for p in saved] == [
-        (hashes[0], 0.5, 0.5),
-        (hashes[1], 0.75, 0.25),
-        (hashes[2], 0.75, 0.25),
-    ]
-    assert all(p.updated for p in saved)
-    assert len(store.list_predictions(project.id, "maml", "mobilenet")) == 1
-
-    store.remove_images(project.id, hashes[:1])
-    assert [p.sha256 for p in store.list_predictions(project.id, "protonet", "mobilenet")] == (
-        hashes[1:]
-    )
-    # After a rename the saved predictions would name a class that is gone.
-    store.rename_class(project.id, "robin", "European robin")
-    assert store.list_predictions(project.id, "protonet", "mobilenet") == []
 
 
 # Crashes and failures part-way through a save

@@ -1,7 +1,8 @@
 """Projects on disk: SQLite for what people said, content-addressed files for what they uploaded.
 
-A project (its classes, labeled examples, unlabeled images, predictions and settings) has to
-survive restarts, two browser tabs writing at once, and a crash in the middle of a save. So:
+A project (its classes, labeled examples, unlabeled images, what the user said about them, and
+its settings) has to survive restarts, two browser tabs writing at once, and a crash in the
+middle of a save. So:
 
 - every change is one SQLite transaction (WAL journal), begun IMMEDIATE so that two writers queue
   up behind SQLite's busy timeout instead of failing half-way, and anything that goes wrong
@@ -168,7 +169,14 @@ _SETTINGS_TO_TABLES_V2 = (
     """UPDATE projects SET settings = json_remove(
         settings, '$.labels_confirmed', '$.none_of_these', '$.accuracy_history')""",
 )
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SETTINGS_TO_TABLES_V2)
+# Predictions are recomputed from the fitted classifier in milliseconds; a saved copy was a
+# second answer that could disagree with the first, and nothing read it.
+_DROP_PREDICTIONS_V3 = ("DROP TABLE predictions",)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA_V1,
+    _SETTINGS_TO_TABLES_V2,
+    _DROP_PREDICTIONS_V3,
+)
 
 _IMAGE_COLUMNS = """
     SELECT pi.sha256, pi.name, c.name, pi.added, i.width, i.height
@@ -212,12 +220,23 @@ class ProjectImage:
 
 @dataclass(frozen=True)
 class Prediction:
+    """What the model said about one image, in the shape the store once kept.
+
+    The store keeps no predictions any more (schema 3). This stays only because
+    ``fsl_app.workspace.ImagePrediction.as_store_prediction`` still builds it; it goes when the
+    one prediction record replaces both. ``prediction`` lets it fill
+    :func:`fsl_app.project.io.image_table` like that record does.
+    """
+
     sha256: str
     predicted_class: str
     confidence: float
     unknown: bool  # the learner answered "none of these"
     probabilities: dict[str, float]  # class name -> probability
-    updated: str | None = None  # when the store saved it (ISO 8601, UTC); None before
+
+    @property
+    def prediction(self) -> str:
+        return self.predicted_class
 
 
 @dataclass(frozen=True)
@@ -404,19 +423,14 @@ class Store:
         return [ProjectClass(*row) for row in rows]
 
     def rename_class(self, project_id: int, name: str, new_name: str) -> None:
-        """Rename a class; the project's saved predictions go, since they name the old class."""
         new_name = _clean_name("class", new_name)
         with self._transaction() as db:
             class_id, _ = self._find_class(db, project_id, name)
             self._refuse_taken_class_name(db, project_id, new_name, class_id)
             db.execute("UPDATE classes SET name = ? WHERE id = ?", (new_name, class_id))
-            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
 
     def delete_class(self, project_id: int, name: str, *, keep_images: bool) -> None:
-        """Delete a class; its examples become unlabeled images or leave the project.
-
-        The project's saved predictions go too, since they may name the deleted class.
-        """
+        """Delete a class; its examples become unlabeled images or leave the project."""
         with self._transaction() as db:
             class_id, _ = self._find_class(db, project_id, name)
             if keep_images:
@@ -425,7 +439,6 @@ class Store:
                 )
             else:
                 db.execute("DELETE FROM project_images WHERE class_id = ?", (class_id,))
-            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
             db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
 
     # Images
@@ -662,52 +675,6 @@ class Store:
             (project_id,),
         )
         return [AccuracyPoint(*row) for row in rows]
-
-    # Predictions
-
-    def save_predictions(
-        self, project_id: int, learner: str, backbone: str, predictions: Iterable[Prediction]
-    ) -> None:
-        """Keep the latest prediction per image for this learner and backbone.
-
-        Predictions for images that left the project meanwhile are dropped.
-        """
-        updated = _now()
-        rows = [
-            (
-                learner,
-                backbone,
-                p.predicted_class,
-                float(p.confidence),
-                bool(p.unknown),
-                json.dumps({str(k): float(v) for k, v in p.probabilities.items()}),
-                updated,
-                project_id,
-                p.sha256,
-            )
-            for p in predictions
-        ]
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO predictions (project_id, sha256, learner, backbone,"
-                " predicted_class, confidence, unknown, probabilities, updated)"
-                " SELECT project_id, sha256, ?, ?, ?, ?, ?, ?, ? FROM project_images"
-                " WHERE project_id = ? AND sha256 = ?",
-                rows,
-            )
-
-    def list_predictions(self, project_id: int, learner: str, backbone: str) -> list[Prediction]:
-        rows = self._fetch(
-            "SELECT p.sha256, p.predicted_class, p.confidence, p.unknown, p.probabilities,"
-            " p.updated FROM predictions AS p JOIN project_images AS pi"
-            " ON pi.project_id = p.project_id AND pi.sha256 = p.sha256"
-            " WHERE p.project_id = ? AND p.learner = ? AND p.backbone = ? ORDER BY pi.rowid",
-            (project_id, learner, backbone),
-        )
-        return [
-            Prediction(sha256, predicted, confidence, bool(unknown), json.loads(probs), updated)
-            for sha256, predicted, confidence, unknown, probs, updated in rows
-        ]
 
     # Maintenance
 
