@@ -49,7 +49,7 @@ from fsl_app.active import available_strategies, rank  # noqa: E402
 from fsl_app.backbones import load_backbone  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache  # noqa: E402
-from fsl_app.evaluation.episodes import confidence_interval95  # noqa: E402
+from fsl_app.evaluation.metrics import confidence_interval95  # noqa: E402
 from fsl_app.learners import create_learner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -18,8 +18,6 @@ from fsl_app.ui.widgets import (
 )
 
 PAGE_SIZE = 12
-# Images whose label the user confirmed after a suspicion: not flagged again.
-KEPT_KEY = "labels_confirmed"
 
 page = project_page(
     "Classes", "Make a class for each kind of picture, and drop a few example pictures into each."
@@ -143,7 +141,7 @@ st.caption(
     "Each example is judged by a model that has not seen it: an example that looks like another "
     "class may have been put in the wrong one."
 )
-kept = set(project.settings.get(KEPT_KEY, []))
+kept = store.confirmed_labels(project.id)
 suspects = [(i, s) for i, s in label_suspects(embedded, settings) if i not in kept]
 if not suspects:
     st.caption("No example looks like it is in the wrong class.")
@@ -162,7 +160,7 @@ for image_id, suspect in suspects:
                 flash([("success", f"Moved '{names[image_id]}' to {suspect.suspected}.")])
                 st.rerun()
             if keep.button(f"Keep it in {suspect.label}", key=f"keep_{key}"):
-                store.update_settings(project.id, {KEPT_KEY: sorted(kept | {image_id})})
+                store.confirm_labels(project.id, [image_id])
                 st.rerun()
 
 st.page_link("pages/2_Predict.py", label="Next: see what the app predicts", icon="🔮")

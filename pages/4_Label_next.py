@@ -6,12 +6,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from fsl_app.active import suggest
+from fsl_app.project.store import AccuracyPoint
 from fsl_app.ui.evaluation import held_out_evaluation
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import flash, plain, show_thumbnail
 
-HISTORY_KEY = "accuracy_history"
-OUTSIDE_KEY = "none_of_these"
 N_SUGGESTIONS = 3
 
 page = project_page(
@@ -27,7 +26,7 @@ if not classes:
     st.stop()
 
 skipped = st.session_state.setdefault(f"skipped_{project.id}", [])
-outside = project.settings.get(OUTSIDE_KEY, [])
+outside = store.none_of_these(project.id)
 suggestions = [
     (embedded.ids[row], suggestion)
     for row, suggestion in suggest(
@@ -64,7 +63,7 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
                 skipped.append(image_id)
                 st.rerun()
             if none.button("None of these classes", key=f"none_{key}"):
-                store.update_settings(project.id, {OUTSIDE_KEY: [*outside, image_id]})
+                store.mark_none_of_these(project.id, [image_id])
                 flash(
                     [
                         (
@@ -81,17 +80,13 @@ evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
     st.info(problem)
     st.stop()
-n_labels = int(embedded.labeled.sum())
-history = [h for h in project.settings.get(HISTORY_KEY, []) if h["labels"] != n_labels]
-point = {
-    "labels": n_labels,
-    "accuracy": evaluation.accuracy,
-    "low": evaluation.low,
-    "high": evaluation.high,
-}
-history = sorted([*history, point], key=lambda h: h["labels"])
-if project.settings.get(HISTORY_KEY) != history:
-    store.update_settings(project.id, {HISTORY_KEY: history})
+point = AccuracyPoint(
+    int(embedded.labeled.sum()), evaluation.accuracy, evaluation.low, evaluation.high
+)
+history = store.accuracy_history(project.id)
+if point not in history:  # a rerun with nothing new writes nothing
+    store.record_accuracy(project.id, point)
+    history = store.accuracy_history(project.id)
 st.metric(
     "Estimated accuracy",
     f"{evaluation.accuracy:.0%}",
@@ -99,19 +94,19 @@ st.metric(
     delta_color="off",
 )
 st.caption(f"Each labeled picture predicted by a model that did not see it ({evaluation.method}).")
-x = [h["labels"] for h in history]
+x = [h.n_labels for h in history]
 chart = go.Figure(
     [
         go.Scatter(
             x=x + x[::-1],
-            y=[h["high"] for h in history] + [h["low"] for h in history][::-1],
+            y=[h.high for h in history] + [h.low for h in history][::-1],
             fill="toself",
             fillcolor="rgba(31,119,180,0.2)",
             line={"width": 0},
             name="95% interval",
             hoverinfo="skip",
         ),
-        go.Scatter(x=x, y=[h["accuracy"] for h in history], mode="lines+markers", name="accuracy"),
+        go.Scatter(x=x, y=[h.accuracy for h in history], mode="lines+markers", name="accuracy"),
     ]
 )
 chart.update_layout(

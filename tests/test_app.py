@@ -224,16 +224,16 @@ def test_label_next_takes_one_click_and_the_accuracy_chart_grows(data_dir):
     assert any(s.value.startswith("Labeled '") for s in at.success)
     with Store(data_dir) as store:
         assert len(store.list_images(project.id, labeled=True)) == before + 1
-        history = store.get_project(project.id).settings["accuracy_history"]
-    assert [h["labels"] for h in history] == [before, before + 1]
-    assert all(h["low"] <= h["accuracy"] <= h["high"] for h in history)
+        history = store.accuracy_history(project.id)
+    assert [h.n_labels for h in history] == [before, before + 1]
+    assert all(h.low <= h.accuracy <= h.high for h in history)
     # "None of these classes" keeps a picture out of the suggestions for good.
     none_key = next(b.key for b in at.button if b.key and b.key.startswith("none_"))
     at.button(key=none_key).click().run()
     assert not at.exception
     prefix = none_key.removeprefix("none_")
     with Store(data_dir) as store:
-        outside = store.get_project(project.id).settings["none_of_these"]
+        outside = store.none_of_these(project.id)
     assert [i for i in outside if i.startswith(prefix)]
     assert not [b for b in at.button if b.key and b.key.endswith(prefix)]
     # "Skip for now" hides the next one for this session.

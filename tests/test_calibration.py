@@ -10,16 +10,19 @@ from fsl_app.classifier import CalibratedClassifier
 from fsl_app.datasets import load_dataset
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.episodes import sample_episodes
+from fsl_app.evaluation.metrics import (
+    expected_calibration_error,
+    negative_log_likelihood,
+    top_label,
+)
 from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
 from fsl_app.learners.base import softmax
 from fsl_app.trust.calibration import (
     MIN_CLASS_SIZE,
     OpenSetDetector,
     calibrate_temperature,
-    expected_calibration_error,
     fit_temperature,
     held_out_logits,
-    negative_log_likelihood,
 )
 
 
@@ -28,27 +31,7 @@ def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):
     return gaussian_blobs(n_per_class, n_classes, dim, seed, spread, centre_seed=99)
 
 
-# --- Expected calibration error and temperature ---------------------------------------------
-
-
-def confidences_and_hits(confidence, accuracy, n=20_000, seed=0):
-    """Two-class probabilities whose top class has ``confidence`` and is right with ``accuracy``."""
-    rng = np.random.default_rng(seed)
-    confidence = np.broadcast_to(confidence, n)
-    probabilities = np.stack([confidence, 1 - confidence], axis=1)
-    targets = np.where(rng.random(n) < np.broadcast_to(accuracy, n), 0, 1)
-    return probabilities, targets
-
-
-def test_ece_of_perfectly_calibrated_predictions_is_near_zero():
-    confidence = np.random.default_rng(1).uniform(0.5, 1.0, 20_000)
-    probabilities, targets = confidences_and_hits(confidence, accuracy=confidence)
-    assert expected_calibration_error(probabilities, targets) < 0.02
-
-
-def test_ece_of_overconfident_predictions_is_the_gap():
-    probabilities, targets = confidences_and_hits(0.99, accuracy=0.6)
-    assert expected_calibration_error(probabilities, targets) == pytest.approx(0.39, abs=0.02)
+# --- Temperature -----------------------------------------------------------------------------
 
 
 def test_temperature_undoes_logits_that_are_five_times_too_sharp():
@@ -60,8 +43,8 @@ def test_temperature_undoes_logits_that_are_five_times_too_sharp():
     assert temperature == pytest.approx(5.0, rel=0.1)
     calibrated, raw = softmax(sharp / temperature), softmax(sharp)
     assert negative_log_likelihood(calibrated, targets) < negative_log_likelihood(raw, targets)
-    assert expected_calibration_error(calibrated, targets) < 0.03
-    assert expected_calibration_error(raw, targets) > 0.15
+    assert expected_calibration_error(*top_label(calibrated, targets)) < 0.03
+    assert expected_calibration_error(*top_label(raw, targets)) > 0.15
 
 
 def test_a_few_lucky_held_out_predictions_do_not_make_it_certain():
@@ -211,8 +194,8 @@ def test_temperature_fitted_on_the_support_calibrates_held_out_queries(real, sca
     raw, calibrated, targets = map(np.concatenate, (raw, calibrated, targets))
     nll_raw = negative_log_likelihood(raw, targets)
     assert negative_log_likelihood(calibrated, targets) < 0.8 * nll_raw
-    ece_raw = expected_calibration_error(raw, targets)
-    assert expected_calibration_error(calibrated, targets) < ece_raw
+    ece_raw = expected_calibration_error(*top_label(raw, targets))
+    assert expected_calibration_error(*top_label(calibrated, targets)) < ece_raw
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fsl_app.cli import main
-from fsl_app.evaluation.episodes import confidence_interval95, evaluate_learner, sample_episodes
+from fsl_app.evaluation.episodes import evaluate_learner, sample_episodes
 from fsl_app.learners import create_learner
 
 LABELS = np.repeat(["a", "b", "c", "d", "e", "f"], 20)
@@ -37,12 +37,6 @@ def test_the_same_seed_gives_the_same_episodes():
 def test_too_few_images_per_class_is_explained():
     with pytest.raises(ValueError, match="only 0 classes"):
         sample_episodes(LABELS, ways=5, shots=10, queries=15, n_episodes=1)
-
-
-def test_confidence_interval_is_196_standard_errors():
-    values = [0.5, 0.7, 0.6, 0.8]
-    expected = 1.96 * np.std(values, ddof=1) / 2
-    assert confidence_interval95(values) == pytest.approx(expected)
 
 
 def test_evaluation_of_a_perfectly_separable_task_is_exact():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,7 @@ from fsl_app.project.io import (
     table_csv,
     table_json,
 )
-from fsl_app.project.store import Prediction, Store
+from fsl_app.project.store import Store
 
 
 @pytest.fixture
@@ -78,8 +79,9 @@ def test_tables_hold_labels_and_predictions_and_are_safe_in_spreadsheets(store, 
         project.id, [("=HYPERLINK(1).png", photos["bird"][0].read_bytes())], "bird"
     ).added[0]
     unlabeled = store.add_images(project.id, [("b.png", photos["bird"][1].read_bytes())]).added[0]
+    # Any record with these three attributes will do, e.g. workspace.ImagePrediction.
     predictions = {
-        unlabeled.sha256: Prediction(unlabeled.sha256, "bird", 0.91234, False, {"bird": 0.91234})
+        unlabeled.sha256: SimpleNamespace(prediction="bird", confidence=0.91234, unknown=False)
     }
     rows = image_table(store.list_images(project.id), predictions)
     assert rows[0]["label"] == "bird" and rows[0]["prediction"] == ""

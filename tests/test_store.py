@@ -30,7 +30,13 @@ from PIL import Image
 
 from fsl_app.images import image_sha256
 from fsl_app.project import store as store_module
-from fsl_app.project.store import DATA_DIR_ENV, Duplicate, Prediction, Store, StoreError
+from fsl_app.project.store import (
+    DATA_DIR_ENV,
+    AccuracyPoint,
+    Duplicate,
+    Store,
+    StoreError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -124,7 +130,7 @@ def test_data_folder_comes_from_the_environment(tmp_path, monkeypatch):
     assert (tmp_path / "from-env" / "fsl.sqlite").is_file()
     with sqlite3.connect(tmp_path / "from-env" / "fsl.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
     monkeypatch.delenv(DATA_DIR_ENV)
     monkeypatch.chdir(tmp_path)
@@ -200,6 +206,117 @@ def test_a_database_from_a_newer_app_is_refused(tmp_path):
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="written by a newer version of this app"):
         Store(tmp_path)
+
+
+# The schema of user_version 1, as the first release wrote it: a data folder from then.
+SCHEMA_V1 = """
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    created TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings))
+);
+CREATE TABLE classes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    name TEXT NOT NULL COLLATE NOCASE,
+    position INTEGER NOT NULL,
+    UNIQUE (project_id, name),
+    UNIQUE (project_id, id)
+);
+CREATE TABLE images (
+    sha256 TEXT PRIMARY KEY,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    ext TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    added TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE project_images (
+    project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    sha256 TEXT NOT NULL REFERENCES images (sha256),
+    class_id INTEGER,
+    name TEXT NOT NULL,
+    added TEXT NOT NULL,
+    PRIMARY KEY (project_id, sha256),
+    FOREIGN KEY (project_id, class_id) REFERENCES classes (project_id, id)
+);
+CREATE INDEX project_images_by_class ON project_images (project_id, class_id);
+CREATE INDEX project_images_by_sha256 ON project_images (sha256);
+CREATE TABLE predictions (
+    project_id INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    learner TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    predicted_class TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    unknown INTEGER NOT NULL,
+    probabilities TEXT NOT NULL CHECK (json_valid(probabilities)),
+    updated TEXT NOT NULL,
+    PRIMARY KEY (project_id, learner, backbone, sha256),
+    FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+        ON DELETE CASCADE
+);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_data_folder_from_schema_1_keeps_what_its_settings_held(tmp_path):
+    """Kept labels, "none of these" and the accuracy history move from settings to tables.
+
+    Saved predictions are dropped: they are recomputed from the classifier.
+    """
+    a, b, c, gone = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+    history = [
+        {"labels": 4, "accuracy": 0.5, "low": 0.15, "high": 0.85},
+        {"labels": 6, "accuracy": 2 / 3, "low": 0.3, "high": 0.9},
+    ]
+    settings = {
+        "learner": "maml",
+        "strictness": 1.1,
+        "labels_confirmed": [a, gone],  # gone: removed from the project since
+        "none_of_these": [b, c],  # c: labeled since
+        "accuracy_history": history,
+    }
+    with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
+        db.executescript(SCHEMA_V1)
+        db.execute(
+            "INSERT INTO projects (name, created, settings) VALUES ('Birds', 'then', ?)",
+            (json.dumps(settings),),
+        )
+        db.execute("INSERT INTO projects (name, created) VALUES ('Fish', 'then')")
+        db.execute("INSERT INTO classes (project_id, name, position) VALUES (1, 'robin', 0)")
+        for sha256, class_id in ((a, 1), (b, None), (c, 1)):
+            db.execute(
+                "INSERT INTO images VALUES (?, 40, 40, 'PNG', '.png', 100, 'then')", (sha256,)
+            )
+            db.execute(
+                "INSERT INTO project_images VALUES (1, ?, ?, 'x.png', 'then')", (sha256, class_id)
+            )
+        db.execute(
+            "INSERT INTO predictions VALUES (1, ?, 'protonet', 'mobilenet', 'robin', 0.9, 0,"
+            " '{\"robin\": 0.9}', 'then')",
+            (b,),
+        )
+    db.close()
+
+    with Store(tmp_path) as store:
+        birds, fish = store.list_projects()
+        assert birds.settings == {"learner": "maml", "strictness": 1.1}
+        assert fish.settings == {}
+        assert store.confirmed_labels(birds.id) == {a}
+        assert store.none_of_these(birds.id) == [b]
+        assert store.accuracy_history(birds.id) == [
+            AccuracyPoint(h["labels"], h["accuracy"], h["low"], h["high"]) for h in history
+        ]
+        assert store.accuracy_history(fish.id) == []
+    with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
+        assert "predictions" not in tables
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
+    assert integrity(tmp_path) == "ok"
 
 
 def test_a_damaged_database_is_a_clear_error(tmp_path):
@@ -486,18 +603,21 @@ def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
     store.add_images(birds.id, named(pictures, 0, 4))
     store.add_images(fish.id, named(pictures, 2, 6))  # two files shared with Birds
     store.add_class(birds.id, "robin")
-    store.save_predictions(
-        birds.id,
-        "protonet",
-        "mobilenet",
-        [Prediction(image_sha256(pictures[0]), "robin", 1.0, False, {"robin": 1.0})],
-    )
+    store.confirm_labels(birds.id, [image_sha256(pictures[1])])
+    store.mark_none_of_these(birds.id, [image_sha256(pictures[2])])
+    store.record_accuracy(birds.id, AccuracyPoint(4, 0.5, 0.2, 0.8))
 
     store.delete_project(birds.id)
 
     assert store.list_projects() == [fish]
     with sqlite3.connect(store.root / "fsl.sqlite") as db:
-        for table in ("classes", "project_images", "predictions"):
+        for table in (
+            "classes",
+            "project_images",
+            "confirmed_labels",
+            "none_of_these",
+            "accuracy_history",
+        ):
             count = db.execute(f"SELECT COUNT(*) FROM {table} WHERE project_id = ?", (birds.id,))
             assert count.fetchone()[0] == 0, table
     assert store.vacuum_blobs() == 2
@@ -508,39 +628,55 @@ def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
     assert store.vacuum_blobs() == 0
 
 
-# Predictions
+# What the user told the app about images
 
 
-def test_predictions_keep_the_latest_per_image_and_go_with_their_image(store, pictures):
+def test_kept_labels_and_none_of_these_last_and_go_with_their_image(store, pictures):
     project = store.create_project("Birds")
     store.add_class(project.id, "robin")
-    store.add_class(project.id, "wren")
-    hashes = [i.sha256 for i in store.add_images(project.id, named(pictures, 0, 3)).added]
+    robins = [i.sha256 for i in store.add_images(project.id, named(pictures, 0, 3), "robin").added]
+    pool = [i.sha256 for i in store.add_images(project.id, named(pictures, 3, 7)).added]
 
-    def predict(sha256: str, robin: float) -> Prediction:
-        return Prediction(sha256, "robin", robin, False, {"robin": robin, "wren": 1 - robin})
+    assert store.confirm_labels(project.id, [*robins[:2], "f" * 64]) == 2  # not in it: skipped
+    assert store.confirm_labels(project.id, robins[:1]) == 0  # already kept
+    assert store.mark_none_of_these(project.id, [pool[2], pool[0], pool[1]]) == 3
+    assert store.mark_none_of_these(project.id, robins[2:]) == 0  # labeled: it is in a class
 
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict(h, 0.75) for h in hashes])
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict(hashes[0], 0.5)])
-    store.save_predictions(project.id, "maml", "mobilenet", [predict(hashes[1], 0.25)])
-    store.save_predictions(project.id, "protonet", "mobilenet", [predict("f" * 64, 0.5)])
+    with Store(store.root) as reopened:
+        assert reopened.confirmed_labels(project.id) == set(robins[:2])
+        assert reopened.none_of_these(project.id) == pool[:3]  # in the project's order
 
-    saved = store.list_predictions(project.id, "protonet", "mobilenet")
-    assert [(p.sha256, p.confidence, p.probabilities["wren"]) for p in saved] == [
-        (hashes[0], 0.5, 0.5),
-        (hashes[1], 0.75, 0.25),
-        (hashes[2], 0.75, 0.25),
-    ]
-    assert all(p.updated for p in saved)
-    assert len(store.list_predictions(project.id, "maml", "mobilenet")) == 1
+    # Labeling takes a "none of these" back; moving to unlabeled does not decide anything.
+    store.label(project.id, pool[:1], "robin")
+    store.label(project.id, pool[1:2], None)
+    assert store.none_of_these(project.id) == pool[1:3]
+    store.label(project.id, pool[:1], None)
+    assert store.none_of_these(project.id) == pool[1:3]  # the mark is not restored
 
-    store.remove_images(project.id, hashes[:1])
-    assert [p.sha256 for p in store.list_predictions(project.id, "protonet", "mobilenet")] == (
-        hashes[1:]
-    )
-    # After a rename the saved predictions would name a class that is gone.
-    store.rename_class(project.id, "robin", "European robin")
-    assert store.list_predictions(project.id, "protonet", "mobilenet") == []
+    # An image that leaves the project takes its notes along, also when it comes back.
+    store.remove_images(project.id, [robins[0], pool[1]])
+    assert store.confirmed_labels(project.id) == {robins[1]}
+    assert store.none_of_these(project.id) == pool[2:3]
+    store.add_images(project.id, named(pictures, 0, 1))
+    assert store.confirmed_labels(project.id) == {robins[1]}
+    assert integrity(store.root) == "ok"
+
+
+def test_accuracy_history_keeps_one_point_per_number_of_labels(store):
+    project = store.create_project("Birds")
+    store.record_accuracy(project.id, AccuracyPoint(6, 0.5, 0.2, 0.8))
+    store.record_accuracy(project.id, AccuracyPoint(4, 0.25, 0.05, 0.7))
+    store.record_accuracy(project.id, AccuracyPoint(6, 2 / 3, 0.3, 0.9))  # measured again
+
+    with Store(store.root) as reopened:
+        assert reopened.accuracy_history(project.id) == [
+            AccuracyPoint(4, 0.25, 0.05, 0.7),
+            AccuracyPoint(6, 2 / 3, 0.3, 0.9),
+        ]
+    assert store.accuracy_history(store.create_project("Fish").id) == []
+    store.delete_project(project.id)
+    with pytest.raises(StoreError, match="This project no longer exists"):
+        store.record_accuracy(project.id, AccuracyPoint(7, 0.5, 0.2, 0.8))
 
 
 # Crashes and failures part-way through a save

@@ -13,7 +13,7 @@ from fsl_app.active import suggest
 from fsl_app.classifier import badge, fit_classifier, predict_set
 from fsl_app.embedded_set import embed_project, few_example_hints, readiness
 from fsl_app.embeddings import Embedder, EmbeddingCache
-from fsl_app.evaluation.held_out import accuracy_interval, evaluate_held_out, fold_assignment
+from fsl_app.evaluation.held_out import evaluate_held_out
 from fsl_app.project.demo import (
     DEMO_EXAMPLES_PER_CLASS,
     DEMO_UNLABELED_PER_CLASS,
@@ -122,16 +122,3 @@ def test_evaluation_needs_two_classes_with_two_examples():
     features = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="two classes two or more examples"):
         evaluate_held_out(features, ["a", "a", "b"], ["1", "2", "3"])
-
-
-def test_folds_hold_out_only_classes_that_keep_an_example():
-    assert fold_assignment(["a", "a", "b"], None).tolist() == [0, 1, -1]
-    folds = fold_assignment(["a"] * 6 + ["b"] * 6, 5)
-    assert folds.max() == 4 and (folds >= 0).all()
-
-
-def test_wilson_interval_is_honest_for_small_counts():
-    low, high = accuracy_interval(5, 5)
-    assert high == pytest.approx(1.0) and 0.5 < low < 0.6  # 5 of 5 right is not proof of 100%
-    low, high = accuracy_interval(50, 100)
-    assert low == pytest.approx(0.404, abs=0.002) and high == pytest.approx(0.596, abs=0.002)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fsl_app.trust.calibration import expected_calibration_error
+from fsl_app.evaluation.metrics import confidence_interval95, expected_calibration_error, top_label
 
 
 class Classifier(Protocol):
@@ -92,14 +92,6 @@ class EvaluationResult:
         return asdict(self)
 
 
-def confidence_interval95(values: Sequence[float]) -> float:
-    """Half-width 1.96 * std / sqrt(n) of the normal 95% interval of the mean."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float("nan")
-    return float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
-
-
 def evaluate_learner(
     make_learner: Callable[[], Classifier],
     features: np.ndarray,
@@ -127,7 +119,9 @@ def evaluate_learner(
         shots=len(episodes[0].support) // ways,
         accuracy=float(np.mean(accuracies)),
         ci95=confidence_interval95(accuracies),
-        ece=expected_calibration_error(np.concatenate(probabilities), np.concatenate(targets)),
+        ece=expected_calibration_error(
+            *top_label(np.concatenate(probabilities), np.concatenate(targets))
+        ),
         episodes=len(episodes),
         seconds_per_episode=elapsed / len(episodes),
     )

@@ -4,7 +4,7 @@ Every labeled image is predicted by a calibrated classifier fitted without it (l
 for a learner too slow to refit that often, a few folds dealt class by class), so the accuracy,
 the confusion matrix and the reliability chart all describe images the model had not seen.
 Accuracy comes with a 95% Wilson score interval, which stays honest with a handful of images
-where the normal approximation does not.
+where the normal approximation does not (:func:`fsl_app.evaluation.metrics.accuracy_interval`).
 """
 
 from __future__ import annotations
@@ -14,24 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from fsl_app.classifier import CalibratedClassifier
+from fsl_app.evaluation.folds import deal_folds
+from fsl_app.evaluation.metrics import (
+    ReliabilityBin,
+    accuracy_interval,
+    expected_calibration_error,
+    reliability_bins,
+)
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 # Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
 SLOW_LEARNER_FOLDS = 5
-RELIABILITY_BINS = 5
-
-
-@dataclass(frozen=True)
-class ReliabilityBin:
-    low: float
-    high: float
-    count: int
-    confidence: float  # mean confidence of the images in the bin
-    accuracy: float  # fraction of them predicted right
+# A class lends images to hold out from two on: its last image cannot be predicted without it.
+MIN_CLASS_SIZE = 2
+RELIABILITY_BINS = 5  # the chart's bins; the calibration error uses finer ones
 
 
 @dataclass(frozen=True)
@@ -88,31 +87,6 @@ class HeldOutEvaluation:
         )
 
 
-def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy of ``correct`` out of ``n``."""
-    if n == 0:
-        return 0.0, 1.0
-    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(interval.low), float(interval.high)
-
-
-def fold_assignment(labels: Sequence[str], max_folds: int | None) -> np.ndarray:
-    """Fold of each labeled image, -1 for images never held out.
-
-    Only classes with two or more images are held out (a class's last image cannot be
-    predicted without the class). ``max_folds=None`` gives leave-one-out; otherwise images
-    are dealt class by class into at most ``max_folds`` folds.
-    """
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    order = [i for c in classes[counts >= 2] for i in np.flatnonzero(labels == c)]
-    folds = np.full(len(labels), -1)
-    n_folds = len(order) if max_folds is None else min(max_folds, len(order))
-    if n_folds:
-        folds[order] = np.arange(len(order)) % n_folds
-    return folds
-
-
 def evaluate_held_out(
     support: np.ndarray,
     labels: Sequence[str],
@@ -129,7 +103,9 @@ def evaluate_held_out(
     labels_array = np.asarray(labels)
     classes = sorted(set(labels))
     slow = hasattr(LEARNERS[learner], "calibration_folds")
-    folds = fold_assignment(labels, SLOW_LEARNER_FOLDS if slow else None)
+    folds = deal_folds(
+        labels, min_class_size=MIN_CLASS_SIZE, max_folds=SLOW_LEARNER_FOLDS if slow else None
+    )
     if len(classes) < 2 or len(np.unique(labels_array[folds >= 0])) < 2:
         raise ValueError(
             "To measure accuracy, give at least two classes two or more examples each."
@@ -170,42 +146,7 @@ def evaluate_held_out(
         low=low,
         high=high,
         confusion=confusion,
-        ece=top_label_ece(confidence_array, correct_mask),
-        reliability=reliability_bins(confidence_array, correct_mask),
+        ece=expected_calibration_error(confidence_array, correct_mask),
+        reliability=reliability_bins(confidence_array, correct_mask, RELIABILITY_BINS),
         notes=notes,
-    )
-
-
-def reliability_bins(
-    confidence: np.ndarray, correct: np.ndarray, n_bins: int = RELIABILITY_BINS
-) -> list[ReliabilityBin]:
-    """Equal-width confidence bins with their mean confidence and accuracy; empty bins left out."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    bins = []
-    for b in range(n_bins):
-        members = which == b
-        if members.any():
-            bins.append(
-                ReliabilityBin(
-                    float(edges[b]),
-                    float(edges[b + 1]),
-                    int(members.sum()),
-                    float(confidence[members].mean()),
-                    float(correct[members].mean()),
-                )
-            )
-    return bins
-
-
-def top_label_ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error of the top label (Guo et al. 2017), equal-width bins."""
-    if len(confidence) == 0:
-        return float("nan")
-    return float(
-        sum(
-            b.count * abs(b.accuracy - b.confidence)
-            for b in reliability_bins(confidence, correct, n_bins)
-        )
-        / len(confidence)
     )

@@ -12,9 +12,10 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fsl_app.project.dataset_zip import ZipImage, imagefolder_zip, read_imagefolder_zip
-from fsl_app.project.store import Prediction, ProjectImage, Rejected, Store
+from fsl_app.project.store import ProjectImage, Rejected, Store
 
 TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
 
@@ -73,10 +74,31 @@ def export_dataset_zip(store: Store, project_id: int, *, include_unlabeled: bool
     )
 
 
+class TablePrediction(Protocol):
+    """What :func:`image_table` reads of a prediction.
+
+    A protocol rather than one class, so that whichever record the caller predicted with
+    (today ``fsl_app.workspace.ImagePrediction``) fills the table as it is.
+    """
+
+    @property
+    def prediction(self) -> str: ...  # the closest class, also when ``unknown``
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def unknown(self) -> bool: ...  # "none of these"
+
+
 def image_table(
-    images: Sequence[ProjectImage], predictions: Mapping[str, Prediction]
+    images: Sequence[ProjectImage], predictions: Mapping[str, TablePrediction]
 ) -> list[dict[str, object]]:
-    """One row per image: its name, hash, label and the model's prediction (blank if none)."""
+    """One row per image: its name, hash, label and the model's prediction (blank if none).
+
+    ``predictions`` maps an image's sha256 to any object with ``prediction``, ``confidence``
+    and ``unknown`` attributes (see :class:`TablePrediction`).
+    """
     rows = []
     for image in images:
         predicted = predictions.get(image.sha256)

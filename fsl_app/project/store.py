@@ -1,7 +1,8 @@
 """Projects on disk: SQLite for what people said, content-addressed files for what they uploaded.
 
-A project (its classes, labeled examples, unlabeled images, predictions and settings) has to
-survive restarts, two browser tabs writing at once, and a crash in the middle of a save. So:
+A project (its classes, labeled examples, unlabeled images, what the user said about them, and
+its settings) has to survive restarts, two browser tabs writing at once, and a crash in the
+middle of a save. So:
 
 - every change is one SQLite transaction (WAL journal), begun IMMEDIATE so that two writers queue
   up behind SQLite's busy timeout instead of failing half-way, and anything that goes wrong
@@ -116,7 +117,66 @@ _SCHEMA_V1 = (
             ON DELETE CASCADE
     )""",
 )
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+# Three things the user told the app used to be kept in the settings JSON, where nothing tied
+# them to their images. They get tables, so they go with their image or project like the rest.
+_SETTINGS_TO_TABLES_V2 = (
+    # Examples whose label the user kept after the label check doubted it: not doubted again.
+    """CREATE TABLE confirmed_labels (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+    # Unlabeled images the user said belong to no class: not suggested for labeling again.
+    """CREATE TABLE none_of_these (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+    # The held-out accuracy the project reached with so many labeled images, and its interval.
+    """CREATE TABLE accuracy_history (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        n_labels INTEGER NOT NULL,
+        accuracy REAL NOT NULL,
+        low REAL NOT NULL,
+        high REAL NOT NULL,
+        PRIMARY KEY (project_id, n_labels)
+    )""",
+    # Moved from the settings keys the pages wrote until now. Entries for images no longer in
+    # the project are dropped (the tables refuse them), and so are "none of these" marks of
+    # images labeled since (labeling an image clears its mark from now on, see Store.label).
+    """INSERT OR IGNORE INTO confirmed_labels (project_id, sha256)
+        SELECT pi.project_id, pi.sha256
+        FROM projects AS p, json_each(p.settings, '$.labels_confirmed') AS j
+        JOIN project_images AS pi ON pi.project_id = p.id AND pi.sha256 = j.value""",
+    """INSERT OR IGNORE INTO none_of_these (project_id, sha256)
+        SELECT pi.project_id, pi.sha256
+        FROM projects AS p, json_each(p.settings, '$.none_of_these') AS j
+        JOIN project_images AS pi ON pi.project_id = p.id AND pi.sha256 = j.value
+        WHERE pi.class_id IS NULL""",
+    """INSERT OR REPLACE INTO accuracy_history (project_id, n_labels, accuracy, low, high)
+        SELECT p.id, json_extract(j.value, '$.labels'), json_extract(j.value, '$.accuracy'),
+            json_extract(j.value, '$.low'), json_extract(j.value, '$.high')
+        FROM projects AS p, json_each(p.settings, '$.accuracy_history') AS j
+        WHERE j.type = 'object'
+            AND json_type(j.value, '$.labels') = 'integer'
+            AND json_type(j.value, '$.accuracy') IN ('integer', 'real')
+            AND json_type(j.value, '$.low') IN ('integer', 'real')
+            AND json_type(j.value, '$.high') IN ('integer', 'real')""",
+    """UPDATE projects SET settings = json_remove(
+        settings, '$.labels_confirmed', '$.none_of_these', '$.accuracy_history')""",
+)
+# Predictions are recomputed from the fitted classifier in milliseconds; a saved copy was a
+# second answer that could disagree with the first, and nothing read it.
+_DROP_PREDICTIONS_V3 = ("DROP TABLE predictions",)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _SCHEMA_V1,
+    _SETTINGS_TO_TABLES_V2,
+    _DROP_PREDICTIONS_V3,
+)
 
 _IMAGE_COLUMNS = """
     SELECT pi.sha256, pi.name, c.name, pi.added, i.width, i.height
@@ -159,13 +219,13 @@ class ProjectImage:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    sha256: str
-    predicted_class: str
-    confidence: float
-    unknown: bool  # the learner answered "none of these"
-    probabilities: dict[str, float]  # class name -> probability
-    updated: str | None = None  # when the store saved it (ISO 8601, UTC); None before
+class AccuracyPoint:
+    """The held-out accuracy measured when the project had ``n_labels`` labeled images."""
+
+    n_labels: int
+    accuracy: float
+    low: float  # 95% interval
+    high: float
 
 
 @dataclass(frozen=True)
@@ -342,19 +402,14 @@ class Store:
         return [ProjectClass(*row) for row in rows]
 
     def rename_class(self, project_id: int, name: str, new_name: str) -> None:
-        """Rename a class; the project's saved predictions go, since they name the old class."""
         new_name = _clean_name("class", new_name)
         with self._transaction() as db:
             class_id, _ = self._find_class(db, project_id, name)
             self._refuse_taken_class_name(db, project_id, new_name, class_id)
             db.execute("UPDATE classes SET name = ? WHERE id = ?", (new_name, class_id))
-            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
 
     def delete_class(self, project_id: int, name: str, *, keep_images: bool) -> None:
-        """Delete a class; its examples become unlabeled images or leave the project.
-
-        The project's saved predictions go too, since they may name the deleted class.
-        """
+        """Delete a class; its examples become unlabeled images or leave the project."""
         with self._transaction() as db:
             class_id, _ = self._find_class(db, project_id, name)
             if keep_images:
@@ -363,7 +418,6 @@ class Store:
                 )
             else:
                 db.execute("DELETE FROM project_images WHERE class_id = ?", (class_id,))
-            db.execute("DELETE FROM predictions WHERE project_id = ?", (project_id,))
             db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
 
     # Images
@@ -453,16 +507,24 @@ class Store:
         """Move images of the project into a class, or to unlabeled when ``class_name`` is None.
 
         Returns how many of them are in the project (and so now in that class); the others,
-        removed meanwhile in another window, are skipped.
+        removed meanwhile in another window, are skipped. Putting an image in a class takes
+        back an earlier "none of these" for it: the user has changed their mind.
         """
+        sha256s = _json_list(sha256s)
         with self._transaction() as db:
             class_id = (
                 None if class_name is None else self._find_class(db, project_id, class_name)[0]
             )
+            if class_id is not None:
+                db.execute(
+                    "DELETE FROM none_of_these"
+                    " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                    (project_id, sha256s),
+                )
             return db.execute(
                 "UPDATE project_images SET class_id = ?"
                 " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
-                (class_id, project_id, _json_list(sha256s)),
+                (class_id, project_id, sha256s),
             ).rowcount
 
     def remove_images(self, project_id: int, sha256s: Iterable[str]) -> int:
@@ -514,51 +576,84 @@ class Store:
                 "It may have been moved or deleted outside the app; add the image again."
             ) from err
 
-    # Predictions
+    # What the user told the app about images
 
-    def save_predictions(
-        self, project_id: int, learner: str, backbone: str, predictions: Iterable[Prediction]
-    ) -> None:
-        """Keep the latest prediction per image for this learner and backbone.
+    def confirm_labels(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Note that the user checked these examples' labels and kept them.
 
-        Predictions for images that left the project meanwhile are dropped.
+        The label check doubts an example by comparing it with the others; once the user has
+        looked and said it is right, asking again at every visit would only be noise. Returns
+        how many were newly confirmed; images removed meanwhile in another window are skipped.
         """
-        updated = _now()
-        rows = [
-            (
-                learner,
-                backbone,
-                p.predicted_class,
-                float(p.confidence),
-                bool(p.unknown),
-                json.dumps({str(k): float(v) for k, v in p.probabilities.items()}),
-                updated,
-                project_id,
-                p.sha256,
-            )
-            for p in predictions
-        ]
         with self._transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO predictions (project_id, sha256, learner, backbone,"
-                " predicted_class, confidence, unknown, probabilities, updated)"
-                " SELECT project_id, sha256, ?, ?, ?, ?, ?, ?, ? FROM project_images"
-                " WHERE project_id = ? AND sha256 = ?",
-                rows,
+            return db.execute(
+                "INSERT OR IGNORE INTO confirmed_labels (project_id, sha256)"
+                " SELECT project_id, sha256 FROM project_images"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def confirmed_labels(self, project_id: int) -> set[str]:
+        """The examples whose labels the user kept, by sha256."""
+        rows = self._fetch(
+            "SELECT sha256 FROM confirmed_labels WHERE project_id = ?", (project_id,)
+        )
+        return {sha256 for (sha256,) in rows}
+
+    def mark_none_of_these(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Note that these unlabeled images belong to none of the project's classes.
+
+        They are then not suggested for labeling again. A labeled image is left alone (it is in
+        a class, perhaps labeled in another window meanwhile), and so is one no longer in the
+        project; returns how many were newly marked.
+        """
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO none_of_these (project_id, sha256)"
+                " SELECT project_id, sha256 FROM project_images"
+                " WHERE project_id = ? AND class_id IS NULL"
+                " AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def none_of_these(self, project_id: int) -> list[str]:
+        """The images marked as belonging to no class, by sha256, in the project's order."""
+        rows = self._fetch(
+            "SELECT n.sha256 FROM none_of_these AS n JOIN project_images AS pi"
+            " ON pi.project_id = n.project_id AND pi.sha256 = n.sha256"
+            " WHERE n.project_id = ? ORDER BY pi.rowid",
+            (project_id,),
+        )
+        return [sha256 for (sha256,) in rows]
+
+    def record_accuracy(self, project_id: int, point: AccuracyPoint) -> None:
+        """Keep the accuracy measured at ``point.n_labels`` labeled images.
+
+        One point per number of labels: a new measurement at the same number (after a relabel,
+        or with another learner) replaces the old one, so the chart shows one line.
+        """
+        with self._transaction() as db:
+            self._project(db, project_id)
+            db.execute(
+                "INSERT OR REPLACE INTO accuracy_history (project_id, n_labels, accuracy, low,"
+                " high) VALUES (?, ?, ?, ?, ?)",
+                (
+                    project_id,
+                    int(point.n_labels),
+                    float(point.accuracy),
+                    float(point.low),
+                    float(point.high),
+                ),
             )
 
-    def list_predictions(self, project_id: int, learner: str, backbone: str) -> list[Prediction]:
+    def accuracy_history(self, project_id: int) -> list[AccuracyPoint]:
+        """The accuracy points kept so far, by number of labels."""
         rows = self._fetch(
-            "SELECT p.sha256, p.predicted_class, p.confidence, p.unknown, p.probabilities,"
-            " p.updated FROM predictions AS p JOIN project_images AS pi"
-            " ON pi.project_id = p.project_id AND pi.sha256 = p.sha256"
-            " WHERE p.project_id = ? AND p.learner = ? AND p.backbone = ? ORDER BY pi.rowid",
-            (project_id, learner, backbone),
+            "SELECT n_labels, accuracy, low, high FROM accuracy_history"
+            " WHERE project_id = ? ORDER BY n_labels",
+            (project_id,),
         )
-        return [
-            Prediction(sha256, predicted, confidence, bool(unknown), json.loads(probs), updated)
-            for sha256, predicted, confidence, unknown, probs, updated in rows
-        ]
+        return [AccuracyPoint(*row) for row in rows]
 
     # Maintenance
 

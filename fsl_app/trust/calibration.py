@@ -1,10 +1,11 @@
-"""Probabilities a person can trust: calibration error, temperature, "none of these".
+"""Probabilities a person can trust: temperature and "none of these".
 
 Both fits use only the user's examples. The temperature comes from the
 learner's predictions for examples it was not fitted on (leave-one-out, or
 k-fold when refits would be many); the "none of these" threshold from how far
 each example lies from its own class without it. Too few examples for either
-leaves a safe default and a sentence saying what to add.
+leaves a safe default and a sentence saying what to add. How well calibrated the result is
+(expected calibration error) is measured in :mod:`fsl_app.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from fsl_app.evaluation.folds import deal_folds
 from fsl_app.learners import FewShotLearner, NotFittedError
 from fsl_app.learners.base import as_embeddings
 
@@ -39,39 +41,6 @@ DEFAULT_STRICTNESS = 1.0
 # measured (0.9 reached 10.5%). Per-class thresholds and nearest-example distances were
 # measured too and flagged more in-class queries for the same share of foreign ones.
 DEFAULT_QUANTILE = 0.95
-
-
-def expected_calibration_error(
-    probabilities: np.ndarray, targets: np.ndarray, n_bins: int = 15
-) -> float:
-    """Expected calibration error (Guo et al. 2017, arXiv:1706.04599).
-
-    Queries are binned by confidence (top probability) into ``n_bins`` equal
-    bins; ECE is the average |accuracy - confidence| over bins, weighted by how
-    many queries fall in each. ``probabilities`` is (n, n_classes), ``targets``
-    (n,) class indices. 0 means a confidence of 0.8 is right 80% of the time.
-    """
-    probabilities = np.asarray(probabilities, dtype=float)
-    targets = np.asarray(targets)
-    if len(targets) == 0:
-        return float("nan")
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == targets
-    # Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 joins the first.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
-
-
-def negative_log_likelihood(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    """Mean -log p(true class) of ``probabilities`` (n, n_classes) and ``targets`` (n,)."""
-    probabilities = np.asarray(probabilities, dtype=float)
-    picked = probabilities[np.arange(len(targets)), np.asarray(targets)]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
 
 
 # --- Temperature ------------------------------------------------------------------------------
@@ -104,8 +73,9 @@ def held_out_logits(
     Only examples of classes with ``min_class_size`` (at least 2) or more
     examples are held out, so every refit still sees every class and its logits columns follow
     ``np.unique(labels)``. With at most ``max_folds`` such examples this is
-    leave-one-out; with more, they are dealt into ``max_folds`` folds class by
-    class, so no fold takes a whole class. Returns logits (n_held_out,
+    leave-one-out; with more, they are shuffled (``seed``) and dealt into ``max_folds`` folds
+    class by class (:func:`fsl_app.evaluation.folds.deal_folds`), so no fold takes a whole
+    class. Returns logits (n_held_out,
     n_classes) and targets (n_held_out,) as indices into ``np.unique(labels)``;
     both are empty when no class is that large. :func:`held_out_predictions` also
     says which example each row is.
@@ -138,15 +108,9 @@ def held_out_predictions(
     support = np.asarray(support)
     labels = np.asarray(labels)
     classes, targets = np.unique(labels, return_inverse=True)
-    counts = np.bincount(targets)
-    rng = np.random.default_rng(seed)
-    large = np.flatnonzero(counts >= min_class_size)
-    order = [i for c in large for i in rng.permutation(np.flatnonzero(targets == c))]
-    n_folds = min(max_folds, len(order))
-    folds = np.full(len(labels), -1)
-    folds[order] = np.arange(len(order)) % max(n_folds, 1)
+    folds = deal_folds(labels, min_class_size=min_class_size, max_folds=max_folds, seed=seed)
     logits, indices = [], []
-    for fold in range(n_folds):
+    for fold in range(folds.max(initial=-1) + 1):
         out = folds == fold
         learner = make_learner().fit(support[~out], labels[~out])
         logits.append(learner.decision_function(support[out]))
