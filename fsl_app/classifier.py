@@ -60,7 +60,8 @@ class CalibratedClassifier:
 
     After ``fit``: ``learner_`` (fitted on every example), ``classes_``,
     ``temperature_``, ``threshold_`` and ``notes``, plain sentences saying
-    where the support was too small to calibrate and what to add.
+    what the learner started from and where the support was too small to
+    calibrate and what to add.
     """
 
     def __init__(
@@ -91,7 +92,9 @@ class CalibratedClassifier:
             if self.strictness == 0
             else self.open_set_.reason_
         )
-        self.notes = [note for note in (temperature.reason, open_set_note) if note]
+        # The learner's notes first: what it started from (a meta-trained checkpoint or why none).
+        notes = (*self.learner_.notes_, temperature.reason, open_set_note)
+        self.notes = [note for note in notes if note]
         return self
 
     @classmethod

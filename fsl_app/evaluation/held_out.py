@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from fsl_app.classifier import CalibratedClassifier
-from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
+from fsl_app.learners import DEFAULT_LEARNER, learner_entry
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 # Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
@@ -128,7 +128,7 @@ def evaluate_held_out(
     """
     labels_array = np.asarray(labels)
     classes = sorted(set(labels))
-    slow = hasattr(LEARNERS[learner], "calibration_folds")
+    slow = hasattr(learner_entry(learner).learner_class, "calibration_folds")
     folds = fold_assignment(labels, SLOW_LEARNER_FOLDS if slow else None)
     if len(classes) < 2 or len(np.unique(labels_array[folds >= 0])) < 2:
         raise ValueError(
