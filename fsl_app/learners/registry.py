@@ -93,8 +93,7 @@ LEARNERS: dict[str, LearnerEntry] = {
         LearnerEntry(
             "siamese",
             "Same-or-different (Siamese network)",
-            "compares pictures in a space learned to tell whether two pictures show the same "
-            "class",
+            "compares pictures in a space learned to tell whether two pictures show the same class",
             "fsl_app.learners.siamese:SiameseNet",
             onnx_exportable=True,
             meta_trainable=True,
