@@ -124,13 +124,15 @@ def main() -> None:
             )
             out = Path(tmp) / f"maml-{algorithm}.safetensors"
             started = time.perf_counter()
-            meta_train(features[train], labels[train], config, backbone=backbone.name, out=out)
+            trained = meta_train(
+                features[train], labels[train], config, backbone=backbone.name, out=out
+            ).checkpoint
             seconds = time.perf_counter() - started
             rows.append(
                 [
                     f"maml, {algorithm} init",
                     f"{seconds:.0f}",
-                    *scores(lambda out=out: MAML(checkpoint=out)),
+                    *scores(lambda trained=trained: MAML(checkpoint=trained)),
                 ]
             )
     table(

@@ -105,8 +105,9 @@ class CalibratedClassifier:
     After ``fit``: ``learner_`` (fitted on every example), ``classes_``,
     ``temperature_``, ``open_set_``, ``threshold_``, what it was fitted on
     (``support_`` (n_support, dim), ``labels_`` (n_support,) and ``ids_``, the
-    examples' ids or None), and ``notes``: plain sentences saying where the
-    support was too small to calibrate and what to add.
+    examples' ids or None), and ``notes``: plain sentences saying what the
+    learner started from, where the support was too small to calibrate and
+    what to add.
     """
 
     def __init__(
@@ -138,7 +139,9 @@ class CalibratedClassifier:
             if self.strictness == 0
             else self.open_set_.reason_
         )
-        self.notes = [note for note in (temperature.reason, open_set_note) if note]
+        # The learner's notes first: what it started from (a meta-trained checkpoint or why none).
+        notes = (*self.learner_.notes_, temperature.reason, open_set_note)
+        self.notes = [note for note in notes if note]
         return self
 
     @classmethod
@@ -307,6 +310,9 @@ def fit_classifier(
     # One order for the same examples, however they were added: calibration deals examples
     # into folds by their order, so a project and the folders exported from it must agree.
     order = sorted(range(len(ids)), key=lambda i: (labels[i], ids[i]))
+    # The image model goes with the learner's parameters: a meta-trained learner looks up its
+    # checkpoint by it, here and wherever a saved model is loaded.
+    params = {"backbone": embedded.backbone, **dict(params or {})} if embedded.backbone else params
     model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
     return model.fit(support[order], [labels[i] for i in order], ids=[ids[i] for i in order])
 

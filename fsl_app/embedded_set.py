@@ -43,7 +43,9 @@ class EmbeddedSet:
     Row i is the picture ``ids[i]`` (the SHA-256 of its bytes) named ``names[i]`` (a file path
     or an upload's name), of class ``labels[i]`` or unlabeled (None), with embedding
     ``embeddings[i]`` of shape (dim,). ``classes`` lists every class the user defined, in their
-    order, also those without a usable example yet; ``unreadable`` the pictures left out.
+    order, also those without a usable example yet; ``unreadable`` the pictures left out;
+    ``backbone`` the name of the image model that made the embeddings (learners with
+    meta-learned checkpoints look theirs up by it).
     """
 
     ids: list[str]
@@ -52,6 +54,7 @@ class EmbeddedSet:
     embeddings: np.ndarray  # (n, dim) float32
     classes: list[str]
     unreadable: list[Unreadable] = field(default_factory=list)
+    backbone: str | None = None
 
     @property
     def labeled(self) -> np.ndarray:
@@ -163,6 +166,7 @@ def embed_project(
         embeddings=_stack([vectors[image.sha256] for image in usable], embedder),
         classes=[c.name for c in store.list_classes(project_id)],
         unreadable=unreadable,
+        backbone=embedder.backbone.name,
     )
 
 
@@ -218,6 +222,7 @@ def embed_folders(
         embeddings=np.concatenate(parts) if parts else _stack([], embedder),
         classes=folder.classes if folder else [],
         unreadable=unreadable,
+        backbone=embedder.backbone.name,
     )
 
 

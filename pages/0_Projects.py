@@ -6,19 +6,12 @@ import streamlit as st
 
 from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
 from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
-from fsl_app.learners import DEFAULT_LEARNER, available_learners
+from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.store import StoreError
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
-
-LEARNER_NAMES = {
-    "protonet": "Prototypes (ProtoNet): fast, the default",
-    "matching": "Nearest examples (Matching Networks)",
-    "linear": "Linear classifier on the examples",
-    "maml": "MAML: a meta-learned start, fine-tuned on your examples (slower)",
-}
 
 st.title("Teach the computer new image classes")
 st.write(
@@ -136,7 +129,7 @@ with st.form("model_settings"):
         "Few-shot learner (learns your classes from the examples)",
         learners,
         index=learners.index(settings.learner) if settings.learner in learners else 0,
-        format_func=lambda name: LEARNER_NAMES.get(name, name),
+        format_func=lambda name: LEARNERS[name].label,
     )
     strictness = st.slider(
         '"None of these" strictness',

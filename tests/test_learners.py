@@ -303,3 +303,50 @@ def test_transductive_probabilities_depend_on_the_query_batch():
     model = ProtoNet(metric="euclidean", normalize="none", transductive_steps=3)
     model.fit(support, labels)
     assert not np.allclose(model.predict_proba(query[:1])[0], model.predict_proba(query)[0])
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_every_entry_says_in_plain_words_what_it_is(name):
+    entry = LEARNERS[name]
+    assert entry.name == name and entry.learner_class.name == name
+    assert entry.display_name.strip() and entry.description.strip()
+    assert "\n" not in entry.description and len(entry.description) < 120
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_the_onnx_flag_agrees_with_what_export_can_trace(name):
+    """An ONNX-able learner's export module scores as the learner does; export lists exactly
+    the flagged learners."""
+    from fsl_app.deploy.onnx import ONNX_LEARNERS
+
+    support, labels = blobs()
+    query, _ = blobs(n_per_class=4, seed=1)
+    fitted = create_learner(name).fit(support, labels)
+    assert (name in ONNX_LEARNERS) == LEARNERS[name].onnx_exportable
+    if LEARNERS[name].onnx_exportable:
+        with torch.no_grad():
+            traced = fitted.logits_module()(torch.as_tensor(query, dtype=torch.float32))
+        np.testing.assert_allclose(
+            traced.double().numpy(), fitted.decision_function(query), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_the_registry_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fsl_app.learners as L; L.available_learners(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_learner_notes_reach_the_classifier(tmp_path, monkeypatch):
+    from fsl_app.classifier import CalibratedClassifier
+
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(tmp_path))
+    support, labels = blobs()
+    model = CalibratedClassifier("relation", backbone="toy").fit(support, labels)
+    assert model.notes[0] == model.learner_.notes_[0]
+    assert "no meta-trained checkpoint for the backbone 'toy'" in model.notes[0]

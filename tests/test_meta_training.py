@@ -14,12 +14,14 @@ from fsl_app.datasets import load_dataset
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.images import load_image
 from fsl_app.learners import MAML
-from fsl_app.learners.maml import load_checkpoint
+from fsl_app.learners.maml import initialisation_parts
+from fsl_app.pretrained import load
 from fsl_app.training.finetune import (
     FineTuningNeedsGPUError,
     fine_tune_backbone,
     last_stage_parameters,
 )
+from fsl_app.training.loop import split_classes, training_state_path, training_tasks
 from fsl_app.training.maml import (
     REPTILE_KEYS,
     MetaTrainingConfig,
@@ -27,10 +29,7 @@ from fsl_app.training.maml import (
     initial_meta_parameters,
     meta_train,
     reptile_direction,
-    split_classes,
     task_loss,
-    training_state_path,
-    training_tasks,
 )
 
 SMALL = MetaTrainingConfig(
@@ -68,13 +67,13 @@ def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
 
     moved = meta_train(features, labels, config, backbone="toy").checkpoint
     for key in REPTILE_KEYS:
-        step = moved.adapter[key] - start[key].detach()
+        step = moved.tensors[key] - start[key].detach()
         # Adam's first step is lr * sign(gradient): every element moves toward the adapted
         # weights, none away.
         assert (step * toward[key] >= 0).all() and (step * toward[key] > 0).any()
     # What the inner loop does not adapt stays as initialised.
-    torch.testing.assert_close(moved.adapter["w1"], start["w1"].detach())
-    assert moved.log_temperature.item() == pytest.approx(start["log_temperature"].item())
+    torch.testing.assert_close(moved.tensors["w1"], start["w1"].detach())
+    assert moved.tensors["log_temperature"].item() == pytest.approx(start["log_temperature"].item())
 
 
 def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_path):
@@ -86,21 +85,22 @@ def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_pat
         config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": algorithm, "meta_sgd": False})
         out = tmp_path / f"maml-{algorithm}.safetensors"
         meta_train(features, labels, config, backbone="toy", out=out)
-        assert json.loads(load_checkpoint(out).metadata["config"])["algorithm"] == algorithm
-        learned = MAML(checkpoint=out).fit(support, support_labels).predict_proba(query)
-        assert not np.allclose(learned, baseline)
+        assert json.loads(load(out, "maml").metadata["config"])["algorithm"] == algorithm
+        learned = MAML(checkpoint=load(out, "maml")).fit(support, support_labels)
+        assert not np.allclose(learned.predict_proba(query), baseline)
 
 
 def test_meta_sgd_learns_the_step_sizes(tmp_path):
     features, labels = distorted_classes()
     result = meta_train(features, labels, SMALL, backbone="toy")
-    step_sizes = result.checkpoint.step_sizes
+    step_sizes = initialisation_parts(result.checkpoint.tensors)[1]
     assert step_sizes["w2"].shape == (16, 8)  # one step size per parameter
     assert not torch.allclose(step_sizes["w2"], torch.full((16, 8), SMALL.inner_lr))
     assert step_sizes["weight"].item() != pytest.approx(SMALL.inner_lr, abs=1e-6)
 
     fixed = MetaTrainingConfig(**{**vars(SMALL), "meta_sgd": False})
-    fixed_sizes = meta_train(features, labels, fixed, backbone="toy").checkpoint.step_sizes
+    fixed_sizes = meta_train(features, labels, fixed, backbone="toy").checkpoint
+    fixed_sizes = initialisation_parts(fixed_sizes.tensors)[1]
     assert all(s.item() == pytest.approx(SMALL.inner_lr) for s in fixed_sizes.values())
 
 
@@ -111,13 +111,13 @@ def test_checkpoint_loads_and_changes_predictions(tmp_path):
     assert result.checkpoint.path is None and not out.exists()
     result = meta_train(features, labels, SMALL, backbone="toy", out=out, backbone_id="toy@1")
     assert result.checkpoint.path == out and result.episodes == 8
-    loaded = load_checkpoint(out)
+    loaded = load(out, "maml")
     assert loaded.metadata["backbone_id"] == "toy@1"
     assert json.loads(loaded.metadata["config"])["episodes"] == 8
 
     support, query = features[::6], features[1::6]
     support_labels = labels[::6]
-    meta_learned = MAML(checkpoint=out).fit(support, support_labels)
+    meta_learned = MAML(checkpoint=load(out, "maml")).fit(support, support_labels)
     plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
     plain.fit(support, support_labels)
     assert meta_learned.inner_steps_ == SMALL.inner_steps
@@ -150,8 +150,8 @@ def test_resume_continues_from_the_saved_episode(tmp_path):
 
     # The interrupted and resumed run ends where an uninterrupted one does.
     straight = meta_train(features, labels, config, backbone="toy", out=tmp_path / "b.safetensors")
-    for name, tensor in straight.checkpoint.adapter.items():
-        torch.testing.assert_close(resumed.checkpoint.adapter[name], tensor)
+    for name, tensor in straight.checkpoint.tensors.items():
+        torch.testing.assert_close(resumed.checkpoint.tensors[name], tensor)
 
 
 def test_resume_refuses_other_settings_or_a_missing_state(tmp_path):
@@ -230,10 +230,10 @@ def test_meta_training_on_real_digit_embeddings(digits, tmp_path):
     result = meta_train(
         features[train], labels[train], config, backbone="tf_efficientnet_lite0", out=out
     )
-    assert load_checkpoint(out).embedding_dim == 1280
+    assert load(out, "maml").embedding_dim == 1280
     support = np.flatnonzero(~train)[::10]
     query = np.flatnonzero(~train)[1::10]
-    meta_learned = MAML(checkpoint=out).fit(features[support], labels[support])
+    meta_learned = MAML(checkpoint=load(out, "maml")).fit(features[support], labels[support])
     plain = MAML(checkpoint=None).fit(features[support], labels[support])
     assert result.running["accuracy"] > 0.5
     assert not np.allclose(
@@ -262,7 +262,7 @@ def test_meta_train_command_end_to_end(digits, digits_cache, tmp_path, capsys):
     table = captured.out.splitlines()
     assert table[0].split()[:4] == ["evaluated", "on", "ways", "shots"]
     assert sum("held-out classes" in row for row in table) == 6  # 3 learners x 2 shot counts
-    checkpoint = load_checkpoint(out)
+    checkpoint = load(out, "maml")
     assert json.loads(checkpoint.metadata["meta_training"])["held_out"] == sorted(
         json.loads(checkpoint.metadata["meta_training"])["held_out"]
     )

@@ -19,21 +19,19 @@ from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_datas
 from fsl_app.embeddings import Embedder
 from fsl_app.errors import UnusableInputError
 from fsl_app.evaluation.episodes import EvaluationResult
-from fsl_app.learners.heads import default_head_path
-from fsl_app.learners.maml import DEFAULT_HIDDEN, default_checkpoint_path
+from fsl_app.learners import meta_trainable_learners
+from fsl_app.learners.maml import DEFAULT_HIDDEN
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
+from fsl_app.pretrained import default_path
+from fsl_app.training.loop import MetaProgress, split_classes, training_state_path
 from fsl_app.training.maml import (
     ALGORITHMS,
-    MetaProgress,
     MetaTrainingConfig,
     compare_initialisations,
     meta_train,
-    split_classes,
-    training_state_path,
 )
 from fsl_app.training.metric_heads import (
-    METRIC_LEARNERS,
     MetricTrainingConfig,
     compare_with_protonet,
     metric_train,
@@ -67,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--learner",
         default="maml",
-        choices=["maml", *METRIC_LEARNERS],
+        choices=meta_trainable_learners(),
         help="maml: its initialisation; relation: the relation module (episodes); siamese: "
         "the projection head (pairs). --algorithm, --inner-* and --no-meta-sgd are MAML's",
     )
@@ -153,13 +151,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    metric = args.learner in METRIC_LEARNERS
-    if args.out:
-        out = Path(args.out)
-    elif metric:
-        out = default_head_path(args.learner, args.backbone)
-    else:
-        out = default_checkpoint_path(args.backbone)
+    metric = args.learner != "maml"  # relation and siamese heads share one trainer
+    out = Path(args.out) if args.out else default_path(args.learner, args.backbone)
     train_head, compare = (
         (metric_train, compare_with_protonet) if metric else (meta_train, compare_initialisations)
     )

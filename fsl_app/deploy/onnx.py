@@ -12,11 +12,12 @@ class names in column order, the preprocessing step by step, temperature,
 threshold (null when "none of these" is off), backbone, learner and the
 fsl_app version; :func:`onnx_metadata` reads them back.
 
-The head is the fitted learner's own torch code (``_logits``) traced by
-torch's exporter where torch.export can trace it (ProtoNet with the cosine
-metric, MAML); the linear probe's scikit-learn weights and matching
-networks' class membership are carried over into small torch modules (see
-:data:`ONNX_LEARNERS`). Every export is checked: onnxruntime runs the graph on
+The head is the fitted learner's logits as a torch module
+(:meth:`FewShotLearner.logits_module`): its own torch code where torch.export
+can trace it (ProtoNet with the cosine metric, MAML, relation, siamese); the
+linear probe and matching networks carry their fitted state over into small
+modules of their own. :data:`ONNX_LEARNERS` are the registry's ONNX-able
+learners. Every export is checked: onnxruntime runs the graph on
 a probe batch and must agree with torch, or nothing is written.
 
 onnx, onnxscript (torch's exporter) and onnxruntime are imported only here,
@@ -28,7 +29,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +43,7 @@ from fsl_app.backbones import Backbone
 from fsl_app.classifier import CalibratedPredictions
 from fsl_app.deploy.bundle import Bundle, BundleError, check_backbone
 from fsl_app.files import write_atomically
-from fsl_app.learners import FewShotLearner, LinearProbe, MatchingNet
-from fsl_app.learners.protonet import simpleshot_normalize
+from fsl_app.learners import LEARNERS
 
 if TYPE_CHECKING:
     import onnx
@@ -76,42 +75,12 @@ class OnnxExportError(BundleError):
     """A model cannot be written or read as ONNX; the message says what to do instead."""
 
 
-def _torch_logits(learner: FewShotLearner) -> nn.Module:
-    return _LearnerLogits(learner)
-
-
-def _protonet_logits(learner: FewShotLearner) -> nn.Module:
-    if getattr(learner, "metric", "cosine") != "cosine":
-        # torch.cdist branches on the batch size and has no ONNX translation in torch's exporter.
-        raise OnnxExportError(
-            f"A protonet model with metric='{learner.metric}' cannot be exported to ONNX: "
-            "export one with the default metric, 'cosine'."
-        )
-    return _LearnerLogits(learner)
-
-
-def _linear_logits(learner: FewShotLearner) -> nn.Module:
-    return _LinearLogits(learner)
-
-
-def _matching_logits(learner: FewShotLearner) -> nn.Module:
-    return _MatchingLogits(learner)
-
-
-# How each learner's logits become a torch module. Learners whose ``_logits`` is torch code that
-# torch.export can trace are traced as they are. The linear probe scores with scikit-learn, so
-# its fitted weights are carried over; matching networks count their classes from data, which
-# torch.export cannot trace, so the count is fixed beforehand. The export check confirms both
-# score as the learner does.
-_LOGITS: dict[str, Callable[[FewShotLearner], nn.Module]] = {
-    "protonet": _protonet_logits,
-    "matching": _matching_logits,
-    "maml": _torch_logits,
-    "linear": _linear_logits,
-    "relation": _torch_logits,
-    "siamese": _torch_logits,
-}
-ONNX_LEARNERS: tuple[str, ...] = tuple(_LOGITS)
+# Which learners export comes from the registry; how each one's logits become a torch module
+# comes from the learner itself (FewShotLearner.logits_module). The export check below confirms
+# the module scores as the learner does.
+ONNX_LEARNERS: tuple[str, ...] = tuple(
+    name for name, entry in LEARNERS.items() if entry.onnx_exportable
+)
 
 # The backbone's graph is the slow part of an export (about 10 s on 2 CPU cores) and the same
 # for every head, so the last one is kept: the id names the weights and the preprocessing.
@@ -135,7 +104,11 @@ def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> 
         probe = _probe_pixels(backbone)
         with torch.no_grad():
             embedding = backbone.embed(probe)
-        head = _Head(bundle, _LOGITS[bundle.learner](bundle.classifier.learner_))
+        try:
+            logits = bundle.classifier.learner_.logits_module()
+        except ValueError as err:
+            raise OnnxExportError(str(err)) from None
+        head = _Head(bundle, logits)
         graph = onnx.compose.merge_models(
             _backbone_onnx(backbone),
             _head_onnx(head, embedding),
@@ -159,7 +132,7 @@ def check_onnx_export(learner: str) -> None:
 
     Cheap, so a caller can refuse before fitting anything.
     """
-    if learner not in _LOGITS:
+    if learner not in ONNX_LEARNERS:
         raise OnnxExportError(
             f"The learner '{learner}' cannot be exported to ONNX yet: export a model "
             f"made with one of {', '.join(ONNX_LEARNERS)}."
@@ -279,67 +252,6 @@ class _Head(nn.Module):
         features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
         distance = 1 - (features @ self.prototypes.T).amax(dim=1)
         return probabilities.float(), distance.float(), distance > self.threshold
-
-
-class _LearnerLogits(nn.Module):
-    """A fitted learner's own ``_logits``, for learners written in torch."""
-
-    def __init__(self, learner: FewShotLearner):
-        super().__init__()
-        self.learner = learner
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.learner._logits(embedding)
-
-
-class _LinearLogits(nn.Module):
-    """:class:`LinearProbe`'s logits from its fitted scikit-learn weights, in float64.
-
-    Its ``decision_function`` on coordinates in ``basis_`` is one affine map of
-    the normalised embedding, ``W = coef_ @ basis_``; two classes give one
-    score ``z`` and logits ``[-z/2, z/2]``, as in :class:`LinearProbe`.
-    """
-
-    def __init__(self, learner: FewShotLearner):
-        super().__init__()
-        assert isinstance(learner, LinearProbe)
-        self.normalize = learner.normalize
-        self.register_buffer("mean", learner.mean_.clone())
-        weight = learner.model_.coef_ @ learner.basis_
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
-        bias = torch.as_tensor(learner.model_.intercept_, dtype=torch.float64)
-        self.register_buffer("bias", bias)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        features = simpleshot_normalize(embedding, self.normalize, self.mean).double()
-        scores = features @ self.weight.T + self.bias
-        if self.weight.shape[0] == 1:
-            scores = torch.cat([-scores / 2, scores / 2], dim=1)
-        return scores
-
-
-class _MatchingLogits(nn.Module):
-    """:meth:`MatchingNet._logits` with the class membership of the support fixed as a buffer.
-
-    The learner reads its class count from ``targets_`` at every call
-    (``int(targets_.max())``), a data-dependent value torch.export refuses.
-    """
-
-    def __init__(self, learner: FewShotLearner):
-        super().__init__()
-        assert isinstance(learner, MatchingNet)
-        self.learner = learner
-        mine = F.one_hot(learner.targets_, len(learner.classes_)).T.bool()
-        self.register_buffer("mine", mine)  # (n_classes, n_support)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        learner = self.learner
-        query = F.normalize(
-            simpleshot_normalize(embedding, learner.normalize, learner.mean_), dim=1
-        )
-        log_attention = (query @ learner.support_.T / learner.temperature).log_softmax(dim=1)
-        masked = log_attention[:, None, :].masked_fill(~self.mine, float("-inf"))
-        return masked.logsumexp(dim=2)
 
 
 class _Embed(nn.Module):

@@ -23,7 +23,7 @@ from fsl_app.evaluation.metrics import (
     expected_calibration_error,
     reliability_bins,
 )
-from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
+from fsl_app.learners import DEFAULT_LEARNER, learner_entry
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
 # Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
@@ -102,7 +102,7 @@ def evaluate_held_out(
     """
     labels_array = np.asarray(labels)
     classes = sorted(set(labels))
-    slow = hasattr(LEARNERS[learner], "calibration_folds")
+    slow = hasattr(learner_entry(learner).learner_class, "calibration_folds")
     folds = deal_folds(
         labels, min_class_size=MIN_CLASS_SIZE, max_folds=SLOW_LEARNER_FOLDS if slow else None
     )

@@ -1,48 +1,42 @@
-"""Few-shot learners by name: one registry for the CLI, the app and evaluation.
+"""Few-shot learners by name: one registry (:mod:`fsl_app.learners.registry`) for the CLI, the
+app, export, meta-training and evaluation.
 
-Adding a learner is one file (a :class:`FewShotLearner` subclass with a
-``name``) and one line below.
+Importing this package imports no torch: the learner classes below are imported on first use
+(``from fsl_app.learners import ProtoNet`` still works), so the app's pages and ``--help`` can
+read the registry cheaply.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from fsl_app.learners.base import FewShotLearner, NotFittedError
-from fsl_app.learners.linear import LinearProbe
-from fsl_app.learners.maml import MAML
-from fsl_app.learners.matching import MatchingNet
-from fsl_app.learners.protonet import ProtoNet
-from fsl_app.learners.relation import RelationNet
-from fsl_app.learners.siamese import SiameseNet
+from fsl_app.learners.registry import (
+    DEFAULT_LEARNER,
+    LEARNERS,
+    LearnerEntry,
+    available_learners,
+    create_learner,
+    learner_entry,
+    meta_trainable_learners,
+)
 
-LEARNERS: dict[str, type[FewShotLearner]] = {
-    cls.name: cls
-    for cls in (
-        ProtoNet,
-        MatchingNet,
-        LinearProbe,
-        MAML,
-        RelationNet,
-        SiameseNet,
-    )
+_LAZY = {
+    "FewShotLearner": "fsl_app.learners.base",
+    "NotFittedError": "fsl_app.learners.base",
+    "LinearProbe": "fsl_app.learners.linear",
+    "MAML": "fsl_app.learners.maml",
+    "MatchingNet": "fsl_app.learners.matching",
+    "ProtoNet": "fsl_app.learners.protonet",
+    "RelationNet": "fsl_app.learners.relation",
+    "SiameseNet": "fsl_app.learners.siamese",
 }
-DEFAULT_LEARNER = ProtoNet.name
 
 
-def available_learners() -> list[str]:
-    return list(LEARNERS)
-
-
-def create_learner(name: str = DEFAULT_LEARNER, **params: Any) -> FewShotLearner:
-    """A fresh, unfitted learner; ``params`` go to its constructor."""
-    try:
-        cls = LEARNERS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown learner '{name}'. Choose one of: {', '.join(available_learners())}."
-        ) from None
-    return cls(**params)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -50,6 +44,7 @@ __all__ = [
     "LEARNERS",
     "MAML",
     "FewShotLearner",
+    "LearnerEntry",
     "LinearProbe",
     "MatchingNet",
     "NotFittedError",
@@ -58,4 +53,6 @@ __all__ = [
     "SiameseNet",
     "available_learners",
     "create_learner",
+    "learner_entry",
+    "meta_trainable_learners",
 ]

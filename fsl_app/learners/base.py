@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from fsl_app.pretrained import Checkpoint
 
 
 class NotFittedError(RuntimeError):
@@ -31,6 +34,9 @@ class FewShotLearner(ABC):
     name: ClassVar[str]
 
     classes_: np.ndarray  # (n_classes,) sorted class labels; column order of predict_proba
+    # Plain sentences for the user about how the fit went (e.g. which checkpoint it started
+    # from, or why none); the classifier passes them on, so the app and the CLI show them.
+    notes_: list[str]
 
     def fit(self, support: ArrayLike, labels: Sequence) -> FewShotLearner:
         """Learn the classes from ``support`` of shape (n_support, dim) and their labels."""
@@ -46,6 +52,7 @@ class FewShotLearner(ABC):
             raise ValueError("A few-shot learner needs at least two classes to tell apart.")
         self.classes_ = classes
         self.n_features_in_ = features.shape[1]
+        self.notes_: list[str] = []
         self._fit(features, torch.as_tensor(targets, dtype=torch.long))
         return self
 
@@ -65,6 +72,15 @@ class FewShotLearner(ABC):
     def predict(self, query: ArrayLike) -> np.ndarray:
         """The most probable class label of each query, of shape (n_query,)."""
         return self.classes_[self.predict_proba(query).argmax(axis=1)]
+
+    def logits_module(self) -> torch.nn.Module:
+        """The fitted learner's logits as a torch module (n, dim) -> (n, n_classes), for export.
+
+        By default the learner's own ``_logits``, which torch.export traces; a learner whose
+        logits are not traceable torch code overrides this with an equivalent module, or raises
+        ValueError saying why its model cannot be exported.
+        """
+        return _OwnLogits(self)
 
     def _check_query(self, query: ArrayLike) -> torch.Tensor:
         if not hasattr(self, "classes_"):
@@ -87,6 +103,42 @@ class FewShotLearner(ABC):
     @abstractmethod
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         """Unnormalised class scores of shape (n_query, n_classes)."""
+
+
+class _OwnLogits(torch.nn.Module):
+    """A fitted learner's own ``_logits``, for learners written in traceable torch."""
+
+    def __init__(self, learner: FewShotLearner):
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.learner._logits(embedding)
+
+
+def usable_checkpoint(
+    learner: FewShotLearner, dim: int, notes: list[str], *, what: str, untrained: str
+) -> Checkpoint | None:
+    """``learner.checkpoint`` when it was made for ``dim``-d embeddings, else None.
+
+    The one fall-back rule of the meta-trainable learners, which read their tensors from a
+    :class:`fsl_app.pretrained.Checkpoint` passed to their constructor. Appends to ``notes``
+    what the learner starts from: the checkpoint (``what`` it holds: "head"), or
+    ``untrained`` (what the learner does without one, a sentence start) and why: the
+    checkpoint is for another embedding size, or ``learner.missing_reason`` (why the factory
+    found none).
+    """
+    checkpoint = learner.checkpoint
+    reason = learner.missing_reason or f"no meta-trained {what} was asked for"
+    if checkpoint is not None:
+        mismatch = checkpoint.mismatch(dim)
+        if mismatch is None:
+            source = checkpoint.describe()
+            notes.append(f"Used the {learner.name} {what} meta-trained for {source}.")
+            return checkpoint
+        reason = mismatch
+    notes.append(f"{untrained}: {reason}.")
+    return None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -69,6 +69,10 @@ class LinearProbe(FewShotLearner):
             self.basis_ = np.linalg.svd(features, full_matrices=False)[2]  # (rank, dim)
             self.model_ = model.fit(features @ self.basis_.T, targets.numpy())
 
+    def logits_module(self) -> torch.nn.Module:
+        """The fitted scikit-learn weights as torch, for export: ``_logits`` calls scikit-learn."""
+        return _LinearLogits(self)
+
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         features = simpleshot_normalize(query, self.normalize, self.mean_).double().numpy()
         with _blas_controller().limit(limits=1, user_api="blas"):
@@ -83,3 +87,28 @@ def _blas_controller() -> ThreadpoolController:
     # The support problem is tiny (rank <= n_support), so BLAS threads only add hand-offs;
     # on a busy machine they made each fit 5-10x slower. Found once: scanning is not free.
     return ThreadpoolController()
+
+
+class _LinearLogits(torch.nn.Module):
+    """:class:`LinearProbe`'s logits from its fitted scikit-learn weights, in float64.
+
+    Its ``decision_function`` on coordinates in ``basis_`` is one affine map of
+    the normalised embedding, ``W = coef_ @ basis_``; two classes give one
+    score ``z`` and logits ``[-z/2, z/2]``, as in :class:`LinearProbe`.
+    """
+
+    def __init__(self, learner: LinearProbe):
+        super().__init__()
+        self.normalize = learner.normalize
+        self.register_buffer("mean", learner.mean_.clone())
+        weight = learner.model_.coef_ @ learner.basis_
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
+        bias = torch.as_tensor(learner.model_.intercept_, dtype=torch.float64)
+        self.register_buffer("bias", bias)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        features = simpleshot_normalize(embedding, self.normalize, self.mean).double()
+        scores = features @ self.weight.T + self.bias
+        if self.weight.shape[0] == 1:
+            scores = torch.cat([-scores / 2, scores / 2], dim=1)
+        return scores

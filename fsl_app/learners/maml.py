@@ -18,7 +18,8 @@ through ``W1`` once instead of at every step, which halves its time.
 
 The initialisation (W1, b1, W2, the temperature and the step sizes) is
 meta-trained per backbone by :mod:`fsl_app.training.maml` and shipped as
-``pretrained/maml-<backbone>.safetensors``. ``W2`` starts at zero, so an
+``pretrained/maml-<backbone>.safetensors`` (read by :mod:`fsl_app.pretrained`,
+never here). ``W2`` starts at zero, so an
 adapter that was never meta-trained is the identity. The functions below are
 shared by ``fit`` and meta-training: the same inner loop runs with
 ``create_graph=True`` for second-order meta-gradients.
@@ -26,27 +27,21 @@ shared by ``fit`` and meta-training: the same inner loop runs with
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from fsl_app.backbones import DEFAULT_BACKBONE, pretrained_dir
-from fsl_app.learners.base import FewShotLearner
-from fsl_app.learners.checkpoint_files import read_tensors, save_tensors
+from fsl_app.learners.base import FewShotLearner, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
+
+if TYPE_CHECKING:
+    from fsl_app.pretrained import Checkpoint
 
 Parameters = dict[str, torch.Tensor]
 
-CHECKPOINT_FORMAT = "fsl_app.maml"
-CHECKPOINT_VERSION = 1
 ADAPTER_KEYS = ("w1", "b1", "w2")
 FAST_KEYS = ("b1", "w2", "weight", "bias")  # what the inner loop adapts
 STEP_SIZE_PREFIX = "step_size."
@@ -163,99 +158,38 @@ def uniform_step_sizes(lr: float) -> Parameters:
     return {name: torch.tensor(float(lr)) for name in FAST_KEYS}
 
 
-@dataclass(frozen=True)
-class MAMLCheckpoint:
-    """A meta-learned initialisation: adapter, step sizes, temperature and where they came from.
-
-    ``metadata`` holds the safetensors header's strings: ``backbone``,
-    ``backbone_id``, ``embedding_dim``, the hyper-parameters and a JSON
-    ``meta_training`` record.
-    """
-
-    path: Path | None
-    adapter: Parameters
-    step_sizes: Parameters
-    log_temperature: torch.Tensor
-    metadata: dict[str, str]
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.metadata["embedding_dim"])
-
-    @property
-    def backbone(self) -> str:
-        return self.metadata["backbone"]
-
-    @property
-    def inner_steps(self) -> int:
-        return int(self.metadata["inner_steps"])
-
-    def tensors(self) -> Parameters:
-        step_sizes = {STEP_SIZE_PREFIX + k: v for k, v in self.step_sizes.items()}
-        return {**self.adapter, **step_sizes, "log_temperature": self.log_temperature}
+def initialisation_tensors(
+    adapter: Parameters, step_sizes: Parameters, log_temperature: torch.Tensor
+) -> Parameters:
+    """A meta-learned initialisation as a checkpoint's flat tensors (``step_size.*`` prefixed)."""
+    prefixed = {STEP_SIZE_PREFIX + k: v for k, v in step_sizes.items()}
+    return {**adapter, **prefixed, "log_temperature": log_temperature}
 
 
-def default_checkpoint_path(backbone: str = DEFAULT_BACKBONE) -> Path:
-    """Where the meta-learned initialisation for ``backbone`` lives (``checkpoint="auto"``)."""
-    return pretrained_dir() / f"maml-{backbone}.safetensors"
-
-
-def save_checkpoint(checkpoint: MAMLCheckpoint, path: str | os.PathLike) -> Path:
-    """Write ``checkpoint`` as safetensors, atomically, in half precision to keep the file small."""
-    return save_tensors(
-        path,
-        checkpoint.tensors(),
-        checkpoint.metadata,
-        format_name=CHECKPOINT_FORMAT,
-        version=CHECKPOINT_VERSION,
-    )
-
-
-def load_checkpoint(path: str | os.PathLike) -> MAMLCheckpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; its tensors come back as float32."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"There is no MAML checkpoint at '{path}'.")
-    stat = path.stat()
-    return _read_checkpoint(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_checkpoint(path: str, mtime_ns: int, size: int) -> MAMLCheckpoint:
-    """Cached by (path, mtime, size): evaluation fits thousands of learners from one file."""
-    tensors, metadata = read_tensors(
-        path, format_name=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="MAML checkpoint"
-    )
-    return MAMLCheckpoint(
-        Path(path),
-        {k: tensors[k] for k in ADAPTER_KEYS},
-        {
-            k[len(STEP_SIZE_PREFIX) :]: v
-            for k, v in tensors.items()
-            if k.startswith(STEP_SIZE_PREFIX)
-        },
-        tensors["log_temperature"],
-        metadata,
-    )
+def initialisation_parts(tensors: Parameters) -> tuple[Parameters, Parameters, torch.Tensor]:
+    """(adapter, step sizes, log temperature) of :func:`initialisation_tensors`' output."""
+    step_sizes = {
+        k[len(STEP_SIZE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STEP_SIZE_PREFIX)
+    }
+    return {k: tensors[k] for k in ADAPTER_KEYS}, step_sizes, tensors["log_temperature"]
 
 
 class MAML(FewShotLearner):
     """Proto-MAML head adapted to the support by ``inner_steps`` gradient steps.
 
-    ``checkpoint="auto"`` uses :func:`default_checkpoint_path` for ``backbone``
-    when it exists and fits the embeddings; otherwise (or with ``None``) the
-    adapter starts as the identity and the classifier from the prototypes, and
-    ``notes_`` says so. An explicit checkpoint made for another embedding size
-    is refused. ``inner_steps``, ``inner_lr`` and ``temperature`` left at
-    ``None`` come from the checkpoint (its learned Meta-SGD step sizes and
-    temperature), else from the module defaults; a given ``inner_lr`` replaces
-    every step size. ``hidden`` and ``seed`` (the size and the fixed random
-    draw of W1) matter only without a checkpoint.
+    ``checkpoint`` is a meta-learned initialisation (:class:`fsl_app.pretrained.Checkpoint`,
+    which :func:`fsl_app.learners.create_learner` finds for the backbone). Without one, or
+    with one made for another embedding size, the adapter starts as the identity and the
+    classifier from the prototypes, and ``notes_`` says so, with ``missing_reason`` (why the
+    factory found none) when given. ``inner_steps``, ``inner_lr`` and ``temperature`` left at
+    ``None`` come from the checkpoint (its learned Meta-SGD step sizes and temperature), else
+    from the module defaults; a given ``inner_lr`` replaces every step size. ``hidden`` and
+    ``seed`` (the size and the fixed random draw of W1) matter only without a checkpoint.
 
     After ``fit``: ``head_`` holds the adapted tensors (classifier ``weight``
     of shape (n_classes, dim)), ``mean_`` the support mean (dim,),
     ``support_losses_`` the support cross-entropy before each step and after
-    the last, ``checkpoint_`` the file used (or None), ``notes_`` plain-language
+    the last, ``checkpoint_`` the checkpoint used (or None), ``notes_`` plain-language
     remarks about the initialisation.
     """
 
@@ -265,8 +199,8 @@ class MAML(FewShotLearner):
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike | None = "auto",
-        backbone: str = DEFAULT_BACKBONE,
+        checkpoint: Checkpoint | None = None,
+        missing_reason: str | None = None,
         inner_steps: int | None = None,
         inner_lr: float | None = None,
         temperature: float | None = None,
@@ -274,7 +208,7 @@ class MAML(FewShotLearner):
         seed: int = 0,
     ):
         self.checkpoint = checkpoint
-        self.backbone = backbone
+        self.missing_reason = missing_reason
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.temperature = temperature
@@ -282,13 +216,19 @@ class MAML(FewShotLearner):
         self.seed = seed
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
-        self.notes_: list[str] = []
-        found = self._initialisation(support.shape[1])
-        self.checkpoint_ = found.path if found else None
+        found = usable_checkpoint(
+            self,
+            support.shape[1],
+            self.notes_,
+            what="initialisation",
+            untrained="MAML started from the class prototypes (expect about the accuracy of a "
+            "prototype classifier tuned on your examples)",
+        )
+        self.checkpoint_ = found
         if found is not None:
-            adapter, step_sizes = found.adapter, found.step_sizes
-            temperature = math.exp(found.log_temperature.item())
-            steps = found.inner_steps
+            adapter, step_sizes, log_temperature = initialisation_parts(found.tensors)
+            temperature = math.exp(log_temperature.item())
+            steps = int(found.metadata["inner_steps"])
         else:
             adapter = init_adapter(support.shape[1], self.hidden, self.seed)
             step_sizes = uniform_step_sizes(DEFAULT_INNER_LR)
@@ -314,51 +254,3 @@ class MAML(FewShotLearner):
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         return head_logits(self.head_, query, self.mean_, self.temperature_)
-
-    def _initialisation(self, dim: int) -> MAMLCheckpoint | None:
-        """The checkpoint to start from, or None for the prototype initialisation (with a note)."""
-        if self.checkpoint is None:
-            self.notes_.append(
-                "Started from the class prototypes: no meta-learned initialisation was asked for."
-            )
-            return None
-        if self.checkpoint != "auto":
-            found = load_checkpoint(self.checkpoint)
-            if found.embedding_dim != dim:
-                raise ValueError(
-                    f"The MAML checkpoint '{found.path}' was meta-trained on {found.backbone} "
-                    f"embeddings of {found.embedding_dim} dimensions, but these have {dim}. "
-                    "Use the checkpoint made for the backbone that made these embeddings, "
-                    "or checkpoint=None to start from the class prototypes."
-                )
-            self.notes_.append(_describe(found))
-            return found
-        path = default_checkpoint_path(self.backbone)
-        if not path.is_file():
-            return self._fall_back(
-                f"No meta-learned initialisation for the backbone '{self.backbone}' (looked for "
-                f"'{path}'), so MAML started from the class prototypes: expect about the "
-                "accuracy of a prototype classifier tuned on your examples."
-            )
-        found = load_checkpoint(path)
-        if found.embedding_dim != dim:
-            return self._fall_back(
-                f"The meta-learned initialisation '{path.name}' is for {found.embedding_dim}-d "
-                f"{found.backbone} embeddings but these have {dim} dimensions, so MAML started "
-                "from the class prototypes instead. Pass backbone= the backbone that made them."
-            )
-        self.notes_.append(_describe(found))
-        return found
-
-    def _fall_back(self, note: str) -> None:
-        self.notes_.append(note)
-        warnings.warn(note, UserWarning, stacklevel=5)
-
-
-def _describe(checkpoint: MAMLCheckpoint) -> str:
-    training = json.loads(checkpoint.metadata.get("meta_training", "{}"))
-    data = ", ".join(training.get("datasets", [])) or "base classes"
-    return (
-        f"Started from the initialisation meta-learned for {checkpoint.backbone} on {data} "
-        f"('{checkpoint.path.name if checkpoint.path else 'in memory'}')."
-    )

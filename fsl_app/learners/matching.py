@@ -56,6 +56,10 @@ class MatchingNet(FewShotLearner):
         )
         self.targets_ = targets
 
+    def logits_module(self) -> torch.nn.Module:
+        """``_logits`` with the class count fixed, for export: torch.export refuses counting."""
+        return _MatchingLogits(self)
+
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         query = F.normalize(simpleshot_normalize(query, self.normalize, self.mean_), dim=1)
         log_attention = (query @ self.support_.T / self.temperature).log_softmax(dim=1)
@@ -63,4 +67,27 @@ class MatchingNet(FewShotLearner):
         n_classes = int(self.targets_.max()) + 1
         mine = F.one_hot(self.targets_, n_classes).T.bool()  # (n_classes, n_support)
         masked = log_attention[:, None, :].masked_fill(~mine, float("-inf"))
+        return masked.logsumexp(dim=2)
+
+
+class _MatchingLogits(torch.nn.Module):
+    """:meth:`MatchingNet._logits` with the class membership of the support fixed as a buffer.
+
+    The learner reads its class count from ``targets_`` at every call
+    (``int(targets_.max())``), a data-dependent value torch.export refuses.
+    """
+
+    def __init__(self, learner: MatchingNet):
+        super().__init__()
+        self.learner = learner
+        mine = F.one_hot(learner.targets_, len(learner.classes_)).T.bool()
+        self.register_buffer("mine", mine)  # (n_classes, n_support)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        learner = self.learner
+        query = F.normalize(
+            simpleshot_normalize(embedding, learner.normalize, learner.mean_), dim=1
+        )
+        log_attention = (query @ learner.support_.T / learner.temperature).log_softmax(dim=1)
+        masked = log_attention[:, None, :].masked_fill(~self.mine, float("-inf"))
         return masked.logsumexp(dim=2)

@@ -136,6 +136,16 @@ class ProtoNet(FewShotLearner):
         self.targets_ = targets
         self.prototypes_ = class_means(self.support_, targets, int(targets.max()) + 1)
 
+    def logits_module(self) -> torch.nn.Module:
+        if self.metric != "cosine":
+            # torch.cdist branches on the batch size and has no ONNX translation in torch's
+            # exporter.
+            raise ValueError(
+                f"A protonet model with metric='{self.metric}' cannot be exported to ONNX: "
+                "export one with the default metric, 'cosine'."
+            )
+        return super().logits_module()
+
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         query = simpleshot_normalize(query, self.normalize, self.mean_)
         prototypes = self.prototypes_

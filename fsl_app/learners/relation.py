@@ -38,16 +38,18 @@ The module is shipped per backbone as ``pretrained/relation-<backbone>.safetenso
 from __future__ import annotations
 
 import math
-import os
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.learners.base import FewShotLearner
-from fsl_app.learners.heads import Tensors, find_head
+from fsl_app.learners.base import FewShotLearner, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
+
+if TYPE_CHECKING:
+    from fsl_app.pretrained import Checkpoint
+
+Tensors = dict[str, torch.Tensor]
 
 MODULE_KEYS = ("w1", "b1", "w2")
 DEFAULT_HIDDEN = 256
@@ -115,17 +117,17 @@ def relation_logits(
 class RelationNet(FewShotLearner):
     """A meta-trained relation module over (query, prototype) pairs.
 
-    ``checkpoint="auto"`` uses ``pretrained/relation-<backbone>.safetensors``
-    when it exists and fits the embeddings; otherwise (or with ``None``) the
-    relation score is the cosine to the prototype, and ``notes_`` says so (a
-    warning too, when "auto" found nothing usable). An explicit checkpoint made
-    for another embedding size is refused. ``temperature`` left at ``None``
-    comes from the checkpoint, else :data:`DEFAULT_TEMPERATURE`.
+    ``checkpoint`` is the meta-trained module (:class:`fsl_app.pretrained.Checkpoint`,
+    which :func:`fsl_app.learners.create_learner` finds for the backbone). Without one, or
+    with one made for another embedding size, the relation score is the cosine to the
+    prototype, and ``notes_`` says so, with ``missing_reason`` (why the factory found none)
+    when given. ``temperature`` left at ``None`` comes from the checkpoint, else
+    :data:`DEFAULT_TEMPERATURE`.
 
     After ``fit``: ``prototypes_`` (n_classes, dim) are the means of the
     centred, unit-length support, ``mean_`` (dim,) the support mean,
     ``module_`` the relation module's tensors (or None), ``temperature_``,
-    ``checkpoint_`` the file used (or None) and ``notes_``. Logits are of
+    ``checkpoint_`` the checkpoint used (or None) and ``notes_``. Logits are of
     shape (n_query, n_classes).
     """
 
@@ -133,27 +135,25 @@ class RelationNet(FewShotLearner):
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike | None = "auto",
-        backbone: str = DEFAULT_BACKBONE,
+        checkpoint: Checkpoint | None = None,
+        missing_reason: str | None = None,
         temperature: float | None = None,
     ):
         self.checkpoint = checkpoint
-        self.backbone = backbone
+        self.missing_reason = missing_reason
         self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature}.")
-        self.notes_: list[str] = []
-        found = find_head(
-            self.checkpoint,
-            learner=self.name,
-            backbone=self.backbone,
-            dim=support.shape[1],
-            untrained="scored queries by their cosine to the class prototypes",
-            notes=self.notes_,
+        found = usable_checkpoint(
+            self,
+            support.shape[1],
+            self.notes_,
+            what="head",
+            untrained="Relation scored queries by their cosine to the class prototypes",
         )
-        self.checkpoint_ = found.path if found else None
+        self.checkpoint_ = found
         self.module_ = {k: found.tensors[k] for k in MODULE_KEYS} if found else None
         learned = math.exp(found.tensors["log_temperature"].item()) if found else None
         self.temperature_ = float(self.temperature or learned or DEFAULT_TEMPERATURE)

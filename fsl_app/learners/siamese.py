@@ -32,18 +32,20 @@ only uses the head. The head is shipped per backbone as
 from __future__ import annotations
 
 import math
-import os
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
-from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.learners.base import FewShotLearner, as_embeddings
-from fsl_app.learners.heads import Tensors, find_head
+from fsl_app.learners.base import FewShotLearner, as_embeddings, usable_checkpoint
 from fsl_app.learners.protonet import class_means
+
+if TYPE_CHECKING:
+    from fsl_app.pretrained import Checkpoint
+
+Tensors = dict[str, torch.Tensor]
 
 PROJECTION_KEYS = ("w1", "b1", "w2")
 DEFAULT_HIDDEN = 32
@@ -51,7 +53,9 @@ DEFAULT_HIDDEN = 32
 # embeddings count as the same class above a cosine of 0.5 (a guess, not a measurement).
 DEFAULT_SCALE = 10.0
 DEFAULT_THRESHOLD = 0.5
-_UNTRAINED = "compared raw embeddings by cosine (identity projection, untrained verification)"
+_UNTRAINED = (
+    "Siamese compared raw embeddings by cosine (identity projection, untrained verification)"
+)
 
 
 def init_projection(hidden: int = DEFAULT_HIDDEN, seed: int = 0) -> Tensors:
@@ -98,11 +102,11 @@ class SiameseNet(FewShotLearner):
     verification logit without the bias ``t``, which cancels in the softmax.
     ``temperature`` replaces ``1 / s`` when given.
 
-    ``checkpoint="auto"`` uses ``pretrained/siamese-<backbone>.safetensors``
-    when it exists and fits the embeddings; otherwise (or with ``None``) the
-    projection is the identity with ``s`` = 10, and ``notes_`` says so (a
-    warning too, when "auto" found nothing usable). An explicit checkpoint made
-    for another embedding size is refused.
+    ``checkpoint`` is the meta-trained head (:class:`fsl_app.pretrained.Checkpoint`,
+    which :func:`fsl_app.learners.create_learner` finds for the backbone). Without one, or
+    with one made for another embedding size, the projection is the identity with ``s`` =
+    10, and ``notes_`` says so, with ``missing_reason`` (why the factory found none) when
+    given.
 
     After ``fit``: ``prototypes_`` (n_classes, dim) holds the unit-length
     ``c_k``, ``head_`` the projection's tensors (or None), ``scale_`` and
@@ -114,21 +118,20 @@ class SiameseNet(FewShotLearner):
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike | None = "auto",
-        backbone: str = DEFAULT_BACKBONE,
+        checkpoint: Checkpoint | None = None,
+        missing_reason: str | None = None,
         temperature: float | None = None,
     ):
         self.checkpoint = checkpoint
-        self.backbone = backbone
+        self.missing_reason = missing_reason
         self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature}.")
-        self.notes_: list[str] = []
         self.head_, self.scale_, self.bias_, self.checkpoint_ = self._verifier(
-            support.shape[1], self.notes_, stacklevel=5
-        )  # the warning points at fit's caller: find_head <- _verifier <- _fit <- fit
+            support.shape[1], self.notes_
+        )
         self.temperature_ = float(self.temperature or 1.0 / self.scale_)
         projected = project(self.head_, support)
         self.prototypes_ = F.normalize(
@@ -163,29 +166,18 @@ class SiameseNet(FewShotLearner):
         if getattr(self, "n_features_in_", None) == a.shape[1]:
             head, scale, bias = self.head_, self.scale_, self.bias_
         else:
-            head, scale, bias, _ = self._verifier(a.shape[1], [], stacklevel=4)
+            head, scale, bias, _ = self._verifier(a.shape[1], [])
         with torch.no_grad():
             cosines = (project(head, a) * project(head, b)).sum(dim=1)
             return torch.sigmoid(scale * cosines + bias).double().numpy()
 
     def _verifier(
-        self, dim: int, notes: list[str], stacklevel: int
-    ) -> tuple[Tensors | None, float, float, os.PathLike | None]:
-        """(head, scale, bias, checkpoint path) for ``dim``-d embeddings.
-
-        A fall-back warning points ``stacklevel`` frames above ``find_head``.
-        """
-        found = find_head(
-            self.checkpoint,
-            learner=self.name,
-            backbone=self.backbone,
-            dim=dim,
-            untrained=_UNTRAINED,
-            notes=notes,
-            stacklevel=stacklevel,
-        )
+        self, dim: int, notes: list[str]
+    ) -> tuple[Tensors | None, float, float, Checkpoint | None]:
+        """(head, scale, bias, checkpoint used) for ``dim``-d embeddings."""
+        found = usable_checkpoint(self, dim, notes, what="head", untrained=_UNTRAINED)
         if found is None:
             return None, *untrained_verifier(), None
         head = {k: found.tensors[k] for k in PROJECTION_KEYS}
         scale = math.exp(found.tensors["log_scale"].item())
-        return head, scale, found.tensors["bias"].item(), found.path
+        return head, scale, found.tensors["bias"].item(), found

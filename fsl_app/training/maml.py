@@ -15,9 +15,8 @@ outer optimiser steps on). Reptile moves only what the inner loop adapts (the
 adapter's ``b1`` and ``w2``): the projection ``w1``, the temperature and the
 step sizes stay as initialised.
 
-The tasks are drawn up front from ``config.seed``, so a run interrupted and
-resumed from its training state (written atomically every
-``checkpoint_every`` tasks) sees the same tasks as an uninterrupted one. The
+The outer loop, tasks, progress and resumable state are
+:mod:`fsl_app.training.loop`'s, shared with the other meta-trained heads. The
 evaluation compares, on the same fixed-seed episodes of classes never seen in
 meta-training, MAML from the meta-learned initialisation, MAML from the plain
 prototype initialisation, and ProtoNet.
@@ -28,19 +27,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app import pretrained
+from fsl_app.evaluation.episodes import Episode, EvaluationResult
 from fsl_app.learners import MAML, ProtoNet
 from fsl_app.learners.maml import (
     ADAPTER_KEYS,
@@ -49,23 +45,27 @@ from fsl_app.learners.maml import (
     DEFAULT_INNER_STEPS,
     DEFAULT_TEMPERATURE,
     FAST_KEYS,
-    MAMLCheckpoint,
     Parameters,
     adapt,
     head_logits,
     init_adapter,
-    save_checkpoint,
+    initialisation_tensors,
+)
+from fsl_app.training.loop import (
+    MetaProgress,
+    TrainingResult,
+    checkpoint_metadata,
+    episode_targets,
+    score_on_episodes,
+    train_episodically,
+    training_state_path,
+    training_tasks,
 )
 
 Algorithm = Literal["maml", "fomaml", "reptile"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "reptile")
-# (tasks done, tasks in all, running means of the query "loss" and "accuracy")
-MetaProgress = Callable[[int, int, dict[str, float]], None]
 # What Reptile moves: the adapter tensors its inner loop adapts.
 REPTILE_KEYS = ("b1", "w2")
-STATE_VERSION = 1
-# Settings that may change when a run is resumed; any other change is refused.
-_RESUMABLE_CHANGES = ("episodes", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -104,21 +104,6 @@ class MetaTrainingConfig:
             raise ValueError("Meta-training needs at least one inner step.")
 
 
-@dataclass
-class MetaTrainingResult:
-    checkpoint: MAMLCheckpoint  # path is set when it was written
-    episodes: int  # tasks meta-trained on in all, resumed runs included
-    resumed_from: int  # tasks already done when this call started (0 if fresh)
-    seconds: float  # meta-training time in all, resumed runs included
-    running: dict[str, float] = field(default_factory=dict)  # final running loss / accuracy
-
-
-def training_state_path(out: str | os.PathLike) -> Path:
-    """The resumable training state kept next to the checkpoint ``out``."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(".safetensors") + ".train.pt")
-
-
 def meta_train(
     features: np.ndarray,
     labels: Sequence[str],
@@ -130,7 +115,7 @@ def meta_train(
     resume: bool = False,
     progress: MetaProgress | None = None,
     metadata: dict[str, object] | None = None,
-) -> MetaTrainingResult:
+) -> TrainingResult:
     """Meta-train the MAML initialisation on ``features`` (n, dim) of base classes ``labels``.
 
     With ``out``, the checkpoint is written there at the end and the training
@@ -158,96 +143,29 @@ def meta_train(
         tasks, meta, optimizer, config, features.shape[1], step,
         state_path=state_path, resume=resume, progress=progress,
     )  # fmt: skip
-    checkpoint = MAMLCheckpoint(
-        None,
-        {k: meta[k].detach().clone() for k in ADAPTER_KEYS},
-        {k: meta[f"step_size.{k}"].detach().clone() for k in FAST_KEYS},
-        meta["log_temperature"].detach().clone(),
-        _checkpoint_metadata(
+    record = {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)}
+    checkpoint = pretrained.Checkpoint(
+        "maml",
+        initialisation_tensors(
+            {k: meta[k].detach().clone() for k in ADAPTER_KEYS},
+            {k: meta[f"step_size.{k}"].detach().clone() for k in FAST_KEYS},
+            meta["log_temperature"].detach().clone(),
+        ),
+        checkpoint_metadata(
             config,
             backbone,
             backbone_id,
             features.shape[1],
-            {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)},
+            record,
+            inner_steps=str(config.inner_steps),
+            inner_lr=str(config.inner_lr),
+            algorithm=config.algorithm,
+            meta_sgd=str(config.meta_sgd).lower(),
         ),
     )
     if out is not None:
-        checkpoint = replace(checkpoint, path=save_checkpoint(checkpoint, out))
-    return MetaTrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
-
-
-@dataclass
-class TrainingRun:
-    done: int  # tasks trained on in all, resumed runs included
-    resumed_from: int  # tasks already done when this run started (0 if fresh)
-    seconds: float  # training time in all, resumed runs included
-    running: dict[str, float]  # running means of the last tasks' loss and accuracy
-
-
-def train_episodically(
-    tasks: Sequence[Episode],
-    params: Parameters,
-    optimizer: torch.optim.Optimizer,
-    config: MetaTrainingConfig,
-    dim: int,
-    step: Callable[[Episode, int], tuple[torch.Tensor, float]],
-    *,
-    state_path: Path | None,
-    resume: bool,
-    progress: MetaProgress | None,
-) -> TrainingRun:
-    """The outer loop every episodic trainer shares: meta-batches of ``tasks``, one optimiser step
-    each, progress, and the resumable training state at ``state_path``.
-
-    ``step(task, meta_batch_size)`` computes one task's loss and accuracy and leaves its
-    contribution in the parameters' ``.grad``. ``config`` needs ``episodes``, ``meta_batch`` and
-    ``checkpoint_every``.
-    """
-    done, seconds_before = 0, 0.0
-    if resume:
-        if state_path is None or not state_path.is_file():
-            raise FileNotFoundError(
-                f"Nothing to resume: there is no training state at '{state_path}'."
-            )
-        done, seconds_before = load_training_state(state_path, params, optimizer, config, dim)
-    resumed_from = done
-    recent: deque = deque(maxlen=100)
-    started = time.perf_counter()
-    with single_threaded():
-        for first in range(done, config.episodes, config.meta_batch):
-            batch = tasks[first : min(first + config.meta_batch, config.episodes)]
-            optimizer.zero_grad()
-            for task in batch:
-                loss, accuracy = step(task, len(batch))
-                recent.append((loss.item(), accuracy))
-            optimizer.step()
-            done = first + len(batch)
-            if progress is not None:
-                progress(done, config.episodes, running_means(recent))
-            if state_path is not None and (
-                done // config.checkpoint_every > first // config.checkpoint_every
-                or done == config.episodes
-            ):
-                seconds = seconds_before + time.perf_counter() - started
-                save_training_state(state_path, params, optimizer, config, done, dim, seconds)
-    seconds = seconds_before + time.perf_counter() - started
-    return TrainingRun(done, resumed_from, seconds, running_means(recent))
-
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch on one thread inside, as before outside.
-
-    The head's tensors are small, so intra-op threads cost more in hand-offs
-    than they gain: on this busy 2-core machine meta-training ran 6-10x faster
-    on one thread than on two.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+        checkpoint = pretrained.save(checkpoint, out)
+    return TrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
 
 
 def initial_meta_parameters(dim: int, config: MetaTrainingConfig) -> Parameters:
@@ -345,47 +263,8 @@ def reptile_step(
     return loss, accuracy
 
 
-def training_tasks(labels: np.ndarray, config: MetaTrainingConfig) -> list[Episode]:
-    """``config.episodes`` tasks, each with one of ``config.shots``, fixed by ``config.seed``."""
-    by_shots = [
-        sample_episodes(
-            labels,
-            ways=config.ways,
-            shots=shots,
-            queries=config.queries,
-            n_episodes=config.episodes,
-            seed=config.seed + i,
-        )
-        for i, shots in enumerate(config.shots)
-    ]
-    choice = np.random.default_rng(config.seed).integers(len(config.shots), size=config.episodes)
-    return [by_shots[c][i] for i, c in enumerate(choice)]
-
-
-def split_classes(
-    labels: Sequence[str], domains: Sequence[str] | None = None, *, holdout: int, seed: int = 0
-) -> list[str]:
-    """``holdout`` classes of each domain (dataset) drawn with ``seed``, never to meta-train on.
-
-    At least two classes per domain stay for meta-training.
-    """
-    labels = np.asarray(labels)
-    domains = np.asarray(domains) if domains is not None else np.zeros(len(labels), dtype=str)
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for domain in np.unique(domains):
-        classes = np.unique(labels[domains == domain])
-        if len(classes) - holdout < 2:
-            raise ValueError(
-                f"Holding out {holdout} classes of {domain or 'the data'} leaves "
-                f"{len(classes) - holdout} to meta-train on; hold out fewer."
-            )
-        held_out.extend(rng.permutation(classes)[:holdout].tolist())
-    return sorted(held_out)
-
-
 def compare_initialisations(
-    checkpoint: MAMLCheckpoint,
+    checkpoint: pretrained.Checkpoint,
     features: np.ndarray,
     labels: Sequence[str],
     *,
@@ -401,15 +280,13 @@ def compare_initialisations(
     shrink to what the classes allow. Results are named "maml (meta-learned
     init)", "maml (prototype init)" and "protonet", one set per shot count.
     """
-    if checkpoint.path is None:
-        raise ValueError("Save the checkpoint before evaluating it: the learner reads the file.")
     inner_lr = float(checkpoint.metadata["inner_lr"])
     temperature = float(json.loads(checkpoint.metadata["config"])["temperature"])
     learners = {
-        "maml (meta-learned init)": lambda: MAML(checkpoint=checkpoint.path),
+        "maml (meta-learned init)": lambda: MAML(checkpoint=checkpoint),
         "maml (prototype init)": lambda: MAML(
             checkpoint=None,
-            inner_steps=checkpoint.inner_steps,
+            inner_steps=int(checkpoint.metadata["inner_steps"]),
             inner_lr=inner_lr,
             temperature=temperature,
         ),
@@ -425,137 +302,3 @@ def compare_initialisations(
         n_episodes=n_episodes,
         seed=seed,
     )
-
-
-def score_on_episodes(
-    learners: dict[str, Callable[[], object]],
-    features: np.ndarray,
-    labels: Sequence[str],
-    *,
-    ways: int,
-    shots: Sequence[int],
-    queries: int,
-    n_episodes: int,
-    seed: int = 0,
-) -> list[EvaluationResult]:
-    """Each of ``learners`` (name -> factory) on the same fixed-seed episodes, per shot count.
-
-    ``ways`` and ``queries`` shrink to what the classes allow.
-    """
-    labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    counts = np.sort(counts)[::-1]
-    ways = min(ways, len(counts))
-    results = []
-    with single_threaded():
-        for n_shots in shots:
-            n_queries = min(queries, int(counts[ways - 1]) - n_shots)
-            if n_queries < 1:
-                raise ValueError(
-                    f"{ways}-way {n_shots}-shot evaluation needs {ways} classes with more than "
-                    f"{n_shots} images each."
-                )
-            episodes = sample_episodes(
-                labels,
-                ways=ways,
-                shots=n_shots,
-                queries=n_queries,
-                n_episodes=n_episodes,
-                seed=seed,
-            )
-            for name, make in learners.items():
-                results.append(evaluate_learner(make, features, labels, episodes, name=name))
-    return results
-
-
-def episode_targets(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
-    index = {c: i for i, c in enumerate(classes)}
-    return torch.as_tensor([index[label] for label in labels], dtype=torch.long)
-
-
-def running_means(recent: deque) -> dict[str, float]:
-    if not recent:
-        return {}
-    losses, accuracies = zip(*recent, strict=True)
-    return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies))}
-
-
-def _checkpoint_metadata(
-    config: MetaTrainingConfig,
-    backbone: str,
-    backbone_id: str,
-    dim: int,
-    meta_training: dict[str, object],
-) -> dict[str, str]:
-    return {
-        "backbone": backbone,
-        "backbone_id": backbone_id,
-        "embedding_dim": str(dim),
-        "hidden": str(config.hidden),
-        "inner_steps": str(config.inner_steps),
-        "inner_lr": str(config.inner_lr),
-        "algorithm": config.algorithm,
-        "meta_sgd": str(config.meta_sgd).lower(),
-        "config": json.dumps(asdict(config)),
-        "meta_training": json.dumps(meta_training),
-    }
-
-
-def save_training_state(
-    path: Path,
-    meta: Parameters,
-    optimizer: torch.optim.Optimizer,
-    config: MetaTrainingConfig,
-    done: int,
-    dim: int,
-    seconds: float,
-) -> None:
-    """Write the training state to a temporary file, then move it over the old one."""
-    state = {
-        "version": STATE_VERSION,
-        "episode": done,
-        "embedding_dim": dim,
-        "seconds": seconds,
-        "config": asdict(config),
-        "meta": {k: v.detach() for k, v in meta.items()},
-        "optimizer": optimizer.state_dict(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def load_training_state(
-    path: Path,
-    meta: Parameters,
-    optimizer: torch.optim.Optimizer,
-    config: MetaTrainingConfig,
-    dim: int,
-) -> tuple[int, float]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"'{path}' is a training state of another version of this app.")
-    if state["embedding_dim"] != dim:
-        raise ValueError(
-            f"'{path}' was meta-trained on {state['embedding_dim']}-d embeddings, "
-            f"these have {dim}: resume with the same backbone."
-        )
-    saved, now = state["config"], asdict(config)
-    changed = [
-        k for k in now if k not in _RESUMABLE_CHANGES and _comparable(saved.get(k)) != now[k]
-    ]
-    if changed:
-        raise ValueError(
-            f"Cannot resume '{path}' with other settings ({', '.join(changed)} changed); "
-            "use the same settings, or start afresh without --resume."
-        )
-    with torch.no_grad():
-        for name, value in state["meta"].items():
-            meta[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["episode"]), float(state["seconds"])
-
-
-def _comparable(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value

@@ -2,7 +2,7 @@
 
 Both heads train on cached embeddings of base classes, never on images, and
 on the same fixed-seed tasks as MAML's meta-training
-(:func:`fsl_app.training.maml.training_tasks`: N-way tasks of K support and Q
+(:func:`fsl_app.training.loop.training_tasks`: N-way tasks of K support and Q
 query images per class):
 
 - ``relation`` (Sung et al. 2018, arXiv:1711.06025): episodic. The relation
@@ -23,26 +23,28 @@ on, the meta-trained head, the untrained learner and ProtoNet.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fsl_app import pretrained
 from fsl_app.evaluation.episodes import Episode, EvaluationResult
-from fsl_app.learners import ProtoNet, RelationNet, SiameseNet
-from fsl_app.learners.heads import HeadCheckpoint, Tensors, save_head
+from fsl_app.learners import ProtoNet, create_learner
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.relation import init_relation_module, relation_logits
 from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
 from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
-from fsl_app.training.maml import (
+from fsl_app.training.loop import (
     MetaProgress,
+    Tensors,
+    TrainingResult,
+    checkpoint_metadata,
     episode_targets,
     score_on_episodes,
     train_episodically,
@@ -51,10 +53,6 @@ from fsl_app.training.maml import (
 )
 
 MetricLearner = Literal["relation", "siamese"]
-METRIC_LEARNERS: dict[str, type[RelationNet | SiameseNet]] = {
-    "relation": RelationNet,
-    "siamese": SiameseNet,
-}
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,9 @@ class MetricTrainingConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.learner not in METRIC_LEARNERS:
-            raise ValueError(
-                f"Unknown learner '{self.learner}': use {' or '.join(METRIC_LEARNERS)}."
-            )
+        if self.learner not in get_args(MetricLearner):
+            choices = " or ".join(get_args(MetricLearner))
+            raise ValueError(f"Unknown learner '{self.learner}': use {choices}.")
         if self.hidden is None:
             default = RELATION_HIDDEN if self.learner == "relation" else SIAMESE_HIDDEN
             object.__setattr__(self, "hidden", default)
@@ -95,15 +92,6 @@ class MetricTrainingConfig:
             raise ValueError("shots must list at least one number of examples, each at least 1.")
         if not (self.lr > 0 and self.temperature > 0):
             raise ValueError("lr and temperature must be positive.")
-
-
-@dataclass
-class MetricTrainingResult:
-    checkpoint: HeadCheckpoint  # path is set when it was written
-    episodes: int  # tasks trained on in all, resumed runs included
-    resumed_from: int  # tasks already done when this call started (0 if fresh)
-    seconds: float  # training time in all, resumed runs included
-    running: dict[str, float] = field(default_factory=dict)  # final running loss / accuracy
 
 
 def initial_parameters(dim: int, config: MetricTrainingConfig) -> Tensors:
@@ -167,11 +155,11 @@ def metric_train(
     resume: bool = False,
     progress: MetaProgress | None = None,
     metadata: dict[str, object] | None = None,
-) -> MetricTrainingResult:
+) -> TrainingResult:
     """Train ``config.learner``'s head on ``features`` (n, dim) of base classes ``labels``.
 
     With ``out``, the checkpoint is written there at the end and the training
-    state next to it (:func:`fsl_app.training.maml.training_state_path`) every
+    state next to it (:func:`fsl_app.training.loop.training_state_path`) every
     ``config.checkpoint_every`` tasks; ``resume=True`` continues from that
     state. ``metadata`` (datasets, classes, ...) is recorded in the
     checkpoint's ``meta_training`` entry.
@@ -194,26 +182,18 @@ def metric_train(
         state_path=state_path, resume=resume, progress=progress,
     )  # fmt: skip
     record = {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)}
-    checkpoint = HeadCheckpoint(
+    checkpoint = pretrained.Checkpoint(
         config.learner,
-        None,
         {k: v.detach().clone() for k, v in params.items()},
-        {
-            "backbone": backbone,
-            "backbone_id": backbone_id,
-            "embedding_dim": str(dim),
-            "hidden": str(config.hidden),
-            "config": json.dumps(asdict(config)),
-            "meta_training": json.dumps(record),
-        },
+        checkpoint_metadata(config, backbone, backbone_id, dim, record),
     )
     if out is not None:
-        checkpoint = replace(checkpoint, path=save_head(checkpoint, out))
-    return MetricTrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
+        checkpoint = pretrained.save(checkpoint, out)
+    return TrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
 
 
 def compare_with_protonet(
-    checkpoint: HeadCheckpoint,
+    checkpoint: pretrained.Checkpoint,
     features: np.ndarray,
     labels: Sequence[str],
     *,
@@ -230,12 +210,10 @@ def compare_with_protonet(
     ``ways`` and ``queries`` shrink to what the classes allow. Results are
     named "<learner> (meta-trained)", "<learner> (untrained)" and "protonet".
     """
-    if checkpoint.path is None:
-        raise ValueError("Save the checkpoint before evaluating it: the learner reads the file.")
-    cls = METRIC_LEARNERS[checkpoint.learner]
+    name = checkpoint.learner
     learners = {
-        f"{cls.name} (meta-trained)": lambda: cls(checkpoint=checkpoint.path),
-        f"{cls.name} (untrained)": lambda: cls(checkpoint=None),
+        f"{name} (meta-trained)": lambda: create_learner(name, checkpoint=checkpoint),
+        f"{name} (untrained)": lambda: create_learner(name, checkpoint=None),
         "protonet": ProtoNet,
     }
     return score_on_episodes(

@@ -1,0 +1,141 @@
+"""THE registry of few-shot learners: what the CLI's ``--learner``, the app's picker, export and
+meta-training read, so adding a learner is one file and one entry here.
+
+Entries are plain data and name their class as ``"module:Class"``, imported on first use: the
+registry imports no torch, so ``python -m fsl_app --help`` and the app's pages stay light.
+:func:`create_learner` is the one factory; for a meta-trainable learner it resolves the shipped
+checkpoint (:mod:`fsl_app.pretrained`) for the backbone and hands the learner tensors, so
+learners never touch files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fsl_app.learners.base import FewShotLearner
+
+
+@dataclass(frozen=True)
+class LearnerEntry:
+    """One learner: its name in settings and files, the words the app shows, and what it supports.
+
+    ``onnx_exportable``: :func:`fsl_app.deploy.onnx.export_onnx` can write its models.
+    ``meta_trainable``: ``python -m fsl_app meta-train --learner <name>`` trains a checkpoint
+    for it, which :func:`create_learner` looks for under ``pretrained/``.
+    """
+
+    name: str
+    display_name: str
+    description: str
+    class_path: str  # "package.module:Class", imported by learner_class
+    onnx_exportable: bool
+    meta_trainable: bool
+
+    @property
+    def learner_class(self) -> type[FewShotLearner]:
+        module, _, attribute = self.class_path.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    @property
+    def label(self) -> str:
+        """Display name and description in one line, for a picker."""
+        return f"{self.display_name}: {self.description}"
+
+
+LEARNERS: dict[str, LearnerEntry] = {
+    entry.name: entry
+    for entry in (
+        LearnerEntry(
+            "protonet",
+            "Class centres (ProtoNet)",
+            "compares each picture with the average of each class's examples; fast, the default",
+            "fsl_app.learners.protonet:ProtoNet",
+            onnx_exportable=True,
+            meta_trainable=False,
+        ),
+        LearnerEntry(
+            "matching",
+            "Nearest examples (Matching Networks)",
+            "compares each picture with every example and lets the closest ones vote",
+            "fsl_app.learners.matching:MatchingNet",
+            onnx_exportable=True,
+            meta_trainable=False,
+        ),
+        LearnerEntry(
+            "linear",
+            "Linear classifier",
+            "draws straight boundaries between the classes' examples; good with many examples",
+            "fsl_app.learners.linear:LinearProbe",
+            onnx_exportable=True,
+            meta_trainable=False,
+        ),
+        LearnerEntry(
+            "maml",
+            "Meta-learned start (MAML)",
+            "starts from settings learned on other image classes and fine-tunes them on your "
+            "examples; slower",
+            "fsl_app.learners.maml:MAML",
+            onnx_exportable=True,
+            meta_trainable=True,
+        ),
+        LearnerEntry(
+            "relation",
+            "Learned comparison (Relation Network)",
+            "scores how well each picture matches each class with a comparison learned on "
+            "other image classes",
+            "fsl_app.learners.relation:RelationNet",
+            onnx_exportable=True,
+            meta_trainable=True,
+        ),
+        LearnerEntry(
+            "siamese",
+            "Same-or-different (Siamese network)",
+            "compares pictures in a space learned to tell whether two pictures show the same class",
+            "fsl_app.learners.siamese:SiameseNet",
+            onnx_exportable=True,
+            meta_trainable=True,
+        ),
+    )
+}
+DEFAULT_LEARNER = "protonet"
+
+
+def available_learners() -> list[str]:
+    return list(LEARNERS)
+
+
+def meta_trainable_learners() -> list[str]:
+    return [name for name, entry in LEARNERS.items() if entry.meta_trainable]
+
+
+def learner_entry(name: str) -> LearnerEntry:
+    """The entry of ``name``; ValueError naming the choices for an unknown one."""
+    try:
+        return LEARNERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown learner '{name}'. Choose one of: {', '.join(available_learners())}."
+        ) from None
+
+
+def create_learner(
+    name: str = DEFAULT_LEARNER, *, backbone: str | None = None, **params: Any
+) -> FewShotLearner:
+    """A fresh, unfitted learner; ``params`` go to its constructor.
+
+    For a meta-trainable learner, the checkpoint shipped for ``backbone`` (default: the default
+    backbone) is read here and passed in as tensors, with the reason when there is none; the
+    learner says in its ``notes_`` what it started from. ``backbone`` is ignored by the others,
+    so a caller can always pass it.
+    """
+    entry = learner_entry(name)
+    if entry.meta_trainable and "checkpoint" not in params:
+        from fsl_app import pretrained
+        from fsl_app.backbones import DEFAULT_BACKBONE
+
+        found = pretrained.find(name, backbone or DEFAULT_BACKBONE)
+        params = {"checkpoint": found.checkpoint, "missing_reason": found.missing_reason, **params}
+    return entry.learner_class(**params)
