@@ -38,7 +38,7 @@ _CACHE_SIZE = 32
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
-def project(
+def map_coordinates(
     features: np.ndarray, method: Method = "pca", dims: int = 2, seed: int = 0
 ) -> np.ndarray:
     """Coordinates of shape (n, dims) for ``features`` of shape (n, d); cached, deterministic."""
@@ -51,7 +51,7 @@ def project(
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key].copy()
-    coords = _project(features, method, dims, seed)
+    coords = _lay_out(features, method, dims, seed)
     _cache[key] = coords
     if len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
@@ -63,7 +63,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def _project(features: np.ndarray, method: str, dims: int, seed: int) -> np.ndarray:
+def _lay_out(features: np.ndarray, method: str, dims: int, seed: int) -> np.ndarray:
     n = len(features)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = features / np.maximum(norms, 1e-12)
@@ -110,7 +110,7 @@ class MapPoints:
     ``prediction`` is the class the learner gives (for prototypes, their class).
     """
 
-    features: np.ndarray  # (n, d)
+    embeddings: np.ndarray  # (n, d)
     ids: list[str]
     names: list[str]
     roles: list[str]
@@ -119,12 +119,12 @@ class MapPoints:
 
 
 def map_points(
-    example_features: np.ndarray,
+    example_embeddings: np.ndarray,
     example_labels: Sequence[str],
     example_ids: Sequence[str],
     *,
     example_names: Sequence[str] | None = None,
-    query_features: np.ndarray | None = None,
+    query_embeddings: np.ndarray | None = None,
     query_predictions: Sequence[str | None] = (),
     query_ids: Sequence[str] = (),
     query_names: Sequence[str] | None = None,
@@ -135,17 +135,19 @@ def map_points(
 
     Queries whose id is in ``suggested_ids`` take the role "suggested".
     """
-    example_features = np.asarray(example_features, dtype=np.float32)
-    dim = example_features.shape[1]
-    query_features = (
-        np.zeros((0, dim), np.float32) if query_features is None else np.asarray(query_features)
+    example_embeddings = np.asarray(example_embeddings, dtype=np.float32)
+    dim = example_embeddings.shape[1]
+    query_embeddings = (
+        np.zeros((0, dim), np.float32) if query_embeddings is None else np.asarray(query_embeddings)
     )
     classes = sorted(set(example_labels))
     labels_array = np.asarray(example_labels)
-    prototypes = np.stack([example_features[labels_array == c].mean(axis=0) for c in classes])
+    prototypes = np.stack([example_embeddings[labels_array == c].mean(axis=0) for c in classes])
     suggested = set(suggested_ids)
     return MapPoints(
-        features=np.concatenate([example_features, query_features, prototypes]).astype(np.float32),
+        embeddings=np.concatenate([example_embeddings, query_embeddings, prototypes]).astype(
+            np.float32
+        ),
         ids=[*example_ids, *query_ids, *(f"prototype:{c}" for c in classes)],
         names=[
             *(example_names or example_ids),
@@ -153,11 +155,11 @@ def map_points(
             *(f"'{c}' (class centre)" for c in classes),
         ],
         roles=[
-            *(["example"] * len(example_features)),
+            *(["example"] * len(example_embeddings)),
             *("suggested" if i in suggested else "query" for i in query_ids),
             *(["prototype"] * len(classes)),
         ],
-        labels=[*example_labels, *([None] * len(query_features)), *classes],
+        labels=[*example_labels, *([None] * len(query_embeddings)), *classes],
         predictions=[
             *(example_predictions or example_labels),
             *query_predictions,

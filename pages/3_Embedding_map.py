@@ -52,18 +52,18 @@ points = map_points(
     labels,
     example_ids,
     example_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if label],
-    query_features=embedded.embeddings[~labeled],
+    query_embeddings=embedded.embeddings[~labeled],
     query_predictions=[p.prediction for p in predictions] or [None] * len(pool_ids),
     query_ids=pool_ids,
     query_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if not label],
     example_predictions=example_predictions,
     suggested_ids=suggested,
 )
-if len(points.features) < 3:
+if len(points.embeddings) < 3:
     st.info("The map needs at least three pictures.")
     st.stop()
 with st.spinner("Laying out the map…"):
-    coords = projection.project(points.features, method=method, dims=dims)
+    coords = projection.map_coordinates(points.embeddings, method=method, dims=dims)
 names = dict(zip(embedded.ids, embedded.names, strict=True))
 labels_by_id = dict(zip(embedded.ids, embedded.labels, strict=True))
 classes = [c.name for c in store.list_classes(project.id)]

@@ -9,9 +9,9 @@ import pytest
 from fsl_app.projection import (
     METHODS,
     clear_cache,
+    map_coordinates,
     map_figure,
     map_points,
-    project,
     selected_ids,
 )
 
@@ -24,7 +24,7 @@ def points(tux_embeddings):
         tux_embeddings.features[rows],
         tux_embeddings.labels[rows].tolist(),
         [f"img{i}" for i in rows],
-        query_features=tux_embeddings.features[queries],
+        query_embeddings=tux_embeddings.features[queries],
         query_predictions=tux_embeddings.labels[queries].tolist(),
         query_ids=[f"q{i}" for i in queries],
         suggested_ids=["q61"],
@@ -37,17 +37,19 @@ def points(tux_embeddings):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_projection_shape_and_determinism(tux_embeddings, method, dims):
     features = tux_embeddings.features[:60]
-    first = project(features, method, dims, seed=0)
+    first = map_coordinates(features, method, dims, seed=0)
     assert first.shape == (60, dims)
     assert np.isfinite(first).all()
     clear_cache()  # recompute, not a cache hit
-    np.testing.assert_allclose(project(features, method, dims, seed=0), first, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        map_coordinates(features, method, dims, seed=0), first, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_pca_map_separates_real_classes(tux_embeddings):
     """Birds and fruit sit apart on the map: their centres are further apart than their spread."""
     mask = np.isin(tux_embeddings.labels, ["bird", "fruit"])
-    coords = project(tux_embeddings.features[mask], "pca", 2)
+    coords = map_coordinates(tux_embeddings.features[mask], "pca", 2)
     labels = tux_embeddings.labels[mask]
     centres = {c: coords[labels == c].mean(axis=0) for c in ("bird", "fruit")}
     gap = np.linalg.norm(centres["bird"] - centres["fruit"])
@@ -56,8 +58,8 @@ def test_pca_map_separates_real_classes(tux_embeddings):
 
 
 def test_tiny_sets_still_get_a_map():
-    assert project(np.ones((1, 8)), "tsne", 2).shape == (1, 2)
-    assert project(np.eye(3, 8), "umap", 3).shape == (3, 3)
+    assert map_coordinates(np.ones((1, 8)), "tsne", 2).shape == (1, 2)
+    assert map_coordinates(np.eye(3, 8), "umap", 3).shape == (3, 3)
 
 
 def test_map_points_add_one_prototype_per_class(points):
@@ -66,13 +68,13 @@ def test_map_points_add_one_prototype_per_class(points):
     assert points.ids[-2:] == ["prototype:bird", "prototype:fish"]
     bird_rows = [i for i, label in enumerate(points.labels[:16]) if label == "bird"]
     np.testing.assert_allclose(
-        points.features[-2], points.features[bird_rows].mean(axis=0), rtol=1e-5
+        points.embeddings[-2], points.embeddings[bird_rows].mean(axis=0), rtol=1e-5
     )
 
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_figure_has_every_point_with_its_id(points, dims):
-    coords = project(points.features, "pca", dims)
+    coords = map_coordinates(points.embeddings, "pca", dims)
     figure = map_figure(coords, points, color_by="class")
     assert isinstance(figure, go.Figure)
     ids = [i for trace in figure.data for i in trace.customdata]
@@ -84,7 +86,7 @@ def test_figure_has_every_point_with_its_id(points, dims):
 def test_user_names_are_escaped_in_hover_text(tux_embeddings):
     features = tux_embeddings.features[:4]
     points = map_points(features, ["<b>x</b>", "<b>x</b>", "y", "y"], ["a", "b", "c", "d"])
-    figure = map_figure(project(points.features, "pca", 2), points)
+    figure = map_figure(map_coordinates(points.embeddings, "pca", 2), points)
     hover = " ".join(t for trace in figure.data for t in trace.hovertext)
     assert "<b>x</b>" not in hover and "&lt;b&gt;x&lt;/b&gt;" in hover
 

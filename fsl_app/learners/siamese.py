@@ -72,7 +72,7 @@ def init_projection(hidden: int = DEFAULT_HIDDEN, seed: int = 0) -> Tensors:
     }
 
 
-def project(head: Tensors | None, features: torch.Tensor) -> torch.Tensor:
+def siamese_projection(head: Tensors | None, features: torch.Tensor) -> torch.Tensor:
     """The head's output f(x) of shape (n, dim), unit length; ``head=None`` is the identity."""
     h = F.normalize(features, dim=1)
     if head is None:
@@ -133,13 +133,13 @@ class SiameseNet(FewShotLearner):
             support.shape[1], self.notes_
         )
         self.temperature_ = float(self.temperature or 1.0 / self.scale_)
-        projected = project(self.head_, support)
+        projected = siamese_projection(self.head_, support)
         self.prototypes_ = F.normalize(
             class_means(projected, targets, int(targets.max()) + 1), dim=1
         )
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
-        return project(self.head_, query) @ self.prototypes_.T / self.temperature_
+        return siamese_projection(self.head_, query) @ self.prototypes_.T / self.temperature_
 
     def same_class_probability(self, a: ArrayLike, b: ArrayLike) -> np.ndarray:
         """Probability that ``a[i]`` and ``b[i]`` show the same class, of shape (n_pairs,).
@@ -168,7 +168,7 @@ class SiameseNet(FewShotLearner):
         else:
             head, scale, bias, _ = self._verifier(a.shape[1], [])
         with torch.no_grad():
-            cosines = (project(head, a) * project(head, b)).sum(dim=1)
+            cosines = (siamese_projection(head, a) * siamese_projection(head, b)).sum(dim=1)
             return torch.sigmoid(scale * cosines + bias).double().numpy()
 
     def _verifier(

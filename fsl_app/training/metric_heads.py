@@ -39,7 +39,7 @@ from fsl_app.learners import ProtoNet, create_learner
 from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
 from fsl_app.learners.relation import init_relation_module, relation_logits
 from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
-from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, project
+from fsl_app.learners.siamese import DEFAULT_THRESHOLD, init_projection, siamese_projection
 from fsl_app.training.loop import (
     MetaProgress,
     Tensors,
@@ -133,7 +133,7 @@ def task_loss(
         return F.cross_entropy(logits, query_targets), accuracy
     images = np.concatenate([task.support, task.query])
     targets = episode_targets(labels[images], task.classes)
-    z = project(params, features[torch.as_tensor(images)])
+    z = siamese_projection(params, features[torch.as_tensor(images)])
     first, second = torch.triu_indices(len(images), len(images), offset=1)
     logits = params["log_scale"].exp() * (z[first] * z[second]).sum(dim=1) + params["bias"]
     same = (targets[first] == targets[second]).float()
