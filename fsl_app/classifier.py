@@ -4,9 +4,9 @@ Every page, command, export and batch job classifies through :func:`fit_classifi
 :meth:`CalibratedClassifier.predict_pictures`, so the same picture gets the same class, the same
 confidence and the same "none of these" everywhere. The ranking of the classes comes from any
 registered learner; the confidence from a temperature fitted on its held-out predictions of the
-examples; "none of these" from a distance threshold on the embeddings (both in
-:mod:`fsl_app.trust.calibration`). The classifier keeps what it was fitted on, so saving it
-needs nothing else.
+examples (:mod:`fsl_app.trust.calibration`); "none of these" from a distance threshold on the
+embeddings (:mod:`fsl_app.trust.open_set`). The classifier keeps what it was fitted on, so
+saving it needs nothing else.
 """
 
 from __future__ import annotations
@@ -22,13 +22,9 @@ from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
-from fsl_app.trust.calibration import (
-    DEFAULT_STRICTNESS,
-    MAX_FOLDS,
-    OpenSetDetector,
-    calibrate_temperature,
-)
+from fsl_app.trust.calibration import MAX_FOLDS, calibrate_temperature
 from fsl_app.trust.explanations import explain
+from fsl_app.trust.open_set import DEFAULT_STRICTNESS, OpenSetDetector
 from fsl_app.trust.uncertainty import entropy
 
 # Calibrated confidence below which a prediction is shown as unsure, and at or above which it

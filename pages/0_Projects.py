@@ -9,7 +9,7 @@ from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.store import StoreError
-from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
 

@@ -19,11 +19,11 @@ from fsl_app.learners import LEARNERS, NotFittedError, ProtoNet, create_learner
 from fsl_app.learners.base import softmax
 from fsl_app.trust.calibration import (
     MIN_CLASS_SIZE,
-    OpenSetDetector,
     calibrate_temperature,
     fit_temperature,
     held_out_logits,
 )
+from fsl_app.trust.open_set import OpenSetDetector
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):

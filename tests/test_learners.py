@@ -18,7 +18,7 @@ from fsl_app.learners import (
     create_learner,
 )
 from fsl_app.learners.protonet import soft_kmeans_prototypes
-from fsl_app.trust.calibration import OpenSetDetector
+from fsl_app.trust.open_set import OpenSetDetector
 
 
 def blobs(n_per_class=5, n_classes=3, dim=16, seed=0, spread=0.3):

@@ -16,7 +16,7 @@ from fsl_app.deploy.bundle import check_backbone, load_bundle
 from fsl_app.embedded_set import EmbeddedSet, Unreadable, embed_folders
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
-from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -31,7 +31,7 @@ from fsl_app.backbones import Backbone
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.files import write_atomically
 from fsl_app.learners import LEARNERS, NotFittedError
-from fsl_app.trust.calibration import OpenSetDetector
+from fsl_app.trust.open_set import OpenSetDetector
 
 FORMAT_NAME = "fsl_app.bundle"
 FORMAT_VERSION = 1

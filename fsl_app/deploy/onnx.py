@@ -248,7 +248,7 @@ class _Head(nn.Module):
         logits = self.logits(embedding).double()
         probabilities = (logits / self.temperature).softmax(dim=1)
         features = embedding.double()
-        # fsl_app.trust.calibration.power_normalize: signed square root, then unit rows.
+        # fsl_app.trust.open_set.power_normalize: signed square root, then unit rows.
         features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
         distance = 1 - (features @ self.prototypes.T).amax(dim=1)
         return probabilities.float(), distance.float(), distance > self.threshold

@@ -24,7 +24,7 @@ from fsl_app.evaluation.metrics import (
     reliability_bins,
 )
 from fsl_app.learners import DEFAULT_LEARNER, learner_entry
-from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 
 # Folds for learners that declare an expensive fit (``calibration_folds``); others get LOO.
 SLOW_LEARNER_FOLDS = 5

@@ -1,11 +1,10 @@
-"""Probabilities a person can trust: temperature and "none of these".
+"""Probabilities a person can trust: a temperature fitted on the user's own examples.
 
-Both fits use only the user's examples. The temperature comes from the
-learner's predictions for examples it was not fitted on (leave-one-out, or
-k-fold when refits would be many); the "none of these" threshold from how far
-each example lies from its own class without it. Too few examples for either
-leaves a safe default and a sentence saying what to add. How well calibrated the result is
-(expected calibration error) is measured in :mod:`fsl_app.evaluation.metrics`.
+The temperature comes from the learner's predictions for examples it was not fitted on
+(leave-one-out, or k-fold when refits would be many). Too few examples leaves the learner's
+own scale and a sentence saying what to add. "None of these" is :mod:`fsl_app.trust.open_set`;
+how well calibrated the result is (expected calibration error) is measured in
+:mod:`fsl_app.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from fsl_app.evaluation.folds import deal_folds
-from fsl_app.learners import FewShotLearner, NotFittedError
-from fsl_app.learners.base import as_embeddings
+from fsl_app.learners import FewShotLearner
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Only classes with this many examples are held out. With 2, the held-out predictions are
@@ -34,16 +32,6 @@ MAX_FOLDS = 10
 # kept unless the held-out examples argue against it. Without it a handful of held-out
 # predictions that all happen to be right drives T to its lower bound (certainty).
 TEMPERATURE_PRIOR_WEIGHT = 1.0
-
-DEFAULT_STRICTNESS = 1.0
-# Quantile of the held-out distances to the own class that the threshold sits at: 0.95 kept
-# the share of in-class queries called unknown under 7% on average in every real setting
-# measured (0.9 reached 10.5%). Per-class thresholds and nearest-example distances were
-# measured too and flagged more in-class queries for the same share of foreign ones.
-DEFAULT_QUANTILE = 0.95
-
-
-# --- Temperature ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -176,130 +164,3 @@ def calibrate_temperature(
         )
     logits, targets = held_out_logits(make_learner, support, labels, max_folds=max_folds)
     return Temperature(fit_temperature(logits, targets), len(targets))
-
-
-# --- "None of these" --------------------------------------------------------------------------
-
-
-def power_normalize(features: ArrayLike) -> np.ndarray:
-    """Signed square root, then unit length, row by row: shape (n, dim) in and out.
-
-    Power normalisation (Perronnin, Sánchez & Mensink, ECCV 2010) damps the
-    few large activations of pooled CNN features, so the distance reflects
-    which features fire rather than how strongly the strongest one does. On
-    real 1280-d embeddings it raised the share of foreign images (Fashion-MNIST,
-    digits) flagged at the same false-alarm rate, e.g. digits at 5 shots from
-    44% to 71%, without hurting in-class queries. That was measured on the
-    default backbone's non-negative (post-ReLU) features; the signed root keeps
-    signed features (e.g. a ViT's) well defined, untested.
-    """
-    features = np.asarray(features, dtype=np.float64)
-    return _unit_rows(np.sign(features) * np.sqrt(np.abs(features)))
-
-
-class OpenSetDetector:
-    """Says "none of these" for a query farther from every class than its examples are.
-
-    Distances are cosine distances, after :func:`power_normalize`, from a query
-    to its nearest class mean (prototype); they work on embeddings alone, so
-    the answer is the same whichever learner classifies. ``threshold_`` is the
-    ``quantile`` of the leave-one-out distances of the support (each example
-    to the mean of the rest of its class) divided by ``strictness``: higher
-    strictness flags more, 0 turns the detector off (threshold infinite).
-    When no class has 2 examples, the threshold falls back to the median
-    distance between the (single-example) prototypes, and ``reason_`` says so.
-
-    Measured with 3 known Tux Paint classes (all 10 triples, 10 draws each),
-    at the default strictness, the share called unknown of: photos of the
-    known classes / of the 2 other Tux Paint classes / Fashion-MNIST / digits:
-    1 shot 7% / 20% / 32% / 55%, 2 shots 3% / 12% / 20% / 37%, 3 shots 4% /
-    17% / 27% / 56%, 5 shots 4% / 23% / 37% / 71%. Strictness 1.1 gives 10%
-    / 39% / 64% / 92% at 5 shots, 0.9 gives 1% / 10% / 15% / 41%.
-
-    After ``fit``: ``classes_`` (n_classes,), ``prototypes_`` (n_classes, dim),
-    ``threshold_``, ``reason_`` (None when the threshold is fitted).
-    """
-
-    def __init__(self, strictness: float = DEFAULT_STRICTNESS, quantile: float = DEFAULT_QUANTILE):
-        self.strictness = strictness
-        self.quantile = quantile
-
-    def fit(self, support: ArrayLike, labels: Sequence) -> OpenSetDetector:
-        if self.strictness < 0:
-            raise ValueError("strictness must be 0 (off) or a positive number; 1 is the default.")
-        features = power_normalize(as_embeddings(support, "support").numpy())
-        if np.shape(labels) != (len(features),):
-            raise ValueError(
-                f"Got {len(features)} support embeddings but {np.size(labels)} labels; "
-                "each example needs exactly one label."
-            )
-        self.classes_, targets = np.unique(np.asarray(labels), return_inverse=True)
-        n_classes = len(self.classes_)
-        if n_classes < 2:
-            raise ValueError('"None of these" needs at least two classes to tell apart.')
-        sums = np.zeros((n_classes, features.shape[1]))
-        np.add.at(sums, targets, features)
-        counts = np.bincount(targets, minlength=n_classes)
-        self.prototypes_ = _unit_rows(sums)
-        held_out = counts[targets] >= 2
-        self.reason_ = None
-        if held_out.any():
-            # Each example against the mean of the other examples of its class.
-            rest = sums[targets[held_out]] - features[held_out]
-            distances = 1 - (features[held_out] * _unit_rows(rest)).sum(axis=1)
-            base = float(np.quantile(distances, self.quantile))
-        else:
-            between = 1 - self.prototypes_ @ self.prototypes_.T
-            base = float(np.median(between[np.triu_indices(n_classes, 1)]))
-            self.reason_ = (
-                '"None of these" uses a rough rule for now: add a second example to a class '
-                "so it can learn how much your images of one class vary."
-            )
-        self.threshold_ = base / self.strictness if self.strictness > 0 else float("inf")
-        return self
-
-    @classmethod
-    def from_fitted_state(
-        cls,
-        *,
-        classes: ArrayLike,
-        prototypes: ArrayLike,
-        threshold: float,
-        strictness: float = DEFAULT_STRICTNESS,
-        reason: str | None = None,
-    ) -> OpenSetDetector:
-        """A detector with the state ``fit`` learned, e.g. read back from a saved model.
-
-        ``classes`` (n_classes,), ``prototypes`` (n_classes, dim) and
-        ``threshold`` are taken as given, not recomputed, so a restored
-        detector flags exactly what the fitted one did.
-        """
-        detector = cls(strictness)
-        detector.classes_ = np.asarray(classes)
-        detector.prototypes_ = np.asarray(prototypes, dtype=np.float64)
-        detector.threshold_ = float(threshold)
-        detector.reason_ = reason
-        return detector
-
-    def distance(self, query: ArrayLike) -> np.ndarray:
-        """Cosine distance of each query to its nearest prototype, of shape (n_query,)."""
-        if not hasattr(self, "prototypes_"):
-            raise NotFittedError(
-                "This OpenSetDetector has not been fitted yet: call fit(support, labels) first."
-            )
-        query = as_embeddings(query, "query").numpy()
-        if query.shape[1] != self.prototypes_.shape[1]:
-            raise ValueError(
-                f"Query embeddings have {query.shape[1]} dimensions but the detector was "
-                f"fitted on {self.prototypes_.shape[1]}; were they made with another backbone?"
-            )
-        return 1 - (power_normalize(query) @ self.prototypes_.T).max(axis=1)
-
-    def is_unknown(self, query: ArrayLike) -> np.ndarray:
-        """True for each query farther than ``threshold_`` from every class, shape (n_query,)."""
-        return self.distance(query) > self.threshold_
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)

@@ -17,7 +17,7 @@ from fsl_app.embedded_set import EmbeddedSet, embed_project
 from fsl_app.embeddings import Embedder
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
-from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
 
