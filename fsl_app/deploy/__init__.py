@@ -1,1 +1,1 @@
-"""deploy."""
+"""Deploying what was learned: the model bundle, its ONNX graph, batch prediction (local, Ray)."""

@@ -1,1 +1,2 @@
-"""trust."""
+"""Answers a person can trust: calibration, "none of these", uncertainty, explanations,
+labels that look wrong."""
