@@ -21,7 +21,7 @@ from fsl_app.trust.calibration import (
     MIN_CLASS_SIZE,
     calibrate_temperature,
     fit_temperature,
-    held_out_logits,
+    held_out_predictions,
 )
 from fsl_app.trust.open_set import OpenSetDetector
 
@@ -66,21 +66,23 @@ class CountingLearner:
         return ProtoNet()
 
 
-def test_held_out_logits_leave_one_out_on_small_supports():
+def test_held_out_predictions_leave_one_out_on_small_supports():
     support, labels = blobs(n_per_class=3)
     make = CountingLearner()
-    logits, targets = held_out_logits(make, support, labels)
+    held = held_out_predictions(make, support, labels)
+    logits, targets = held.logits, held.targets
     assert make.fits == 9 and logits.shape == (9, 3)
     assert sorted(targets) == sorted(np.searchsorted(np.unique(labels), labels))
     assert (logits.argmax(axis=1) == targets).all()
 
 
-def test_held_out_logits_use_at_most_max_folds_and_never_a_whole_class():
+def test_held_out_predictions_use_at_most_max_folds_and_never_a_whole_class():
     support, labels = blobs(n_per_class=12, n_classes=3)
     small = np.concatenate([support[:36], support[:2] + 0.01])  # class_3: too few to hold out
     small_labels = np.concatenate([labels, ["class_3"] * 2])
     make = CountingLearner()
-    logits, targets = held_out_logits(make, small, small_labels, max_folds=5)
+    held = held_out_predictions(make, small, small_labels, max_folds=5)
+    logits, targets = held.logits, held.targets
     assert make.fits == 5
     assert logits.shape == (36, 4) and 3 not in targets
 

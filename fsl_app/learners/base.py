@@ -116,6 +116,12 @@ class _OwnLogits(torch.nn.Module):
         return self.learner._logits(embedding)
 
 
+def check_temperature(temperature: float | None) -> None:
+    """Refuse a temperature that is not a positive number (None means "the learner's own")."""
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be positive; got {temperature}.")
+
+
 def usable_checkpoint(
     learner: FewShotLearner, dim: int, notes: list[str], *, what: str, untrained: str
 ) -> Checkpoint | None:

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fsl_app.learners.base import FewShotLearner
+from fsl_app.learners.base import FewShotLearner, check_temperature
 from fsl_app.learners.protonet import Normalization, check_normalization, simpleshot_normalize
 
 
@@ -48,8 +48,7 @@ class MatchingNet(FewShotLearner):
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
         check_normalization(self.normalize)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive; got {self.temperature}.")
+        check_temperature(self.temperature)
         self.mean_ = support.mean(dim=0)
         self.support_ = F.normalize(
             simpleshot_normalize(support, self.normalize, self.mean_), dim=1

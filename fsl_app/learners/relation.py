@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fsl_app.learners.base import FewShotLearner, usable_checkpoint
+from fsl_app.learners.base import FewShotLearner, check_temperature, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ class RelationNet(FewShotLearner):
         self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be positive; got {self.temperature}.")
+        check_temperature(self.temperature)
         found = usable_checkpoint(
             self,
             support.shape[1],

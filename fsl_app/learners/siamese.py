@@ -39,7 +39,12 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
-from fsl_app.learners.base import FewShotLearner, as_embeddings, usable_checkpoint
+from fsl_app.learners.base import (
+    FewShotLearner,
+    as_embeddings,
+    check_temperature,
+    usable_checkpoint,
+)
 from fsl_app.learners.protonet import class_means
 
 if TYPE_CHECKING:
@@ -127,8 +132,7 @@ class SiameseNet(FewShotLearner):
         self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be positive; got {self.temperature}.")
+        check_temperature(self.temperature)
         self.head_, self.scale_, self.bias_, self.checkpoint_ = self._verifier(
             support.shape[1], self.notes_
         )

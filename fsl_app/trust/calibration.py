@@ -47,33 +47,6 @@ class Temperature:
     reason: str | None = None
 
 
-def held_out_logits(
-    make_learner: Callable[[], FewShotLearner],
-    support: ArrayLike,
-    labels: Sequence,
-    *,
-    min_class_size: int = MIN_CLASS_SIZE,
-    max_folds: int = MAX_FOLDS,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of support examples from learners fitted without them.
-
-    Only examples of classes with ``min_class_size`` (at least 2) or more
-    examples are held out, so every refit still sees every class and its logits columns follow
-    ``np.unique(labels)``. With at most ``max_folds`` such examples this is
-    leave-one-out; with more, they are shuffled (``seed``) and dealt into ``max_folds`` folds
-    class by class (:func:`fsl_app.evaluation.folds.deal_folds`), so no fold takes a whole
-    class. Returns logits (n_held_out,
-    n_classes) and targets (n_held_out,) as indices into ``np.unique(labels)``;
-    both are empty when no class is that large. :func:`held_out_predictions` also
-    says which example each row is.
-    """
-    held = held_out_predictions(
-        make_learner, support, labels, min_class_size=min_class_size, max_folds=max_folds, seed=seed
-    )
-    return held.logits, held.targets
-
-
 @dataclass(frozen=True)
 class HeldOut:
     """Row i of ``logits`` and ``targets`` is example ``indices[i]`` of the support."""
@@ -92,7 +65,17 @@ def held_out_predictions(
     max_folds: int = MAX_FOLDS,
     seed: int = 0,
 ) -> HeldOut:
-    """:func:`held_out_logits` with the index of the example behind each row."""
+    """Logits of support examples from learners fitted without them.
+
+    Only examples of classes with ``min_class_size`` (at least 2) or more examples are held
+    out, so every refit still sees every class and the logits' columns follow
+    ``np.unique(labels)``. With at most ``max_folds`` such examples this is leave-one-out;
+    with more, they are shuffled (``seed``) and dealt into ``max_folds`` folds class by class
+    (:func:`fsl_app.evaluation.folds.deal_folds`), so no fold takes a whole class. Row i of
+    the result is example ``indices[i]``: logits (n_held_out, n_classes) and targets
+    (n_held_out,) as indices into ``np.unique(labels)``; all empty when no class is that
+    large.
+    """
     support = np.asarray(support)
     labels = np.asarray(labels)
     classes, targets = np.unique(labels, return_inverse=True)
@@ -143,7 +126,7 @@ def calibrate_temperature(
 ) -> Temperature:
     """The temperature of the learner ``make_learner`` builds, fitted on ``support`` alone.
 
-    Held-out logits come from :func:`held_out_logits`. It takes two classes
+    Held-out logits come from :func:`held_out_predictions`. It takes two classes
     of :data:`MIN_CLASS_SIZE` or more examples; with fewer, the learner's own
     scale is kept (T = 1) and ``reason`` says what to add.
 
@@ -162,5 +145,5 @@ def calibrate_temperature(
             f"Confidence is not calibrated yet: give at least two classes {MIN_CLASS_SIZE} "
             "examples or more.",
         )
-    logits, targets = held_out_logits(make_learner, support, labels, max_folds=max_folds)
-    return Temperature(fit_temperature(logits, targets), len(targets))
+    held = held_out_predictions(make_learner, support, labels, max_folds=max_folds)
+    return Temperature(fit_temperature(held.logits, held.targets), len(held.targets))
