@@ -167,6 +167,23 @@ def test_module_entry_point_in_a_new_process(folders, tmp_path):
         assert [row["prediction"] for row in json.loads(done.stdout)].count("fruit") >= 4
 
 
+def test_a_fully_cached_predict_builds_no_backbone_model(folders, tmp_path, capsys, monkeypatch):
+    """Every embedding in the cache: no model is built and no weights are loaded."""
+    args = ["--support", folders.support, "--query", folders.query, "--format", "json"]
+    args += ["--cache", tmp_path / "cache.sqlite"]
+    code, first, _ = run_cli(capsys, *args)
+    assert code == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone's model was built for a fully cached run")
+
+    monkeypatch.setattr("fsl_app.backbones._model_from_wheel", refuse)
+    monkeypatch.setattr("timm.create_model", refuse)
+    code, second, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert json.loads(second) == json.loads(first)
+
+
 def test_help_documents_the_predict_command():
     done = subprocess.run(
         [sys.executable, "-m", "fsl_app", "predict", "--help"], capture_output=True, text=True

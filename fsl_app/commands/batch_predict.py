@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fsl_app.classify import UnusableInputError
 from fsl_app.commands.common import progress_bar
-from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
 
 ENGINES = ("local", "ray")
 
@@ -58,6 +56,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classify import UnusableInputError
+    from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
+
     try:
         output_format(args.output)
     except ValueError as err:

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-from fsl_app.classify import UnusableInputError, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
@@ -43,6 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classify import UnusableInputError, scan_examples_folder
+
     folder = scan_examples_folder(args.support)
     with open_embedder(args) as embedder:
         embedded = embedder.embed(list(folder.paths), progress=progress_bar("examples"))

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fsl_app.classify import fit_folder, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_learner_options, report_examples
-from fsl_app.deploy.bundle import load_bundle, save_bundle
-from fsl_app.deploy.onnx import check_onnx_export, export_onnx
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +43,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classify import fit_folder, scan_examples_folder
+    from fsl_app.deploy.bundle import load_bundle, save_bundle
+    from fsl_app.deploy.onnx import check_onnx_export, export_onnx
+
     if args.onnx:
         check_onnx_export(args.learner)  # before any work: a missing package says so at once
     support = scan_examples_folder(args.support)

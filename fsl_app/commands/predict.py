@@ -7,19 +7,15 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.classify import (
-    Classification,
-    QueryResult,
-    UnusableInputError,
-    classify_files,
-    classify_files_with,
-)
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.deploy.bundle import check_backbone, load_bundle
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
+
+if TYPE_CHECKING:
+    from fsl_app.classify import Classification, QueryResult
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -73,6 +69,8 @@ def add_learner_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classify import classify_files
+
     if args.bundle:
         result = _classify_with_bundle(args)
     else:
@@ -95,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classify_with_bundle(args: argparse.Namespace) -> Classification:
+    from fsl_app.classify import UnusableInputError, classify_files_with
+    from fsl_app.deploy.bundle import check_backbone, load_bundle
+
     given = [
         option
         for option, value in (

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, Suggestion, available_strategies, rank
-from fsl_app.classify import UnusableInputError, list_input_files, scan_examples_folder
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.learners import DEFAULT_LEARNER, available_learners, create_learner
@@ -59,6 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classify import UnusableInputError, list_input_files, scan_examples_folder
+
     support = scan_examples_folder(args.support, min_classes=0)
     pool_files = list_input_files(args.pool, what="pool")
     with open_embedder(args) as embedder:
