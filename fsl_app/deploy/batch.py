@@ -24,6 +24,7 @@ import numpy as np
 from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
+from fsl_app.files import write_atomically_with
 from fsl_app.images import SUPPORTED_SUFFIXES
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
@@ -179,14 +180,16 @@ class ParquetJournal:
         convert = pa_csv.ConvertOptions(
             column_types=schema, strings_can_be_null=False, quoted_strings_can_be_null=False
         )
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with (
-            pa_csv.open_csv(self.journal.path, convert_options=convert) as reader,
-            pq.ParquetWriter(temporary, schema) as writer,
-        ):
-            for chunk in reader:  # streamed: memory stays flat however long the journal
-                writer.write_batch(chunk)
-        os.replace(temporary, self.path)
+
+        def write(temporary: Path) -> None:
+            with (
+                pa_csv.open_csv(self.journal.path, convert_options=convert) as reader,
+                pq.ParquetWriter(temporary, schema) as writer,
+            ):
+                for chunk in reader:  # streamed: memory stays flat however long the journal
+                    writer.write_batch(chunk)
+
+        write_atomically_with(self.path, write)
         self.journal.path.unlink()
 
     def _parquet_to_journal(self) -> None:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.files import write_atomically_with
 from fsl_app.learners import MAML, ProtoNet
 from fsl_app.learners.maml import (
     ADAPTER_KEYS,
@@ -520,10 +521,7 @@ def save_training_state(
         "meta": {k: v.detach() for k, v in meta.items()},
         "optimizer": optimizer.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_atomically_with(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_training_state(
