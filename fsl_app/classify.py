@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from fsl_app.classifier import CalibratedClassifier
-from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
+from fsl_app.datasets import ImageFolder, scan_image_folder
 from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
+from fsl_app.files import LeftOut, iter_image_files
 from fsl_app.learners import DEFAULT_LEARNER
 from fsl_app.trust.calibration import DEFAULT_STRICTNESS
 
@@ -208,12 +209,18 @@ def classify_files(
     is that of :func:`classify_images`.
     """
     support = scan_examples_folder(support_dir)
-    query_files = list_input_files(query)
+    left_out = support.left_out
+    query_files = list_input_files(query, left_out=left_out)
     fitted = fit_folder(
         embedder, support, learner=learner, strictness=strictness, progress=progress
     )
     classification = classify_with(embedder, fitted.model, query_files, progress=progress)
-    return replace(classification, classes=support.classes, skipped_examples=fitted.skipped)
+    return replace(
+        classification,
+        classes=support.classes,
+        skipped_examples=fitted.skipped,
+        notes=_with_left_out(classification.notes, left_out),
+    )
 
 
 def classify_files_with(
@@ -224,7 +231,17 @@ def classify_files_with(
     progress: ProgressFactory = lambda stage: None,
 ) -> Classification:
     """Classify ``query`` (one image or a folder of images) with a fitted ``model``."""
-    return classify_with(embedder, model, list_input_files(query), progress=progress)
+    left_out = LeftOut()
+    classification = classify_with(
+        embedder, model, list_input_files(query, left_out=left_out), progress=progress
+    )
+    return replace(classification, notes=_with_left_out(classification.notes, left_out))
+
+
+def _with_left_out(notes: list[str], left_out: LeftOut) -> list[str]:
+    """The notes, and a last one saying how many files were left out as not images."""
+    note = left_out.note()
+    return [*notes, note] if note else notes
 
 
 def fit_folder(
@@ -276,12 +293,24 @@ def scan_examples_folder(support_dir: str | os.PathLike, *, min_classes: int = 2
     return support
 
 
-def list_input_files(path: str | os.PathLike, what: str = "query") -> list[Path]:
-    """Files of one image or a folder of images, refused clearly when there are none."""
+def list_input_files(
+    path: str | os.PathLike, what: str = "query", *, left_out: LeftOut | None = None
+) -> list[Path]:
+    """One image, or the images in a folder, refused clearly when there are none.
+
+    Files in the folder that are not images are counted in ``left_out``.
+    """
+    left_out = left_out if left_out is not None else LeftOut()
+    before = left_out.count
     try:
-        files = list_files(path)
+        files = list(iter_image_files(path, left_out))
     except FileNotFoundError:
         raise UnusableInputError(f"The {what} '{path}' does not exist.") from None
     if not files:
-        raise UnusableInputError(f"The {what} folder '{path}' has no files in it.")
+        others = left_out.count - before
+        raise UnusableInputError(
+            f"The {what} folder '{path}' has no files in it."
+            if not others
+            else f"The {what} folder '{path}' has no images in it, only other files."
+        )
     return files

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fsl_app.files import write_atomically, write_atomically_with
+from fsl_app.files import (
+    LeftOut,
+    iter_files,
+    iter_image_files,
+    write_atomically,
+    write_atomically_with,
+)
 
 
 def test_bytes_replace_the_old_file_and_leave_no_temporary(tmp_path):
@@ -35,3 +41,23 @@ def test_a_failing_writer_keeps_the_old_file_and_removes_its_temporary(tmp_path)
 def test_a_writer_that_wants_a_file_name_gets_one_beside_the_target(tmp_path):
     path = write_atomically_with(tmp_path / "out.txt", lambda t: t.write_text("streamed"))
     assert path.read_text() == "streamed"
+
+
+def test_one_walk_lazily_sorted_images_only_the_others_counted(tmp_path):
+    for name in ("b.png", "a/z.jpg", "a/notes.txt", "a/b/c.PNG", ".hidden/x.png", "a/.x.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "Thumbs.db").write_bytes(b"")
+    assert list(iter_files(tmp_path)) == sorted(iter_files(tmp_path))
+    left_out = LeftOut()
+    found = [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path, left_out)]
+    assert found == ["a/b/c.PNG", "a/z.jpg", "b.png"]
+    assert left_out.note() == "left out 1 file that is not an image (e.g. notes.txt)"
+
+
+def test_a_file_named_by_the_user_is_walked_even_when_not_an_image(tmp_path):
+    named = tmp_path / "notes.txt"
+    named.write_text("x")
+    assert list(iter_image_files(named)) == [named]
+    with pytest.raises(FileNotFoundError):
+        next(iter_files(tmp_path / "missing"))

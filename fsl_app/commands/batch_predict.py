@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             progress=progress_bar("", description="Predicting", leave=True),
         )
+    if report.left_out.count:
+        print(f"note: {report.left_out.note()}", file=sys.stderr)
     print(
         f"{report.predicted} images predicted ({report.errors} unreadable), "
         f"{report.skipped} already in {args.output}; {report.total} under {args.input}.",
