@@ -31,18 +31,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.neighbors import NearestNeighbors
 
-from fsl_app.classifier import CalibratedClassifier
-from fsl_app.embedded_set import EmbeddedSet
-from fsl_app.learners import FewShotLearner, create_learner
-from fsl_app.learners.protonet import Normalization, check_normalization, simpleshot_normalize
+from fsl_app.learners import create_learner
 from fsl_app.trust import uncertainty
+
+if TYPE_CHECKING:
+    from fsl_app.classifier import CalibratedClassifier
+    from fsl_app.embedded_set import EmbeddedSet
+    from fsl_app.learners import FewShotLearner
+    from fsl_app.learners.protonet import Normalization
+
+# torch, scikit-learn and the protonet module are imported where they are used: the command
+# line reads the strategy table (STRATEGIES) to build its parser.
 
 DEFAULT_STRATEGY = "auto"
 # Neighbours behind "typical" (TypiClust's K) and cluster count above which
@@ -137,6 +141,8 @@ def rank(
         ) from None
     if k < 1:
         raise ValueError(f"k is the number of suggestions and must be at least 1; got {k}.")
+    from fsl_app.learners.protonet import check_normalization
+
     check_normalization(normalize)
     if np.size(pool) == 0:
         return []
@@ -167,6 +173,8 @@ def typicality(points: ArrayLike, n_neighbors: int = TYPICALITY_NEIGHBORS) -> np
     The inverse of the mean distance to its ``n_neighbors`` nearest other
     points: high in dense regions, low for outliers.
     """
+    from sklearn.neighbors import NearestNeighbors
+
     points = np.asarray(points, dtype=float)
     if len(points) < 2:
         return np.ones(len(points))
@@ -182,6 +190,8 @@ def cluster(points: ArrayLike, n_clusters: int, seed: int = 0) -> np.ndarray:
     large pool quick; ``n_clusters`` beyond the number of points gives each
     point its own cluster.
     """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
     points = np.asarray(points, dtype=np.float64)
     if n_clusters >= len(points):
         return np.arange(len(points))
@@ -277,6 +287,10 @@ class _Problem:
     @cached_property
     def points(self) -> np.ndarray:
         """Labeled then pool embeddings, normalised, of shape (n_labeled + n_pool, dim)."""
+        import torch
+
+        from fsl_app.learners.protonet import simpleshot_normalize
+
         features = torch.as_tensor(np.concatenate([self.support, self.pool]))
         return simpleshot_normalize(features, self.normalize, features.mean(dim=0)).numpy()
 
@@ -299,6 +313,8 @@ class _Problem:
     @cached_property
     def spacing(self) -> float:
         """Median distance from a pool image to its nearest other pool image."""
+        from sklearn.neighbors import NearestNeighbors
+
         if self.n_pool < 2:
             return 0.0
         distances, _ = NearestNeighbors(n_neighbors=1).fit(self.pool_points).kneighbors()

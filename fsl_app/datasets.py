@@ -12,14 +12,14 @@ from __future__ import annotations
 import gzip
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-# Files that operating systems drop into folders; never a user's image.
-_SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+from fsl_app.files import LeftOut, is_hidden, iter_image_files
+from fsl_app.images import is_image_path
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class ImageFolder:
     """Files of an ImageFolder: one subfolder per class, images at any depth inside.
 
     ``classes`` lists every class folder, including empty ones, sorted by name;
-    ``loose_files`` are files directly in the root, which belong to no class.
+    ``loose_files`` are images directly in the root, which belong to no class;
+    ``left_out`` counts the files that are not images.
     """
 
     root: Path
@@ -35,43 +36,32 @@ class ImageFolder:
     paths: list[Path]
     labels: list[str]
     loose_files: list[Path]
+    left_out: LeftOut = field(default_factory=LeftOut)
 
 
 def scan_image_folder(root: str | os.PathLike) -> ImageFolder:
-    """List the class folders under ``root`` and the files in each."""
+    """List the class folders under ``root`` and the image files in each.
+
+    Files that are not images, in a class folder or loose, are counted in ``left_out``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"'{root}' is not a folder.")
     classes, paths, labels, loose = [], [], [], []
+    left_out = LeftOut()
     for entry in sorted(root.iterdir()):
-        if _is_hidden(entry):
+        if is_hidden(entry):
             continue
         if entry.is_dir():
             classes.append(entry.name)
-            files = list_files(entry)
+            files = list(iter_image_files(entry, left_out))
             paths.extend(files)
             labels.extend([entry.name] * len(files))
-        elif entry.is_file():
+        elif is_image_path(entry):
             loose.append(entry)
-    return ImageFolder(root, classes, paths, labels, loose)
-
-
-def list_files(path: str | os.PathLike) -> list[Path]:
-    """One file, or every visible file under a folder at any depth, sorted."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"'{path}' does not exist.")
-    found = []
-    for folder, subfolders, files in os.walk(path):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        found.extend(Path(folder) / f for f in files if not _is_hidden(Path(f)))
-    return sorted(found)
-
-
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _SYSTEM_FILES
+        elif entry.is_file():
+            left_out.add(entry)
+    return ImageFolder(root, classes, paths, labels, loose, left_out)
 
 
 # Real cut-out photos from Debian's tuxpaint-stamps-default (GPL-2): the demo
@@ -104,7 +94,7 @@ def tuxpaint_photos(
     for name, category in (classes or DEMO_CLASSES).items():
         files = [
             p
-            for p in list_files(root / category)
+            for p in iter_image_files(root / category)
             if p.suffix.lower() == ".png" and "cartoon" not in p.relative_to(root).parts
         ]
         if not files:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fsl_app.datasets import ImageFolder, list_files, scan_image_folder
+from fsl_app.datasets import ImageFolder, scan_image_folder
 from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
 from fsl_app.errors import UnusableInputError
+from fsl_app.files import LeftOut, iter_image_files
 from fsl_app.project.store import ProjectImage, Store, StoreError
 
 # Given a stage ("examples" or "images"), a progress callback for it, or None.
@@ -45,7 +46,8 @@ class EmbeddedSet:
     ``embeddings[i]`` of shape (dim,). ``classes`` lists every class the user defined, in their
     order, also those without a usable example yet; ``unreadable`` the pictures left out;
     ``backbone`` the name of the image model that made the embeddings (learners with
-    meta-learned checkpoints look theirs up by it).
+    meta-learned checkpoints look theirs up by it); ``left_out`` the files in the folders
+    given that are not images, counted rather than reported one by one.
     """
 
     ids: list[str]
@@ -55,6 +57,7 @@ class EmbeddedSet:
     classes: list[str]
     unreadable: list[Unreadable] = field(default_factory=list)
     backbone: str | None = None
+    left_out: LeftOut = field(default_factory=LeftOut)
 
     @property
     def labeled(self) -> np.ndarray:
@@ -190,7 +193,8 @@ def embed_folders(
     :class:`UnusableInputError`.
     """
     folder = scan_examples_folder(examples, min_classes=min_classes) if examples else None
-    image_files = list_input_files(images) if images is not None else []
+    left_out = folder.left_out if folder else LeftOut()
+    image_files = list_input_files(images, left_out=left_out) if images is not None else []
     sources: list[ImageSource] = [*(folder.paths if folder else []), *image_files]
     labels: list[str | None] = [*(folder.labels if folder else []), *[None] * len(image_files)]
     n_examples = len(folder.paths) if folder else 0
@@ -223,6 +227,7 @@ def embed_folders(
         classes=folder.classes if folder else [],
         unreadable=unreadable,
         backbone=embedder.backbone.name,
+        left_out=left_out,
     )
 
 
@@ -242,14 +247,23 @@ def scan_examples_folder(examples: str | os.PathLike, *, min_classes: int = 2) -
     return folder
 
 
-def list_input_files(path: str | os.PathLike) -> list[Path]:
-    """Files of one image or a folder of images, refused clearly when there are none."""
+def list_input_files(path: str | os.PathLike, *, left_out: LeftOut | None = None) -> list[Path]:
+    """One image, or the images in a folder, refused clearly when there are none.
+
+    Files in the folder that are not images are counted in ``left_out``.
+    """
+    left_out = left_out if left_out is not None else LeftOut()
+    before = left_out.count
     try:
-        files = list_files(path)
+        files = list(iter_image_files(path, left_out))
     except FileNotFoundError:
         raise UnusableInputError(f"'{path}' does not exist.") from None
     if not files:
-        raise UnusableInputError(f"The folder '{path}' has no files in it.")
+        raise UnusableInputError(
+            f"The folder '{path}' has no images in it, only other files."
+            if left_out.count > before
+            else f"The folder '{path}' has no files in it."
+        )
     return files
 
 

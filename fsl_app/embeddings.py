@@ -24,12 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from fsl_app.backbones import Backbone
 from fsl_app.images import ImageLoadError, decode_image_bytes, image_sha256, read_image_bytes
+
+if TYPE_CHECKING:  # imported where a tensor is made: the cache and its path need no torch
+    import torch
+
+    from fsl_app.backbones import Backbone
 
 # Bump when decoding or preprocessing changes what an image embeds to.
 PIPELINE_VERSION = 1
@@ -43,6 +47,8 @@ ProgressCallback = Callable[[int, int], None]  # (images done, images in all)
 
 def resolve_device(preference: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then the CPU; any other value is used as given."""
+    import torch
+
     if preference != "auto":
         device = torch.device(preference)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -201,6 +207,8 @@ class Embedder:
         batch_size: int = 32,
         cache: EmbeddingCache | NoCache | None = None,
     ):
+        import torch
+
         self.backbone = backbone
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.batch_size = batch_size
@@ -240,11 +248,10 @@ class Embedder:
                 progress(done, total)
         indices = sorted(hashes)
         ordered_hashes = [hashes[i] for i in indices]
-        dim = self.backbone.embedding_dim
         matrix = (
             np.stack([vectors[h] for h in ordered_hashes]).astype(np.float32, copy=False)
-            if indices
-            else np.zeros((0, dim), dtype=np.float32)
+            if indices  # the model's width is asked only when there is no row to show it
+            else np.zeros((0, self.backbone.embedding_dim), dtype=np.float32)
         )
         return EmbeddedImages(matrix, indices, ordered_hashes, sorted(errors))
 
@@ -280,6 +287,8 @@ class Embedder:
         Each image is a separate task for ``workers``: hashing, decoding and resizing release
         the GIL, so they run in parallel.
         """
+        import torch
+
         indices = range(start, min(start + self.batch_size, len(sources)))
         hashes: dict[int, str] = {}
         raw: dict[int, bytes] = {}
@@ -334,6 +343,8 @@ class Embedder:
         return self.backbone.transform(image)
 
     def _forward(self, pixels: torch.Tensor) -> np.ndarray:
+        import torch
+
         autocast = (
             torch.autocast("cuda", dtype=torch.float16)
             if self.device.type == "cuda"

@@ -7,6 +7,10 @@ importing torch.
 from __future__ import annotations
 
 
+class NotFittedError(RuntimeError):
+    """A learner or classifier was asked to predict before it saw any examples."""
+
+
 class UnusableInputError(ValueError):
     """The input as a whole cannot be used; the message says what to fix.
 

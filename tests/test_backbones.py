@@ -67,6 +67,18 @@ def test_backbone_id_changes_with_weights_and_preprocessing(backbone):
     assert len({backbone.id, other_weights.id, other_crop.id}) == 3
 
 
+def test_embedded_backbone_builds_its_model_only_when_used(backbone):
+    """The id (the cache key) needs no model: a cached run never builds one."""
+    fresh = load_backbone()
+    assert not fresh.built
+    assert fresh.id == backbone.id and fresh.data_config == backbone.data_config
+    fresh.to("cpu")
+    assert not fresh.built
+    assert fresh.embedding_dim == 1280
+    assert fresh.built
+    assert timm.data.resolve_model_data_config(fresh.model) == fresh.data_config
+
+
 def test_unknown_model_name_is_refused_with_the_choices():
     with pytest.raises(BackboneError, match="tf_efficientnet_lite0"):
         load_backbone("no_such_model_v9")

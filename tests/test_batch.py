@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fsl_app.cli import main
-from fsl_app.deploy.batch import BundlePredictor, iter_image_files, run_local
+from fsl_app.deploy.batch import BundlePredictor, run_local
+from fsl_app.files import iter_image_files
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,7 @@ def test_every_image_gets_one_row_and_unreadable_ones_an_error(bundle, input_dir
     report = run_local(BundlePredictor(bundle), input_dir, output)
     rows = read_csv(output)
     assert report.total == len(rows) == 31 and report.errors == 1
+    assert report.left_out.note() == "left out 1 file that is not an image (e.g. notes.txt)"
     assert sorted(r["path"] for r in rows) == sorted(map(str, iter_image_files(input_dir)))
     cut = next(r for r in rows if r["path"].endswith("cut.png"))
     assert cut["prediction"] == "" and "cut short" in cut["error"]

@@ -84,10 +84,11 @@ def test_corrupt_files_are_reported_and_skipped(folders, capsys):
     )
     assert code == 0
     rows = {Path(row["path"]).name: row for row in json.loads(out)}
-    assert len(rows) == 17
+    assert len(rows) == 16, "a file that is not an image gets no row, as in batch-predict"
     assert "cut short" in rows["cut.png"]["error"] and "prediction" not in rows["cut.png"]
-    assert "not an image" in rows["notes.txt"]["error"]
-    assert "cut.png" in err and "notes.txt" in err and "empty.jpg" in err
+    assert "notes.txt" not in rows
+    assert "left out 1 file that is not an image (e.g. notes.txt)" in err
+    assert "cut.png" in err and "empty.jpg" in err
     assert "Traceback" not in err
 
 
@@ -170,6 +171,23 @@ def test_module_entry_point_in_a_new_process(folders, tmp_path):
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert [row["prediction"] for row in json.loads(done.stdout)].count("fruit") >= 4
+
+
+def test_a_fully_cached_predict_builds_no_backbone_model(folders, tmp_path, capsys, monkeypatch):
+    """Every embedding in the cache: no model is built and no weights are loaded."""
+    args = ["--support", folders.support, "--query", folders.query, "--format", "json"]
+    args += ["--cache", tmp_path / "cache.sqlite"]
+    code, first, _ = run_cli(capsys, *args)
+    assert code == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the backbone's model was built for a fully cached run")
+
+    monkeypatch.setattr("fsl_app.backbones._model_from_wheel", refuse)
+    monkeypatch.setattr("timm.create_model", refuse)
+    code, second, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert json.loads(second) == json.loads(first)
 
 
 def test_help_documents_the_predict_command():

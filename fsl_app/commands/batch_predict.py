@@ -8,7 +8,6 @@ from pathlib import Path
 
 from fsl_app.commands.common import progress_bar
 from fsl_app.commands.predict import add_images_option
-from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
 from fsl_app.errors import UnusableInputError
 
 ENGINES = ("local", "ray")
@@ -59,6 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.deploy.batch import BundlePredictor, output_format, run_local
+
     try:
         output_format(args.output)
     except ValueError as err:
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             progress=progress_bar("", description="Predicting", leave=True),
         )
+    if report.left_out.count:
+        print(f"note: {report.left_out.note()}", file=sys.stderr)
     print(
         f"{report.predicted} images predicted ({report.errors} unreadable), "
         f"{report.skipped} already in {args.output}; {report.total} under {args.images}.",

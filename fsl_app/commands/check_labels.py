@@ -7,10 +7,9 @@ import json
 
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_examples_option, print_table, report_examples
-from fsl_app.embedded_set import embed_folders
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
-from fsl_app.trust.label_check import DEFAULT_MIN_SCORE, find_mislabeled
+from fsl_app.trust.label_check import DEFAULT_MIN_SCORE
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,9 +40,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.embedded_set import embed_folders
+    from fsl_app.trust.label_check import find_mislabeled
+
     with open_embedder(args) as embedder:
         embedded = embed_folders(embedder, args.examples, progress=progress_bar)
-    report_examples(embedded.unreadable, [])
+    report_examples(embedded.unreadable, [embedded.left_out.note()])
     support, labels, _ = embedded.examples()
     paths = [name for name, label in zip(embedded.names, embedded.labels, strict=True) if label]
     if len(set(labels)) < 2:

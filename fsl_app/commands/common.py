@@ -1,14 +1,23 @@
-"""Options and helpers shared by the subcommands: backbone, device, cache, progress."""
+"""Options and helpers shared by the subcommands: backbone, device, cache, progress.
+
+Like every module the command line imports to build its parser, this one imports no torch,
+timm, scikit-learn or scipy at the top: ``--help`` and a mistyped option answer at once, and
+the heavy modules load inside the commands that run a model.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from fsl_app.backbones import DEFAULT_BACKBONE, load_backbone
-from fsl_app.embeddings import Embedder, EmbeddingCache, ProgressCallback, default_cache_path
+from fsl_app.backbones import DEFAULT_BACKBONE
+from fsl_app.embeddings import ProgressCallback, default_cache_path
+
+if TYPE_CHECKING:
+    from fsl_app.embeddings import Embedder
 
 
 def add_embedding_options(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +46,35 @@ def add_embedding_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_options_when_parsed(
+    parser: argparse.ArgumentParser, add_options: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Call ``add_options(parser)`` only when this subcommand's arguments are parsed.
+
+    For a command whose option defaults live in modules that import torch: ``--help`` and the
+    other commands never build its options, so they never import those modules. The parent
+    parser hands a subcommand its arguments through ``parse_known_args``; the first call adds
+    the options and then parses as usual.
+    """
+    parse = parser.parse_known_args
+
+    def parse_with_options(*args, **kwargs):
+        del parser.parse_known_args  # the class's method again, for any later call
+        add_options(parser)
+        return parse(*args, **kwargs)
+
+    parser.parse_known_args = parse_with_options
+
+
 @contextmanager
 def open_embedder(args: argparse.Namespace) -> Iterator[Embedder]:
-    """The embedder the options describe; its cache is closed on the way out."""
+    """The embedder the options describe; its cache is closed on the way out.
+
+    The backbone's model is built only if an image is not in the cache.
+    """
+    from fsl_app.backbones import load_backbone
+    from fsl_app.embeddings import Embedder, EmbeddingCache
+
     cache = EmbeddingCache(None if args.no_cache else (args.cache or default_cache_path()))
     try:
         yield Embedder(

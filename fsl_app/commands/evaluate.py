@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fsl_app.classifier import CalibratedClassifier
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
@@ -71,6 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+
     dataset = _load(args)
     with open_embedder(args) as embedder:
         embedded = embedder.embed(dataset.sources, progress=progress_bar(dataset.name))
@@ -112,11 +112,14 @@ def run(args: argparse.Namespace) -> int:
 def _learner_factory(name: str, calibrated: bool) -> Callable[[], Classifier]:
     """Fresh learners as the app uses them: calibrated, with "none of these" off for scoring."""
     if calibrated:
+        from fsl_app.classifier import CalibratedClassifier
+
         return lambda: CalibratedClassifier(name, strictness=0)
     return lambda: create_learner(name)
 
 
 def _load(args: argparse.Namespace) -> LabeledImages:
+
     if args.data:
         try:
             return image_folder_dataset(args.data).subset(args.per_class, args.seed)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fsl_app.classifier import fit_classifier
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_examples_option, add_learner_options, report_examples
-from fsl_app.deploy.bundle import load_bundle, save_bundle
-from fsl_app.deploy.onnx import check_onnx_export, export_onnx
-from fsl_app.embedded_set import embed_folders
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -42,11 +38,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classifier import fit_classifier
+    from fsl_app.deploy.bundle import load_bundle, save_bundle
+    from fsl_app.deploy.onnx import check_onnx_export, export_onnx
+    from fsl_app.embedded_set import embed_folders
+
     if args.onnx:
         check_onnx_export(args.learner)  # before any work: a missing package says so at once
     with open_embedder(args) as embedder:
         embedded = embed_folders(embedder, args.examples, progress=progress_bar)
-        report_examples(embedded.unreadable, [])
+        report_examples(embedded.unreadable, [embedded.left_out.note()])
         classifier = fit_classifier(embedded, learner=args.learner, strictness=args.strictness)
         path = save_bundle(args.out, classifier, backbone=embedder.backbone)
         if args.onnx:

@@ -10,34 +10,30 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
+from fsl_app.commands.common import (
+    add_embedding_options,
+    add_options_when_parsed,
+    open_embedder,
+    progress_bar,
+)
 from fsl_app.commands.predict import print_table
 from fsl_app.datasets import OFFLINE_DATASETS, LabeledImages, image_folder_dataset, load_dataset
-from fsl_app.embeddings import Embedder
 from fsl_app.errors import UnusableInputError
-from fsl_app.evaluation.episodes import EvaluationResult
 from fsl_app.learners import meta_trainable_learners
-from fsl_app.learners.maml import DEFAULT_HIDDEN
-from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
-from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
-from fsl_app.pretrained import default_path
-from fsl_app.training.loop import MetaProgress, split_classes, training_state_path
-from fsl_app.training.maml import (
-    ALGORITHMS,
-    MetaTrainingConfig,
-    compare_initialisations,
-    meta_train,
-)
-from fsl_app.training.metric_heads import (
-    MetricTrainingConfig,
-    compare_with_protonet,
-    metric_train,
-)
 
-DEFAULTS = MetaTrainingConfig()
+if TYPE_CHECKING:
+    from fsl_app.embeddings import Embedder
+    from fsl_app.evaluation.episodes import EvaluationResult
+    from fsl_app.training.loop import MetaProgress
+    from fsl_app.training.maml import MetaTrainingConfig
+    from fsl_app.training.metric_heads import MetricTrainingConfig
+
+# The trainers (torch) and the learners' defaults are imported when meta-train is the command:
+# its options' defaults come from them, so they are added only then (add_options_when_parsed).
 EVAL_QUERIES = 15  # per class, fewer when a class has too few images
 
 
@@ -53,6 +49,17 @@ def register(commands: argparse._SubParsersAction) -> None:
             "of protonet, on episodes of the held-out classes."
         ),
     )
+    parser.set_defaults(handler=run)
+    add_options_when_parsed(parser, _add_options)
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    from fsl_app.learners.maml import DEFAULT_HIDDEN
+    from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
+    from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
+    from fsl_app.training.maml import ALGORITHMS, MetaTrainingConfig
+
+    defaults = MetaTrainingConfig()
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", metavar="DIR", help="folder with one subfolder per class")
     data.add_argument(
@@ -71,7 +78,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--algorithm",
-        default=DEFAULTS.algorithm,
+        default=defaults.algorithm,
         choices=list(ALGORITHMS),
         help="maml: second-order meta-gradients; fomaml: first-order, cheaper; reptile: no "
         "meta-gradient, moves the initialisation toward each task's adapted weights",
@@ -82,25 +89,25 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_false",
         help="keep the inner step size fixed instead of learning one per parameter (Meta-SGD)",
     )
-    parser.add_argument("--ways", type=int, default=DEFAULTS.ways, metavar="N")
-    parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULTS.shots), metavar="K")
-    parser.add_argument("--queries", type=int, default=DEFAULTS.queries, metavar="Q")
+    parser.add_argument("--ways", type=int, default=defaults.ways, metavar="N")
+    parser.add_argument("--shots", type=int, nargs="+", default=list(defaults.shots), metavar="K")
+    parser.add_argument("--queries", type=int, default=defaults.queries, metavar="Q")
     parser.add_argument(
-        "--episodes", type=int, default=DEFAULTS.episodes, metavar="N", help="tasks in all"
+        "--episodes", type=int, default=defaults.episodes, metavar="N", help="tasks in all"
     )
     parser.add_argument(
         "--meta-batch",
         type=int,
-        default=DEFAULTS.meta_batch,
+        default=defaults.meta_batch,
         metavar="N",
         help="tasks per outer step",
     )
-    parser.add_argument("--inner-steps", type=int, default=DEFAULTS.inner_steps, metavar="N")
-    parser.add_argument("--inner-lr", type=float, default=DEFAULTS.inner_lr, metavar="LR")
+    parser.add_argument("--inner-steps", type=int, default=defaults.inner_steps, metavar="N")
+    parser.add_argument("--inner-lr", type=float, default=defaults.inner_lr, metavar="LR")
     parser.add_argument(
         "--outer-lr",
         type=float,
-        default=DEFAULTS.outer_lr,
+        default=defaults.outer_lr,
         metavar="LR",
         help="Adam's learning rate (of the head, for relation and siamese)",
     )
@@ -139,7 +146,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoint-every",
         type=int,
-        default=DEFAULTS.checkpoint_every,
+        default=defaults.checkpoint_every,
         metavar="N",
         help="save the resumable training state every N tasks",
     )
@@ -147,10 +154,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the training state next to --out"
     )
     add_embedding_options(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.pretrained import default_path
+    from fsl_app.training.loop import split_classes, training_state_path
+    from fsl_app.training.maml import compare_initialisations, meta_train
+    from fsl_app.training.metric_heads import compare_with_protonet, metric_train
+
     metric = args.learner != "maml"  # relation and siamese heads share one trainer
     out = Path(args.out) if args.out else default_path(args.learner, args.backbone)
     train_head, compare = (
@@ -224,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _maml_config(args: argparse.Namespace) -> MetaTrainingConfig:
+    from fsl_app.learners.maml import DEFAULT_HIDDEN
+    from fsl_app.training.maml import MetaTrainingConfig
+
     return MetaTrainingConfig(
         ways=args.ways,
         shots=tuple(args.shots),
@@ -242,6 +256,8 @@ def _maml_config(args: argparse.Namespace) -> MetaTrainingConfig:
 
 
 def _metric_config(args: argparse.Namespace) -> MetricTrainingConfig:
+    from fsl_app.training.metric_heads import MetricTrainingConfig
+
     return MetricTrainingConfig(
         learner=args.learner,
         ways=args.ways,

@@ -8,15 +8,19 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fsl_app.backbones import DEFAULT_BACKBONE
-from fsl_app.classifier import CalibratedClassifier, Prediction, fit_classifier, predict_set
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.deploy.bundle import check_backbone, load_bundle
-from fsl_app.embedded_set import EmbeddedSet, Unreadable, embed_folders
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
+
+if TYPE_CHECKING:
+    from fsl_app.classifier import CalibratedClassifier, Prediction
+    from fsl_app.embedded_set import EmbeddedSet, Unreadable
+
+    Result = Prediction | Unreadable
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -89,13 +93,17 @@ def add_learner_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.classifier import fit_classifier, predict_set
+    from fsl_app.embedded_set import embed_folders
+
     if args.bundle:
         classifier, embedded = _bundle_and_images(args)
+        report_examples([], [embedded.left_out.note()])
     else:
         args.backbone = args.backbone or DEFAULT_BACKBONE
         with open_embedder(args) as embedder:
             embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
-        report_examples(embedded.unreadable, [])
+        report_examples(embedded.unreadable, [embedded.left_out.note()])
         classifier = fit_classifier(
             embedded,
             learner=args.learner or DEFAULT_LEARNER,
@@ -116,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-Result = Prediction | Unreadable
-
-
 def _bundle_and_images(args: argparse.Namespace) -> tuple[CalibratedClassifier, EmbeddedSet]:
+    from fsl_app.deploy.bundle import check_backbone, load_bundle
+    from fsl_app.embedded_set import embed_folders
+
     given = [
         option
         for option, value in (
@@ -147,13 +155,14 @@ def report_examples(unreadable: Sequence[Unreadable], notes: Sequence[str]) -> N
         if skipped.labeled:
             print(f"skipped example {skipped.name}: {skipped.reason}", file=sys.stderr)
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _print_json(results: Sequence[Result], classes: list[str]) -> None:
     rows = []
     for result in results:
-        if isinstance(result, Unreadable):
+        if _unreadable(result):
             rows.append({"path": result.name, "error": result.reason})
         else:
             rows.append(
@@ -173,7 +182,7 @@ def _print_csv(results: Sequence[Result], classes: list[str]) -> None:
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "prediction", "confidence", "unknown", "error", *classes])
     for result in results:
-        if isinstance(result, Unreadable):
+        if _unreadable(result):
             writer.writerow([result.name, "", "", "", result.reason, *[""] * len(classes)])
         else:
             writer.writerow(
@@ -198,9 +207,14 @@ def _print_table(results: Sequence[Result], classes: list[str]) -> None:
             *(f"{result.probabilities[c]:.1%}" for c in classes),
         ]
         for result in results
-        if isinstance(result, Prediction)
+        if not _unreadable(result)
     ]
     print_table(header, rows)
+
+
+def _unreadable(result: Result) -> bool:
+    """An :class:`~fsl_app.embedded_set.Unreadable` (it has a reason), not a prediction."""
+    return hasattr(result, "reason")
 
 
 def _strictness(text: str) -> float:

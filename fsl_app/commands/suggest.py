@@ -7,9 +7,9 @@ import json
 import sys
 import textwrap
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, Suggestion, available_strategies, suggest
-from fsl_app.classifier import fit_classifier
+from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, available_strategies
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import (
     add_examples_option,
@@ -17,9 +17,12 @@ from fsl_app.commands.predict import (
     print_table,
     report_examples,
 )
-from fsl_app.embedded_set import EmbeddedSet, embed_folders
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
+
+if TYPE_CHECKING:
+    from fsl_app.active import Suggestion
+    from fsl_app.embedded_set import EmbeddedSet
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -60,11 +63,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsl_app.active import suggest
+    from fsl_app.classifier import fit_classifier
+    from fsl_app.embedded_set import embed_folders
+
     with open_embedder(args) as embedder:
         embedded = embed_folders(
             embedder, args.examples, args.images, min_classes=0, progress=progress_bar
         )
-    report_examples(embedded.unreadable, [])
+    report_examples(embedded.unreadable, [embedded.left_out.note()])
     for skipped in embedded.unreadable:
         if not skipped.labeled:
             print(f"skipped image {skipped.name}: {skipped.reason}", file=sys.stderr)

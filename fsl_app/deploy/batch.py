@@ -16,7 +16,7 @@ import csv
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
-from fsl_app.images import SUPPORTED_SUFFIXES
+from fsl_app.files import LeftOut, iter_image_files, write_atomically_with
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -32,34 +32,6 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 DEFAULT_CHUNK_BATCHES = 8
 
 Row = dict[str, object]
-
-
-def iter_image_files(root: str | os.PathLike) -> Iterator[Path]:
-    """Image files under ``root`` (or ``root`` itself), at any depth, in a stable order.
-
-    Walks one folder at a time (sorted), never listing the whole tree in memory; hidden files
-    and folders are left out, as are files whose suffix is not an image format.
-    """
-    root = Path(root)
-    if root.is_file():
-        yield root
-        return
-    if not root.is_dir():
-        raise FileNotFoundError(f"'{root}' does not exist.")
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            ordered = sorted(entries, key=lambda e: e.name)
-        subfolders = []
-        for entry in ordered:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in SUPPORTED_SUFFIXES:
-                yield Path(entry.path)
-        stack.extend(reversed(subfolders))
 
 
 class BundlePredictor:
@@ -182,14 +154,16 @@ class ParquetJournal:
         convert = pa_csv.ConvertOptions(
             column_types=schema, strings_can_be_null=False, quoted_strings_can_be_null=False
         )
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with (
-            pa_csv.open_csv(self.journal.path, convert_options=convert) as reader,
-            pq.ParquetWriter(temporary, schema) as writer,
-        ):
-            for chunk in reader:  # streamed: memory stays flat however long the journal
-                writer.write_batch(chunk)
-        os.replace(temporary, self.path)
+
+        def write(temporary: Path) -> None:
+            with (
+                pa_csv.open_csv(self.journal.path, convert_options=convert) as reader,
+                pq.ParquetWriter(temporary, schema) as writer,
+            ):
+                for chunk in reader:  # streamed: memory stays flat however long the journal
+                    writer.write_batch(chunk)
+
+        write_atomically_with(self.path, write)
         self.journal.path.unlink()
 
     def _parquet_to_journal(self) -> None:
@@ -210,6 +184,7 @@ class BatchReport:
     skipped: int  # already in the output from an earlier run
     predicted: int
     errors: int
+    left_out: LeftOut = field(default_factory=LeftOut)  # files under the input that are not images
 
 
 def run_local(
@@ -230,12 +205,13 @@ def run_local(
     done = journal.done()
     # One walk to count (the progress bar's total), one to read: the folder is never listed whole.
     total = skipped = 0
-    for path in iter_image_files(input_dir):
+    left_out = LeftOut()
+    for path in iter_image_files(input_dir, left_out):
         total += 1
         skipped += str(path) in done
     todo = total - skipped
     chunk_size = chunk_size or predictor.embedder.batch_size * DEFAULT_CHUNK_BATCHES
-    report = BatchReport(total=total, skipped=skipped, predicted=0, errors=0)
+    report = BatchReport(total=total, skipped=skipped, predicted=0, errors=0, left_out=left_out)
     pending = (str(p) for p in iter_image_files(input_dir) if str(p) not in done)
     for chunk in _chunks(pending, chunk_size):
         rows = predictor.predict(chunk)

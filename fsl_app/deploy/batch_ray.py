@@ -25,10 +25,10 @@ from fsl_app.deploy.batch import (
     BatchReport,
     BundlePredictor,
     arrow_schema,
-    iter_image_files,
     open_journal,
 )
 from fsl_app.deploy.bundle import load_bundle
+from fsl_app.files import LeftOut, iter_image_files
 
 
 # Rows as the local engine makes them: confidence NaN and unknown null on an error row.
@@ -59,11 +59,14 @@ def run_ray(
     # for millions of images. The images themselves are only ever opened by the actors.
     total = 0
     pending: list[str] = []
-    for path in iter_image_files(input_dir):
+    left_out = LeftOut()
+    for path in iter_image_files(input_dir, left_out):
         total += 1
         if str(path) not in done:
             pending.append(str(path))
-    report = BatchReport(total=total, skipped=total - len(pending), predicted=0, errors=0)
+    report = BatchReport(
+        total=total, skipped=total - len(pending), predicted=0, errors=0, left_out=left_out
+    )
     if pending:
         with _ray_session(address):
             for rows in _predicted_batches(data, pending, batch_size=batch_size, actors=actors):

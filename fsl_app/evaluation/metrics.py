@@ -10,7 +10,8 @@ many episodes may be from the truth (normal approximation, the few-shot literatu
 convention), and how far one accuracy measured on a handful of images may be (Wilson score
 interval, honest where the normal approximation is not: 5 of 5 right is not proof of 100%).
 
-Only numpy and scipy: calibration, evaluation and benchmarks all import this without cycles.
+Only numpy (scipy when an interval is asked for): calibration, evaluation, benchmarks and the
+command line's parser all import this without cycles or waiting.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import binomtest
 
 ECE_BINS = 15
 
@@ -116,6 +116,8 @@ def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
 
     For one accuracy measured on a few images; (0, 1) when there are none.
     """
+    from scipy.stats import binomtest
+
     if n == 0:
         return 0.0, 1.0
     interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")

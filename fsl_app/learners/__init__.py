@@ -23,7 +23,7 @@ from fsl_app.learners.registry import (
 
 _LAZY = {
     "FewShotLearner": "fsl_app.learners.base",
-    "NotFittedError": "fsl_app.learners.base",
+    "NotFittedError": "fsl_app.errors",
     "LinearProbe": "fsl_app.learners.linear",
     "MAML": "fsl_app.learners.maml",
     "MatchingNet": "fsl_app.learners.matching",

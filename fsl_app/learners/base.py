@@ -20,12 +20,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from fsl_app.errors import NotFittedError
+
 if TYPE_CHECKING:
     from fsl_app.pretrained import Checkpoint
-
-
-class NotFittedError(RuntimeError):
-    """A learner was asked to predict before it saw any examples."""
 
 
 class FewShotLearner(ABC):

@@ -35,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from fsl_app.files import write_atomically
 from fsl_app.images import ImageLoadError, load_image
 
 DATA_DIR_ENV = "FSL_APP_DATA"
@@ -786,27 +787,13 @@ class Store:
 def _write_blob(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that the final name only ever holds the complete file.
 
-    The bytes go to a temporary file in the same folder, reach the disk (fsync), and are then
-    renamed over the final name in one step; the folder is synced so the rename lasts too.
+    The bytes reach the disk before the rename, and the folder after it (``durable``): the
+    upload exists nowhere else. The shard folder is made here, not its parents, so a data
+    folder deleted under a running app is an error rather than silently made anew. Temporary
+    files end in ``_TEMP_SUFFIX``, which :meth:`vacuum_blobs` recognises.
     """
     path.parent.mkdir(exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    if os.name == "posix":  # Windows cannot open a folder to sync it
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    write_atomically(path, data, durable=True, temp_suffix=_TEMP_SUFFIX)
 
 
 def _checked_upload(name: str, data: bytes) -> _Upload:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
+from fsl_app.files import write_atomically_with
 from fsl_app.pretrained import Checkpoint
 
 Tensors = dict[str, torch.Tensor]
@@ -269,9 +270,7 @@ def save_training_state(
         "optimizer": optimizer.state_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    write_atomically_with(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_training_state(

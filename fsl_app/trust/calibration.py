@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 from fsl_app.evaluation.folds import deal_folds
-from fsl_app.learners import FewShotLearner
+
+if TYPE_CHECKING:
+    from fsl_app.learners import FewShotLearner
+
+# scipy and the learners (torch) are imported where they are used: the command line reads
+# this package's constants to build its parser and must not wait for them.
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Only classes with this many examples are held out. With 2, the held-out predictions are
@@ -106,6 +110,9 @@ def fit_temperature(
     (n, n_classes), ``targets`` (n,). The search runs over log T within
     ``bounds``; ``prior_weight=0`` gives the plain maximum-likelihood T.
     """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
     logits = np.asarray(logits, dtype=float)
     rows = np.arange(len(targets))
 

@@ -24,7 +24,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fsl_app.learners import DEFAULT_LEARNER, create_learner
-from fsl_app.learners.base import softmax
 from fsl_app.trust.calibration import calibrate_temperature, held_out_predictions
 from fsl_app.trust.explanations import cosine_distances
 
@@ -73,6 +72,8 @@ def find_mislabeled(
     held = held_out_predictions(
         make, support, labels_array, min_class_size=2, max_folds=len(judged)
     )
+    from fsl_app.learners.base import softmax  # torch: not for the parser's DEFAULT_MIN_SCORE
+
     probabilities = softmax(held.logits / temperature)
     distances = cosine_distances(support, support)
     np.fill_diagonal(distances, np.inf)

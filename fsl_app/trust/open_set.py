@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fsl_app.learners import NotFittedError
-from fsl_app.learners.base import as_embeddings
+from fsl_app.errors import NotFittedError
 
 DEFAULT_STRICTNESS = 1.0
 # Quantile of the held-out distances to the own class that the threshold sits at: 0.95 kept
@@ -69,6 +68,8 @@ class OpenSetDetector:
     def fit(self, support: ArrayLike, labels: Sequence) -> OpenSetDetector:
         if self.strictness < 0:
             raise ValueError("strictness must be 0 (off) or a positive number; 1 is the default.")
+        from fsl_app.learners.base import as_embeddings  # torch: not when only reading constants
+
         features = power_normalize(as_embeddings(support, "support").numpy())
         if np.shape(labels) != (len(features),):
             raise ValueError(
@@ -129,6 +130,8 @@ class OpenSetDetector:
             raise NotFittedError(
                 "This OpenSetDetector has not been fitted yet: call fit(support, labels) first."
             )
+        from fsl_app.learners.base import as_embeddings
+
         query = as_embeddings(query, "query").numpy()
         if query.shape[1] != self.prototypes_.shape[1]:
             raise ValueError(

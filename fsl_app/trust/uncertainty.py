@@ -20,12 +20,13 @@ be embedded by the caller: this module never sees an image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import entr
 
-from fsl_app.learners.base import FewShotLearner
+if TYPE_CHECKING:  # light to import: active's strategy table is read by the command line
+    from fsl_app.learners.base import FewShotLearner
 
 # One line per score, for people who label images rather than read code.
 MEANINGS: dict[str, str] = {
@@ -56,6 +57,8 @@ def entropy(proba: ArrayLike) -> np.ndarray:
     n_classes = proba.shape[1]
     if n_classes < 2:
         return np.zeros(len(proba))
+    from scipy.special import entr
+
     return np.clip(entr(proba).sum(axis=1) / np.log(n_classes), 0.0, 1.0)
 
 
@@ -103,6 +106,8 @@ def bald(members: ArrayLike) -> np.ndarray:
         _check_proba(member)
     if n_classes < 2:
         return np.zeros(n)
+    from scipy.special import entr
+
     total = entr(members.mean(axis=0)).sum(axis=1)
     expected = entr(members).sum(axis=2).mean(axis=0)
     information = (total - expected) / np.log(n_classes)
