@@ -349,7 +349,7 @@ def measure(backbone: Backbone, inputs: InputSet, rounds: int, workdir: Path) ->
         # The pipeline really did the work, and the cache gave the very same vectors back.
         if cold_result.errors or len(cold_result.indices) != count:
             raise AssertionError(f"{inputs.title}: images not embedded: {cold_result.errors}")
-        if cold_forwarded != len(set(cold_result.hashes)) or cached_forwarded != 0:
+        if cold_forwarded != len(set(cold_result.ids)) or cached_forwarded != 0:
             raise AssertionError(
                 f"{inputs.title}: forwarded {cold_forwarded} cold, {cached_forwarded} cached"
             )

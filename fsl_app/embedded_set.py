@@ -156,7 +156,7 @@ def embed_project(
             except StoreError as err:  # a row whose file went away: report it, keep the rest
                 unreadable.append(Unreadable(image.name, str(err), image.class_name is not None))
         embedded = embedder.embed(sources, progress=progress)
-        vectors.update(zip(embedded.hashes, embedded.embeddings, strict=True))
+        vectors.update(zip(embedded.ids, embedded.embeddings, strict=True))
         unreadable.extend(
             Unreadable(readable[i].name, message, readable[i].class_name is not None)
             for i, message in embedded.errors
@@ -203,7 +203,7 @@ def embed_folders(
         for path in (folder.loose_files if folder else [])
     ]
     kept: list[int] = []
-    hashes: list[str] = []
+    ids: list[str] = []
     parts = []
     for stage, span in (
         ("examples", range(n_examples)),
@@ -213,14 +213,14 @@ def embed_folders(
             continue
         embedded = embedder.embed([sources[i] for i in span], progress=progress(stage))
         kept.extend(span[i] for i in embedded.indices)
-        hashes.extend(embedded.hashes)
+        ids.extend(embedded.ids)
         parts.append(embedded.embeddings)
         unreadable.extend(
             Unreadable(str(sources[span[i]]), why, stage == "examples")
             for i, why in embedded.errors
         )
     return EmbeddedSet(
-        ids=hashes,
+        ids=ids,
         names=[str(sources[i]) for i in kept],
         labels=[labels[i] for i in kept],
         embeddings=np.concatenate(parts) if parts else _stack([], embedder),

@@ -170,13 +170,14 @@ class NoCache:
 class EmbeddedImages:
     """What :meth:`Embedder.embed` made of a list of sources.
 
-    ``embeddings[i]`` belongs to ``sources[indices[i]]``; sources that could not
-    be read are in ``errors`` as (index, message for a person) instead.
+    ``embeddings[i]`` belongs to ``sources[indices[i]]``, the picture ``ids[i]`` (the SHA-256
+    of its bytes, the id a picture has everywhere in fsl_app); sources that could not be read
+    are in ``errors`` as (index, message for a person) instead.
     """
 
     embeddings: np.ndarray  # (n_embedded, embedding_dim) float32
     indices: list[int]
-    hashes: list[str]
+    ids: list[str]
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -247,13 +248,13 @@ class Embedder:
             if progress is not None:
                 progress(done, total)
         indices = sorted(hashes)
-        ordered_hashes = [hashes[i] for i in indices]
+        ordered_ids = [hashes[i] for i in indices]
         matrix = (
-            np.stack([vectors[h] for h in ordered_hashes]).astype(np.float32, copy=False)
+            np.stack([vectors[h] for h in ordered_ids]).astype(np.float32, copy=False)
             if indices  # the model's width is asked only when there is no row to show it
             else np.zeros((0, self.backbone.embedding_dim), dtype=np.float32)
         )
-        return EmbeddedImages(matrix, indices, ordered_hashes, sorted(errors))
+        return EmbeddedImages(matrix, indices, ordered_ids, sorted(errors))
 
     def _prepared_batches(
         self, sources: Sequence[ImageSource], names: Sequence[str] | None

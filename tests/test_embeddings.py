@@ -30,7 +30,7 @@ def test_embeddings_are_deterministic_and_in_input_order(backbone, some_photos):
     assert first.embeddings.dtype == np.float32
     np.testing.assert_allclose(second.embeddings[::-1], first.embeddings, rtol=1e-5, atol=1e-6)
     assert first.indices == list(range(8))
-    assert len(set(first.hashes)) == 8
+    assert len(set(first.ids)) == 8
 
 
 def test_second_call_does_no_forward_pass(backbone, some_photos, cache_file):
@@ -54,7 +54,7 @@ def test_same_bytes_twice_are_embedded_once(backbone, photos):
     data = photos["flower"][0].read_bytes()
     result = embedder.embed([data, photos["flower"][0], data])
     assert embedder.images_forwarded == 1
-    assert len(set(result.hashes)) == 1
+    assert len(set(result.ids)) == 1
     np.testing.assert_array_equal(result.embeddings[0], result.embeddings[2])
 
 

@@ -50,7 +50,7 @@ class BundlePredictor:
             rows[index] = _error_row(paths[index], message)
         predictions = self.bundle.classifier.predict_pictures(
             embedded.embeddings,
-            ids=embedded.hashes,
+            ids=embedded.ids,
             names=[str(paths[i]) for i in embedded.indices],
         )
         for index, prediction in zip(embedded.indices, predictions, strict=True):
