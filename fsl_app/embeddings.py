@@ -66,6 +66,8 @@ DEVICE_NAMES = {"auto": "Best available", "cpu": "CPU", "cuda": "GPU", "mps": "A
 
 def available_devices() -> list[str]:
     """The device choices this machine offers: ``auto``, ``cpu`` and any GPU present."""
+    import torch
+
     devices = ["auto", "cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")
@@ -76,6 +78,8 @@ def available_devices() -> list[str]:
 
 def describe_device(preference: str = "auto") -> str:
     """Where ``preference`` runs, in words: "CPU", "GPU (NVIDIA H200)", "Apple GPU"."""
+    import torch
+
     device = resolve_device(preference)
     if device.type == "cuda":
         return f"GPU ({torch.cuda.get_device_name(device)})"
