@@ -33,7 +33,9 @@ from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
 from fsl_app.evaluation.episodes import evaluate_learner, sample_episodes  # noqa: E402
 from fsl_app.learners import MAML, available_learners, create_learner  # noqa: E402
-from fsl_app.training.maml import ALGORITHMS, MetaTrainingConfig, meta_train  # noqa: E402
+from fsl_app.training.config import MetaTrainingConfig  # noqa: E402
+from fsl_app.training.loop import meta_train  # noqa: E402
+from fsl_app.training.maml import ALGORITHMS, MAMLOptions  # noqa: E402
 
 WAYS, QUERIES = 5, 5
 
@@ -120,7 +122,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in ALGORITHMS:
             config = MetaTrainingConfig(
-                episodes=args.meta_episodes, algorithm=algorithm, meta_sgd=False
+                episodes=args.meta_episodes,
+                options=MAMLOptions(algorithm=algorithm, meta_sgd=False),
             )
             out = Path(tmp) / f"maml-{algorithm}.safetensors"
             started = time.perf_counter()

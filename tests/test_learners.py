@@ -16,6 +16,7 @@ from fsl_app.learners import (
     NotFittedError,
     ProtoNet,
     create_learner,
+    meta_trainable_learners,
 )
 from fsl_app.learners.protonet import soft_kmeans_prototypes
 from fsl_app.trust.open_set import OpenSetDetector
@@ -329,6 +330,25 @@ def test_the_onnx_flag_agrees_with_what_export_can_trace(name):
         np.testing.assert_allclose(
             traced.double().numpy(), fitted.decision_function(query), rtol=1e-4, atol=1e-5
         )
+
+
+def test_meta_trainable_learners_are_maml_relation_and_siamese():
+    assert meta_trainable_learners() == ["maml", "relation", "siamese"]
+
+
+@pytest.mark.parametrize("name", meta_trainable_learners())
+def test_every_meta_trainable_learner_has_a_trainer(name):
+    """``meta-train --learner <name>`` finds, through the registry, a trainer that implements
+    the loop's interface, whose options are a config's defaults and whose parameters train."""
+    from fsl_app.training.config import MetaTrainingConfig
+    from fsl_app.training.loop import MetaTrainer, trainer_for
+
+    trainer = trainer_for(name)  # an abstract method left out could not be instantiated
+    assert isinstance(trainer, MetaTrainer)
+    config = MetaTrainingConfig(learner=name)
+    assert config.options == trainer.Options()
+    params = trainer.initial_parameters(8, config.with_settings(hidden=4))
+    assert any(value.requires_grad for value in params.values())
 
 
 def test_the_registry_imports_no_torch():

@@ -16,39 +16,44 @@ from fsl_app.images import load_image
 from fsl_app.learners import MAML
 from fsl_app.learners.maml import initialisation_parts
 from fsl_app.pretrained import load
+from fsl_app.training.config import MetaTrainingConfig
 from fsl_app.training.finetune import (
     FineTuningNeedsGPUError,
     fine_tune_backbone,
     last_stage_parameters,
 )
-from fsl_app.training.loop import split_classes, training_state_path, training_tasks
-from fsl_app.training.maml import (
-    REPTILE_KEYS,
-    MetaTrainingConfig,
-    compare_initialisations,
-    initial_meta_parameters,
+from fsl_app.training.loop import (
     meta_train,
-    reptile_direction,
-    task_loss,
+    score_on_episodes,
+    split_classes,
+    trainer_for,
+    training_state_path,
+    training_tasks,
 )
+from fsl_app.training.maml import REPTILE_KEYS, MAMLOptions, MAMLTrainer, reptile_direction
 
 SMALL = MetaTrainingConfig(
-    ways=3, shots=(1, 3), queries=4, episodes=8, meta_batch=2, inner_steps=2, hidden=8
+    ways=3,
+    shots=(1, 3),
+    queries=4,
+    episodes=8,
+    meta_batch=2,
+    options=MAMLOptions(inner_steps=2, hidden=8),
 )
 
 
 def meta_gradient(config: MetaTrainingConfig) -> dict[str, torch.Tensor]:
     features, labels = distorted_classes()
-    meta = initial_meta_parameters(features.shape[1], config)
+    meta = MAMLTrainer().initial_parameters(features.shape[1], config)
     task = training_tasks(labels, config)[0]
-    loss, _ = task_loss(meta, torch.as_tensor(features), labels, task, config)
+    loss, _ = MAMLTrainer().task_loss(meta, torch.as_tensor(features), labels, task, config)
     loss.backward()
     return {name: value.grad for name, value in meta.items() if value.requires_grad}
 
 
 def test_first_and_second_order_meta_gradients_differ():
     second = meta_gradient(SMALL)
-    first = meta_gradient(MetaTrainingConfig(**{**vars(SMALL), "algorithm": "fomaml"}))
+    first = meta_gradient(SMALL.with_settings(algorithm="fomaml"))
     assert second.keys() == first.keys() >= {"w1", "w2", "log_temperature", "step_size.w2"}
     for grads in (first, second):
         assert all(torch.isfinite(g).all() for g in grads.values())
@@ -58,9 +63,8 @@ def test_first_and_second_order_meta_gradients_differ():
 
 def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
     features, labels = distorted_classes()
-    config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": "reptile", "episodes": 1})
-    config = MetaTrainingConfig(**{**vars(config), "meta_batch": 1})
-    start = initial_meta_parameters(features.shape[1], config)
+    config = SMALL.with_settings(algorithm="reptile", episodes=1, meta_batch=1)
+    start = MAMLTrainer().initial_parameters(features.shape[1], config)
     task = training_tasks(labels, config)[0]
     toward, _, _ = reptile_direction(start, torch.as_tensor(features), labels, task, config)
     assert all(toward[k].abs().sum() > 0 for k in REPTILE_KEYS)
@@ -79,10 +83,12 @@ def test_reptile_moves_the_initialisation_toward_the_adapted_weights():
 def test_three_algorithms_meta_train_checkpoints_that_change_predictions(tmp_path):
     features, labels = distorted_classes()
     support, query, support_labels = features[::6], features[1::6], labels[::6]
-    plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
+    plain = MAML(
+        checkpoint=None, inner_steps=SMALL.options.inner_steps, inner_lr=SMALL.options.inner_lr
+    )
     baseline = plain.fit(support, support_labels).predict_proba(query)
     for algorithm in ("maml", "fomaml", "reptile"):
-        config = MetaTrainingConfig(**{**vars(SMALL), "algorithm": algorithm, "meta_sgd": False})
+        config = SMALL.with_settings(algorithm=algorithm, meta_sgd=False)
         out = tmp_path / f"maml-{algorithm}.safetensors"
         meta_train(features, labels, config, backbone="toy", out=out)
         assert json.loads(load(out, "maml").metadata["config"])["algorithm"] == algorithm
@@ -95,13 +101,13 @@ def test_meta_sgd_learns_the_step_sizes(tmp_path):
     result = meta_train(features, labels, SMALL, backbone="toy")
     step_sizes = initialisation_parts(result.checkpoint.tensors)[1]
     assert step_sizes["w2"].shape == (16, 8)  # one step size per parameter
-    assert not torch.allclose(step_sizes["w2"], torch.full((16, 8), SMALL.inner_lr))
-    assert step_sizes["weight"].item() != pytest.approx(SMALL.inner_lr, abs=1e-6)
+    assert not torch.allclose(step_sizes["w2"], torch.full((16, 8), SMALL.options.inner_lr))
+    assert step_sizes["weight"].item() != pytest.approx(SMALL.options.inner_lr, abs=1e-6)
 
-    fixed = MetaTrainingConfig(**{**vars(SMALL), "meta_sgd": False})
+    fixed = SMALL.with_settings(meta_sgd=False)
     fixed_sizes = meta_train(features, labels, fixed, backbone="toy").checkpoint
     fixed_sizes = initialisation_parts(fixed_sizes.tensors)[1]
-    assert all(s.item() == pytest.approx(SMALL.inner_lr) for s in fixed_sizes.values())
+    assert all(s.item() == pytest.approx(SMALL.options.inner_lr) for s in fixed_sizes.values())
 
 
 def test_checkpoint_loads_and_changes_predictions(tmp_path):
@@ -118,15 +124,17 @@ def test_checkpoint_loads_and_changes_predictions(tmp_path):
     support, query = features[::6], features[1::6]
     support_labels = labels[::6]
     meta_learned = MAML(checkpoint=load(out, "maml")).fit(support, support_labels)
-    plain = MAML(checkpoint=None, inner_steps=SMALL.inner_steps, inner_lr=SMALL.inner_lr)
+    plain = MAML(
+        checkpoint=None, inner_steps=SMALL.options.inner_steps, inner_lr=SMALL.options.inner_lr
+    )
     plain.fit(support, support_labels)
-    assert meta_learned.inner_steps_ == SMALL.inner_steps
+    assert meta_learned.inner_steps_ == SMALL.options.inner_steps
     assert not np.allclose(meta_learned.predict_proba(query), plain.predict_proba(query))
 
 
 def test_resume_continues_from_the_saved_episode(tmp_path):
     features, labels = distorted_classes()
-    config = MetaTrainingConfig(**{**vars(SMALL), "checkpoint_every": 4})
+    config = SMALL.with_settings(checkpoint_every=4)
     out = tmp_path / "maml-toy.safetensors"
 
     def interrupt_after_six(done, total, running):
@@ -160,9 +168,9 @@ def test_resume_refuses_other_settings_or_a_missing_state(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing to resume"):
         meta_train(features, labels, SMALL, backbone="toy", out=out, resume=True)
     meta_train(features, labels, SMALL, backbone="toy", out=out)
-    longer = MetaTrainingConfig(**{**vars(SMALL), "episodes": 10})
+    longer = SMALL.with_settings(episodes=10)
     assert meta_train(features, labels, longer, backbone="toy", out=out, resume=True).episodes == 10
-    other = MetaTrainingConfig(**{**vars(SMALL), "episodes": 12, "inner_lr": 0.5})
+    other = SMALL.with_settings(episodes=12, inner_lr=0.5)
     with pytest.raises(ValueError, match="inner_lr changed"):
         meta_train(features, labels, other, backbone="toy", out=out, resume=True)
 
@@ -182,8 +190,8 @@ def test_comparison_scores_three_learners_on_the_same_episodes(tmp_path):
     train = np.isin(labels, [f"class_{i}" for i in range(5)])
     out = tmp_path / "maml-toy.safetensors"
     result = meta_train(features[train], labels[train], SMALL, backbone="toy", out=out)
-    results = compare_initialisations(
-        result.checkpoint,
+    results = score_on_episodes(
+        trainer_for("maml").baselines(result.checkpoint),
         features[~train],
         labels[~train],
         ways=5,
@@ -225,7 +233,9 @@ def digits(backbone, digits_cache):
 def test_meta_training_on_real_digit_embeddings(digits, tmp_path):
     features, labels = digits
     train = ~np.isin(labels, ["7", "8", "9"])
-    config = MetaTrainingConfig(episodes=12, meta_batch=4, inner_steps=3, queries=5)
+    config = MetaTrainingConfig(
+        episodes=12, meta_batch=4, queries=5, options=MAMLOptions(inner_steps=3)
+    )
     out = tmp_path / "maml-digits.safetensors"
     result = meta_train(
         features[train], labels[train], config, backbone="tf_efficientnet_lite0", out=out

@@ -14,19 +14,17 @@ from fsl_app.datasets import load_dataset
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.learners import ProtoNet, RelationNet, SiameseNet, create_learner
 from fsl_app.pretrained import default_path, load
-from fsl_app.training.loop import training_state_path
-from fsl_app.training.metric_heads import (
-    MetricTrainingConfig,
-    compare_with_protonet,
-    metric_train,
-)
+from fsl_app.training.config import MetaTrainingConfig
+from fsl_app.training.loop import meta_train, score_on_episodes, trainer_for, training_state_path
 
 LEARNERS = ("relation", "siamese")
 
 
-def small(learner: str, **changes) -> MetricTrainingConfig:
-    settings = dict(ways=3, shots=(1, 3), queries=4, episodes=24, meta_batch=2, hidden=8, lr=1e-2)
-    return MetricTrainingConfig(learner=learner, **{**settings, **changes})
+def small(learner: str, **changes) -> MetaTrainingConfig:
+    settings = dict(
+        ways=3, shots=(1, 3), queries=4, episodes=24, meta_batch=2, hidden=8, outer_lr=1e-2
+    )
+    return MetaTrainingConfig(learner=learner).with_settings(**{**settings, **changes})
 
 
 @pytest.fixture
@@ -94,7 +92,7 @@ def test_without_a_shipped_file_it_falls_back_and_says_so(learner, pretrained):
 def test_training_writes_a_checkpoint_that_loads_and_changes_predictions(learner, tmp_path):
     features, labels = distorted_classes()
     out = tmp_path / f"{learner}-toy.safetensors"
-    result = metric_train(
+    result = meta_train(
         features, labels, small(learner), backbone="toy", backbone_id="toy@1", out=out
     )
     assert result.checkpoint.path == out and result.episodes == 24
@@ -114,7 +112,7 @@ def test_training_lowers_the_loss(learner):
     features, labels = distorted_classes()
     config = small(learner, episodes=200, meta_batch=4)
     losses = []
-    metric_train(
+    meta_train(
         features,
         labels,
         config,
@@ -152,7 +150,7 @@ def test_siamese_training_teaches_verification_of_unseen_classes(tmp_path):
     train = np.isin(labels, [f"class_{i}" for i in range(8)])
     out = tmp_path / "siamese-toy.safetensors"
     config = small("siamese", episodes=300, meta_batch=4)
-    metric_train(features[train], labels[train], config, backbone="toy", out=out)
+    meta_train(features[train], labels[train], config, backbone="toy", out=out)
     x, y = features[~train], labels[~train]
     a, b = np.triu_indices(len(y), k=1)
     same = y[a] == y[b]
@@ -175,26 +173,24 @@ def test_resume_continues_from_the_saved_episode(learner, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        metric_train(
-            features, labels, config, backbone="toy", out=out, progress=interrupt_after_six
-        )
+        meta_train(features, labels, config, backbone="toy", out=out, progress=interrupt_after_six)
     assert training_state_path(out).is_file() and not out.exists()
-    resumed = metric_train(features, labels, config, backbone="toy", out=out, resume=True)
+    resumed = meta_train(features, labels, config, backbone="toy", out=out, resume=True)
     assert resumed.resumed_from == 4 and resumed.episodes == 8
-    straight = metric_train(features, labels, config, backbone="toy")
+    straight = meta_train(features, labels, config, backbone="toy")
     for name, tensor in straight.checkpoint.tensors.items():
         torch.testing.assert_close(resumed.checkpoint.tensors[name], tensor)
 
-    other = small(learner, episodes=8, checkpoint_every=4, lr=0.5)
-    with pytest.raises(ValueError, match="lr changed"):
-        metric_train(features, labels, other, backbone="toy", out=out, resume=True)
+    other = small(learner, episodes=8, checkpoint_every=4, outer_lr=0.5)
+    with pytest.raises(ValueError, match="outer_lr changed"):
+        meta_train(features, labels, other, backbone="toy", out=out, resume=True)
 
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_a_head_for_other_embeddings_is_skipped_with_a_note(learner, pretrained):
     features, labels = distorted_classes(dim=8)
     auto = default_path(learner, "toy")
-    metric_train(features, labels, small(learner, episodes=2), backbone="toy", out=auto)
+    meta_train(features, labels, small(learner, episodes=2), backbone="toy", out=auto)
     support, support_labels = gaussian_blobs(dim=16)
     model = create_learner(learner, backbone="toy").fit(support, support_labels)
     assert model.checkpoint_ is None
@@ -204,25 +200,27 @@ def test_a_head_for_other_embeddings_is_skipped_with_a_note(learner, pretrained)
 def test_a_head_of_the_other_learner_is_refused(tmp_path):
     features, labels = distorted_classes()
     out = tmp_path / "siamese-toy.safetensors"
-    metric_train(features, labels, small("siamese", episodes=2), backbone="toy", out=out)
+    meta_train(features, labels, small("siamese", episodes=2), backbone="toy", out=out)
     with pytest.raises(ValueError, match="not a relation checkpoint"):
         load(out, "relation")
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="relation or siamese"):
-        MetricTrainingConfig(learner="maml")
+    with pytest.raises(ValueError, match="use one of maml, relation, siamese"):
+        MetaTrainingConfig(learner="protonet")
     with pytest.raises(ValueError, match="ways"):
-        MetricTrainingConfig(ways=1)
+        MetaTrainingConfig(learner="relation", ways=1)
+    with pytest.raises(ValueError, match="relation has no setting inner_steps"):
+        MetaTrainingConfig(learner="relation").with_settings(inner_steps=3)
 
 
 def test_comparison_scores_three_learners_on_the_same_episodes(tmp_path):
     features, labels = distorted_classes(n_classes=8)
     train = np.isin(labels, [f"class_{i}" for i in range(5)])
     out = tmp_path / "relation-toy.safetensors"
-    result = metric_train(features[train], labels[train], small("relation"), backbone="t", out=out)
-    results = compare_with_protonet(
-        result.checkpoint,
+    result = meta_train(features[train], labels[train], small("relation"), backbone="t", out=out)
+    results = score_on_episodes(
+        trainer_for("relation").baselines(result.checkpoint),
         features[~train],
         labels[~train],
         ways=5,

@@ -1,12 +1,15 @@
 """``meta-train``: meta-learn a learner's head for a backbone on offline base classes.
 
 ``--learner maml`` meta-learns MAML's initialisation (:mod:`fsl_app.training.maml`);
-``relation`` and ``siamese`` train their heads (:mod:`fsl_app.training.metric_heads`).
+``relation`` and ``siamese`` train their heads (:mod:`fsl_app.training.relation`,
+:mod:`fsl_app.training.siamese`). The learner registry names each learner's trainer, and
+:func:`fsl_app.training.loop.meta_train` runs whichever it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -28,9 +31,8 @@ from fsl_app.learners import meta_trainable_learners
 if TYPE_CHECKING:
     from fsl_app.embeddings import Embedder
     from fsl_app.evaluation.episodes import EvaluationResult
+    from fsl_app.training.config import MetaTrainingConfig
     from fsl_app.training.loop import MetaProgress
-    from fsl_app.training.maml import MetaTrainingConfig
-    from fsl_app.training.metric_heads import MetricTrainingConfig
 
 # The trainers (torch) and the learners' defaults are imported when meta-train is the command:
 # its options' defaults come from them, so they are added only then (add_options_when_parsed).
@@ -57,9 +59,10 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     from fsl_app.learners.maml import DEFAULT_HIDDEN
     from fsl_app.learners.relation import DEFAULT_HIDDEN as RELATION_HIDDEN
     from fsl_app.learners.siamese import DEFAULT_HIDDEN as SIAMESE_HIDDEN
-    from fsl_app.training.maml import ALGORITHMS, MetaTrainingConfig
+    from fsl_app.training.config import MetaTrainingConfig
+    from fsl_app.training.maml import ALGORITHMS, MAMLOptions
 
-    defaults = MetaTrainingConfig()
+    defaults, maml_defaults = MetaTrainingConfig(), MAMLOptions()
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", metavar="DIR", help="folder with one subfolder per class")
     data.add_argument(
@@ -78,7 +81,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--algorithm",
-        default=defaults.algorithm,
+        default=maml_defaults.algorithm,
         choices=list(ALGORITHMS),
         help="maml: second-order meta-gradients; fomaml: first-order, cheaper; reptile: no "
         "meta-gradient, moves the initialisation toward each task's adapted weights",
@@ -102,8 +105,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tasks per outer step",
     )
-    parser.add_argument("--inner-steps", type=int, default=defaults.inner_steps, metavar="N")
-    parser.add_argument("--inner-lr", type=float, default=defaults.inner_lr, metavar="LR")
+    parser.add_argument("--inner-steps", type=int, default=maml_defaults.inner_steps, metavar="N")
+    parser.add_argument("--inner-lr", type=float, default=maml_defaults.inner_lr, metavar="LR")
     parser.add_argument(
         "--outer-lr",
         type=float,
@@ -158,17 +161,17 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fsl_app.pretrained import default_path
-    from fsl_app.training.loop import split_classes, training_state_path
-    from fsl_app.training.maml import compare_initialisations, meta_train
-    from fsl_app.training.metric_heads import compare_with_protonet, metric_train
-
-    metric = args.learner != "maml"  # relation and siamese heads share one trainer
-    out = Path(args.out) if args.out else default_path(args.learner, args.backbone)
-    train_head, compare = (
-        (metric_train, compare_with_protonet) if metric else (meta_train, compare_initialisations)
+    from fsl_app.training.loop import (
+        meta_train,
+        score_on_episodes,
+        split_classes,
+        trainer_for,
+        training_state_path,
     )
+
+    out = Path(args.out) if args.out else default_path(args.learner, args.backbone)
     try:
-        config = _metric_config(args) if metric else _maml_config(args)
+        config = _config(args)
         datasets = _load(args)
     except (ValueError, FileNotFoundError) as err:
         raise UnusableInputError(str(err)) from err
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         "held_out": held_out,
     }
     try:
-        result = train_head(
+        result = meta_train(
             features[train],
             labels[train],
             config,
@@ -217,10 +220,11 @@ def run(args: argparse.Namespace) -> int:
     )
     evaluations = {"held-out classes": (features[~train], labels[~train])}
     evaluations.update({name: (x, y) for name, (x, y, _) in extra.items()})
+    baselines = trainer_for(args.learner).baselines(result.checkpoint)
     rows = []
     for name, (x, y) in evaluations.items():
-        results = compare(
-            result.checkpoint,
+        results = score_on_episodes(
+            baselines,
             x,
             y,
             ways=config.ways,
@@ -234,41 +238,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _maml_config(args: argparse.Namespace) -> MetaTrainingConfig:
-    from fsl_app.learners.maml import DEFAULT_HIDDEN
-    from fsl_app.training.maml import MetaTrainingConfig
+def _config(args: argparse.Namespace) -> MetaTrainingConfig:
+    """The run's config; of the method flags, those the learner's options have (the others, such
+    as MAML's --inner-steps for relation, are ignored) and those given (--hidden)."""
+    from fsl_app.training.config import MetaTrainingConfig
+    from fsl_app.training.loop import trainer_for
 
+    options = trainer_for(args.learner).Options
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(options)
+        if getattr(args, f.name, None) is not None
+    }
     return MetaTrainingConfig(
-        ways=args.ways,
-        shots=tuple(args.shots),
-        queries=args.queries,
-        episodes=args.episodes,
-        meta_batch=args.meta_batch,
-        algorithm=args.algorithm,
-        meta_sgd=args.meta_sgd,
-        inner_steps=args.inner_steps,
-        inner_lr=args.inner_lr,
-        outer_lr=args.outer_lr,
-        hidden=args.hidden or DEFAULT_HIDDEN,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-    )
-
-
-def _metric_config(args: argparse.Namespace) -> MetricTrainingConfig:
-    from fsl_app.training.metric_heads import MetricTrainingConfig
-
-    return MetricTrainingConfig(
         learner=args.learner,
         ways=args.ways,
         shots=tuple(args.shots),
         queries=args.queries,
         episodes=args.episodes,
         meta_batch=args.meta_batch,
-        lr=args.outer_lr,
-        hidden=args.hidden,
+        outer_lr=args.outer_lr,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        options=options(**given),
     )
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fsl_app.learners.base import FewShotLearner
+    from fsl_app.training.loop import MetaTrainer
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,11 @@ class LearnerEntry:
     """One learner: its name in settings and files, the words the app shows, and what it supports.
 
     ``onnx_exportable``: :func:`fsl_app.deploy.onnx.export_onnx` can write its models.
-    ``meta_trainable``: ``python -m fsl_app meta-train --learner <name>`` trains a checkpoint
-    for it, which :func:`create_learner` looks for under ``pretrained/``.
+    ``trainer_path``: the trainer (``"package.module:Trainer"``, :mod:`fsl_app.training`) with
+    which ``python -m fsl_app meta-train --learner <name>`` trains a checkpoint for it, which
+    :func:`create_learner` looks for under ``pretrained/``; None for a learner that is not
+    meta-trained. Naming the trainer here makes it the one place that says a learner is
+    meta-trainable, so there is no flag that could claim a trainer that does not exist.
     """
 
     name: str
@@ -32,12 +36,25 @@ class LearnerEntry:
     description: str
     class_path: str  # "package.module:Class", imported by learner_class
     onnx_exportable: bool
-    meta_trainable: bool
+    trainer_path: str | None = None
+
+    @property
+    def meta_trainable(self) -> bool:
+        return self.trainer_path is not None
 
     @property
     def learner_class(self) -> type[FewShotLearner]:
-        module, _, attribute = self.class_path.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _imported(self.class_path)
+
+    @property
+    def trainer_class(self) -> type[MetaTrainer]:
+        """The trainer's class, imported now (with torch); ValueError if not meta-trainable."""
+        if self.trainer_path is None:
+            raise ValueError(
+                f"'{self.name}' is not meta-trainable: use one of "
+                f"{', '.join(meta_trainable_learners())}."
+            )
+        return _imported(self.trainer_path)
 
     @property
     def label(self) -> str:
@@ -54,7 +71,6 @@ LEARNERS: dict[str, LearnerEntry] = {
             "compares each picture with the average of each class's examples; fast, the default",
             "fsl_app.learners.protonet:ProtoNet",
             onnx_exportable=True,
-            meta_trainable=False,
         ),
         LearnerEntry(
             "matching",
@@ -62,7 +78,6 @@ LEARNERS: dict[str, LearnerEntry] = {
             "compares each picture with every example and lets the closest ones vote",
             "fsl_app.learners.matching:MatchingNet",
             onnx_exportable=True,
-            meta_trainable=False,
         ),
         LearnerEntry(
             "linear",
@@ -70,7 +85,6 @@ LEARNERS: dict[str, LearnerEntry] = {
             "draws straight boundaries between the classes' examples; good with many examples",
             "fsl_app.learners.linear:LinearProbe",
             onnx_exportable=True,
-            meta_trainable=False,
         ),
         LearnerEntry(
             "maml",
@@ -79,7 +93,7 @@ LEARNERS: dict[str, LearnerEntry] = {
             "examples; slower",
             "fsl_app.learners.maml:MAML",
             onnx_exportable=True,
-            meta_trainable=True,
+            trainer_path="fsl_app.training.maml:MAMLTrainer",
         ),
         LearnerEntry(
             "relation",
@@ -88,7 +102,7 @@ LEARNERS: dict[str, LearnerEntry] = {
             "other image classes",
             "fsl_app.learners.relation:RelationNet",
             onnx_exportable=True,
-            meta_trainable=True,
+            trainer_path="fsl_app.training.relation:RelationTrainer",
         ),
         LearnerEntry(
             "siamese",
@@ -96,11 +110,17 @@ LEARNERS: dict[str, LearnerEntry] = {
             "compares pictures in a space learned to tell whether two pictures show the same class",
             "fsl_app.learners.siamese:SiameseNet",
             onnx_exportable=True,
-            meta_trainable=True,
+            trainer_path="fsl_app.training.siamese:SiameseTrainer",
         ),
     )
 }
 DEFAULT_LEARNER = "protonet"
+
+
+def _imported(path: str) -> Any:
+    """The attribute a ``"package.module:attribute"`` path names, importing its module."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def available_learners() -> list[str]:

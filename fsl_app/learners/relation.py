@@ -3,7 +3,7 @@
 A learned relation module scores each (query, class prototype) pair; the
 scores of a query over the classes, divided by a temperature, are its logits.
 As in the paper, the module is a small network over the pair and is
-meta-trained episodically on base classes (:mod:`fsl_app.training.metric_heads`); it
+meta-trained episodically on base classes (:mod:`fsl_app.training.relation`); it
 runs on the backbone's pooled embeddings instead of convolutional feature maps,
 and with a residual form that starts from cosine similarity:
 

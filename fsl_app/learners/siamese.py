@@ -6,7 +6,7 @@ space where a logistic score tells whether two images show the same class:
     p(same | a, b) = sigmoid(s * cos(f(a), f(b)) + t)
 
 As in the paper, the head is trained on pairs of base-class images with the
-binary cross-entropy of that score (:mod:`fsl_app.training.metric_heads`), then
+binary cross-entropy of that score (:mod:`fsl_app.training.siamese`), then
 classifies by comparing a query with the support examples. Koch et al. put
 the logistic unit on a weighted L1 distance of convolutional features; here it
 sits on the cosine of the projected embeddings.

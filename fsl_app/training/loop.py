@@ -3,11 +3,14 @@
 Meta-training runs on cached embeddings of base classes, never on images: each task is an
 N-way K-shot episode (:func:`training_tasks`, drawn up front from the config's seed, so a run
 interrupted and resumed from its training state sees the same tasks as an uninterrupted one).
-:func:`train_episodically` steps the optimiser once per meta-batch of tasks, reports progress
-and writes the resumable training state atomically every ``checkpoint_every`` tasks; a method
-(:mod:`fsl_app.training.maml`, :mod:`fsl_app.training.metric_heads`) only says what one task's
-loss is and which tensors its checkpoint holds. :func:`score_on_episodes` compares learners on
-the same fixed-seed episodes of classes never trained on.
+:func:`meta_train` builds the learner's :class:`MetaTrainer` (the learner registry names it),
+and :func:`train_episodically` steps the optimiser once per meta-batch of tasks, reports progress
+and writes the resumable training state atomically every ``checkpoint_every`` tasks. A method
+(:mod:`fsl_app.training.maml`, :mod:`fsl_app.training.relation`,
+:mod:`fsl_app.training.siamese`) only says how its parameters start, what one task's loss is
+and which tensors its checkpoint holds, so nothing here asks which learner it is training.
+:func:`score_on_episodes` compares learners (a trainer's :meth:`MetaTrainer.baselines`) on the
+same fixed-seed episodes of classes never trained on.
 """
 
 from __future__ import annotations
@@ -15,19 +18,24 @@ from __future__ import annotations
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from fsl_app import pretrained
 from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_learner, sample_episodes
 from fsl_app.files import write_atomically_with
+from fsl_app.learners import ProtoNet, create_learner, learner_entry
 from fsl_app.pretrained import Checkpoint
+from fsl_app.training.config import HeadOptions, MetaTrainingConfig
 
 Tensors = dict[str, torch.Tensor]
 # (tasks done, tasks in all, running means of the query "loss" and "accuracy")
@@ -35,18 +43,6 @@ MetaProgress = Callable[[int, int, dict[str, float]], None]
 STATE_VERSION = 1
 # Settings that may change when a run is resumed; any other change is refused.
 _RESUMABLE_CHANGES = ("episodes", "checkpoint_every")
-
-
-class EpisodicConfig(Protocol):
-    """What the loop reads of a method's config (a frozen dataclass, compared on resume)."""
-
-    ways: int
-    shots: tuple[int, ...]
-    queries: int
-    episodes: int
-    meta_batch: int
-    checkpoint_every: int
-    seed: int
 
 
 @dataclass
@@ -60,22 +56,122 @@ class TrainingResult:
     running: dict[str, float] = field(default_factory=dict)  # final running loss / accuracy
 
 
-def checkpoint_metadata(
-    config: Any, backbone: str, backbone_id: str, dim: int, record: dict[str, object], **extra: str
-) -> dict[str, str]:
-    """The header every checkpoint carries: backbone, embedding size, config and training record.
+class MetaTrainer(ABC):
+    """One meta-trained method, as :func:`meta_train` drives it: a stateless object.
 
-    ``extra`` adds what a method's learner reads back (MAML: ``inner_steps``).
+    A method says how its parameters start (:meth:`initial_parameters`) and what one task's
+    loss is (:meth:`task_loss`); what most methods do alike (back-propagate the loss, save every
+    parameter, compare with the untrained learner) is done here and overridden where a method
+    differs (MAML: Reptile's step, the tensors and header its learner reads).
     """
-    return {
-        "backbone": backbone,
-        "backbone_id": backbone_id,
-        "embedding_dim": str(dim),
-        "hidden": str(config.hidden),
-        **extra,
-        "config": json.dumps(asdict(config)),
-        "meta_training": json.dumps(record),
-    }
+
+    Options: ClassVar[type[HeadOptions]]  # the method's options, with their defaults
+
+    @abstractmethod
+    def initial_parameters(self, dim: int, config: MetaTrainingConfig) -> Tensors:
+        """Leaf tensors for ``dim``-d embeddings; those that require grad are optimised."""
+
+    @abstractmethod
+    def task_loss(
+        self,
+        params: Tensors,
+        features: torch.Tensor,
+        labels: np.ndarray,
+        task: Episode,
+        config: MetaTrainingConfig,
+    ) -> tuple[torch.Tensor, float]:
+        """The task's loss (differentiable in ``params``) and its accuracy."""
+
+    def step(
+        self,
+        params: Tensors,
+        features: torch.Tensor,
+        labels: np.ndarray,
+        task: Episode,
+        config: MetaTrainingConfig,
+        meta_batch: int,
+    ) -> tuple[torch.Tensor, float]:
+        """Leave the task's share of the meta-batch's gradient in ``.grad``; its loss, accuracy."""
+        loss, accuracy = self.task_loss(params, features, labels, task, config)
+        (loss / meta_batch).backward()
+        return loss, accuracy
+
+    def checkpoint_tensors(self, params: Tensors) -> Tensors:
+        """The tensors the learner reads from the checkpoint: here, every parameter."""
+        return {k: v.detach().clone() for k, v in params.items()}
+
+    def checkpoint_header(self, config: MetaTrainingConfig) -> dict[str, str]:
+        """What the learner reads back from the header besides the shared entries."""
+        return {}
+
+    def baselines(self, checkpoint: Checkpoint) -> dict[str, Callable[[], object]]:
+        """Learners (name -> factory) to compare: with ``checkpoint``, without it, ProtoNet."""
+        name = checkpoint.learner
+        return {
+            f"{name} (meta-trained)": lambda: create_learner(name, checkpoint=checkpoint),
+            f"{name} (untrained)": lambda: create_learner(name, checkpoint=None),
+            "protonet": ProtoNet,
+        }
+
+
+def trainer_for(learner: str) -> MetaTrainer:
+    """The trainer the learner registry names for ``learner``; ValueError for any other."""
+    return learner_entry(learner).trainer_class()
+
+
+def meta_train(
+    features: np.ndarray,
+    labels: Sequence[str],
+    config: MetaTrainingConfig,
+    *,
+    backbone: str,
+    backbone_id: str = "",
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: MetaProgress | None = None,
+    metadata: dict[str, object] | None = None,
+) -> TrainingResult:
+    """Meta-train ``config.learner`` on ``features`` (n, dim) of base classes ``labels``.
+
+    With ``out``, the checkpoint is written there at the end and the training state next to it
+    (:func:`training_state_path`) every ``config.checkpoint_every`` tasks; ``resume=True``
+    continues from that state. ``metadata`` (datasets, classes, ...) is recorded in the
+    checkpoint's ``meta_training`` entry.
+    """
+    trainer = trainer_for(config.learner)
+    features = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    labels = np.asarray(labels)
+    dim = features.shape[1]
+    tasks = training_tasks(labels, config)
+    params = trainer.initial_parameters(dim, config)
+    trainable = [v for v in params.values() if v.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
+    state_path = training_state_path(out) if out is not None else None
+
+    def step(task: Episode, meta_batch: int) -> tuple[torch.Tensor, float]:
+        return trainer.step(params, features, labels, task, config, meta_batch)
+
+    run = train_episodically(
+        tasks, params, optimizer, config, dim, step,
+        state_path=state_path, resume=resume, progress=progress,
+    )  # fmt: skip
+    record = {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)}
+    checkpoint = Checkpoint(
+        config.learner,
+        trainer.checkpoint_tensors(params),
+        {
+            "backbone": backbone,
+            "backbone_id": backbone_id,
+            "embedding_dim": str(dim),
+            "hidden": str(config.options.hidden),
+            **trainer.checkpoint_header(config),
+            "config": json.dumps(config.record()),
+            "meta_training": json.dumps(record),
+        },
+    )
+    if out is not None:
+        checkpoint = pretrained.save(checkpoint, out)
+    return TrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
 
 
 def training_state_path(out: str | os.PathLike) -> Path:
@@ -96,7 +192,7 @@ def train_episodically(
     tasks: Sequence[Episode],
     params: Tensors,
     optimizer: torch.optim.Optimizer,
-    config: EpisodicConfig,
+    config: MetaTrainingConfig,
     dim: int,
     step: Callable[[Episode, int], tuple[torch.Tensor, float]],
     *,
@@ -108,8 +204,7 @@ def train_episodically(
     each, progress, and the resumable training state at ``state_path``.
 
     ``step(task, meta_batch_size)`` computes one task's loss and accuracy and leaves its
-    contribution in the parameters' ``.grad``. ``config`` needs ``episodes``, ``meta_batch`` and
-    ``checkpoint_every``.
+    contribution in the parameters' ``.grad``.
     """
     done, seconds_before = 0, 0.0
     if resume:
@@ -158,7 +253,7 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def training_tasks(labels: np.ndarray, config: EpisodicConfig) -> list[Episode]:
+def training_tasks(labels: np.ndarray, config: MetaTrainingConfig) -> list[Episode]:
     """``config.episodes`` tasks, each with one of ``config.shots``, fixed by ``config.seed``."""
     by_shots = [
         sample_episodes(
@@ -238,6 +333,24 @@ def score_on_episodes(
     return results
 
 
+def support_and_query(
+    features: torch.Tensor, labels: np.ndarray, task: Episode
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The task's support embeddings and targets, then its query embeddings and targets."""
+    return (
+        features[torch.as_tensor(task.support)],
+        episode_targets(labels[task.support], task.classes),
+        features[torch.as_tensor(task.query)],
+        episode_targets(labels[task.query], task.classes),
+    )
+
+
+def query_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the queries' ``logits`` over the task's classes, and their accuracy."""
+    accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
+    return F.cross_entropy(logits, targets), accuracy
+
+
 def episode_targets(labels: np.ndarray, classes: tuple[str, ...]) -> torch.Tensor:
     index = {c: i for i, c in enumerate(classes)}
     return torch.as_tensor([index[label] for label in labels], dtype=torch.long)
@@ -254,7 +367,7 @@ def save_training_state(
     path: Path,
     meta: Tensors,
     optimizer: torch.optim.Optimizer,
-    config: EpisodicConfig,
+    config: MetaTrainingConfig,
     done: int,
     dim: int,
     seconds: float,
@@ -265,7 +378,7 @@ def save_training_state(
         "episode": done,
         "embedding_dim": dim,
         "seconds": seconds,
-        "config": asdict(config),
+        "config": config.record(),
         "meta": {k: v.detach() for k, v in meta.items()},
         "optimizer": optimizer.state_dict(),
     }
@@ -277,7 +390,7 @@ def load_training_state(
     path: Path,
     meta: Tensors,
     optimizer: torch.optim.Optimizer,
-    config: EpisodicConfig,
+    config: MetaTrainingConfig,
     dim: int,
 ) -> tuple[int, float]:
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -288,7 +401,7 @@ def load_training_state(
             f"'{path}' was meta-trained on {state['embedding_dim']}-d embeddings, "
             f"these have {dim}: resume with the same backbone."
         )
-    saved, now = state["config"], asdict(config)
+    saved, now = state["config"], config.record()
     changed = [
         k for k in now if k not in _RESUMABLE_CHANGES and _comparable(saved.get(k)) != now[k]
     ]
