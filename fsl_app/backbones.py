@@ -262,7 +262,13 @@ def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
     import timm
     from safetensors.torch import load_file
 
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise BackboneError(
+            f"The weight file '{path}' for '{name}' is damaged or cut short ({err}): copy it "
+            "again, or remove it to use another image model."
+        ) from err
     model = timm.create_model(name, pretrained=False)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

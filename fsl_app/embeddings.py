@@ -16,6 +16,8 @@ camera JPEGs, whose decoding costs about a quarter of a forward pass even at
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -99,24 +101,20 @@ class EmbeddingCache:
 
     Safe to share between threads and between processes (WAL journal, one
     short transaction per write). ``path=None`` keeps the cache in memory.
+
+    The cache only saves work: a file that turns out not to be a database, or a damaged one,
+    is moved aside (``<name>.corrupt``) and started afresh, and ``notice`` says so in a
+    sentence (also logged); the embeddings are simply made again.
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
-        if path is None:
-            target = ":memory:"
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            target = str(path)
+        self.path = None if path is None else Path(path)
+        self.notice: str | None = None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(target, check_same_thread=False, timeout=30)
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings ("
-            " backbone TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,"
-            " PRIMARY KEY (backbone, image_sha256)) WITHOUT ROWID"
-        )
-        self._db.commit()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as err:
+            self._db = self._start_afresh(err)
 
     def get_many(self, backbone: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
@@ -124,11 +122,15 @@ class EmbeddingCache:
         with self._lock:
             for start in range(0, len(unique), 500):  # SQLite caps bound parameters
                 part = unique[start : start + 500]
-                rows = self._db.execute(
-                    "SELECT image_sha256, vector FROM embeddings WHERE backbone = ? "
-                    f"AND image_sha256 IN ({','.join('?' * len(part))})",
-                    (backbone, *part),
-                ).fetchall()
+                try:
+                    rows = self._db.execute(
+                        "SELECT image_sha256, vector FROM embeddings WHERE backbone = ? "
+                        f"AND image_sha256 IN ({','.join('?' * len(part))})",
+                        (backbone, *part),
+                    ).fetchall()
+                except sqlite3.DatabaseError as err:  # damaged pages: nothing to trust
+                    self._db = self._start_afresh(err)
+                    return {}
                 found.update((h, np.frombuffer(blob, dtype=np.float32)) for h, blob in rows)
         return found
 
@@ -137,8 +139,53 @@ class EmbeddingCache:
             (backbone, h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
             for h, v in vectors.items()
         ]
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+            except sqlite3.DatabaseError as err:
+                self._db = self._start_afresh(err)
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            ":memory:" if self.path is None else str(self.path),
+            check_same_thread=False,
+            timeout=30,
+        )
+        try:
+            if self.path is not None:
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings ("
+                " backbone TEXT NOT NULL, image_sha256 TEXT NOT NULL, vector BLOB NOT NULL,"
+                " PRIMARY KEY (backbone, image_sha256)) WITHOUT ROWID"
+            )
+            db.commit()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _start_afresh(self, err: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Move a damaged cache file aside and open an empty one in its place."""
+        if self.path is None:
+            raise err  # an in-memory database does not get damaged on disk
+        with contextlib.suppress(Exception):
+            self._db.close()
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.notice = (
+            f"The embedding cache '{self.path}' was damaged ({err}); it was moved to "
+            f"'{aside.name}' and started afresh, so pictures are read again once."
+        )
+        logging.getLogger(__name__).warning(self.notice)
+        return self._open()
 
     def count(self, backbone: str | None = None) -> int:
         with self._lock:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fsl_app.backbones import pretrained_dir
+from fsl_app.errors import UnusableInputError
 from fsl_app.files import write_atomically
 
 Tensors = dict[str, torch.Tensor]
@@ -78,6 +79,10 @@ class Lookup:
     missing_reason: str | None = None
 
 
+class CheckpointError(UnusableInputError):
+    """A checkpoint file that cannot be used; the sentence says what to do about it."""
+
+
 def default_path(learner: str, backbone: str) -> Path:
     """Where ``learner``'s checkpoint for ``backbone`` is shipped and looked for."""
     return pretrained_dir() / f"{learner}-{backbone}.safetensors"
@@ -112,8 +117,9 @@ def save(checkpoint: Checkpoint, path: str | os.PathLike) -> Checkpoint:
 def load(path: str | os.PathLike, learner: str) -> Checkpoint:
     """Read ``learner``'s checkpoint written by :func:`save`; tensors come back as float32.
 
-    FileNotFoundError for no file; ValueError for an unreadable file, another learner's or
-    another format, or a newer version.
+    FileNotFoundError for no file; :class:`CheckpointError` (a ValueError whose sentence says
+    what to do) for a damaged or cut-short file, another learner's or another format, or a
+    newer version.
     """
     path = Path(path)
     if not path.is_file():
@@ -131,12 +137,16 @@ def _read(path: str, learner: str, mtime_ns: int, size: int) -> Checkpoint:
         with safe_open(path, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {k: handle.get_tensor(k).float() for k in handle.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise ValueError(f"'{path}' is not a readable safetensors file: {err}") from err
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(
+            f"The {learner} checkpoint '{path}' is damaged or cut short ({err}): reinstall "
+            f"fsl_app to get it back, or write it again with `python -m fsl_app meta-train "
+            f"--learner {learner}`."
+        ) from err
     if metadata.get("format") != _format(learner):
-        raise ValueError(f"'{path}' is not a {learner} checkpoint of this app.")
+        raise CheckpointError(f"'{path}' is not a {learner} checkpoint of this app.")
     if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"'{path}' was written by a newer version of this app "
             f"(format {metadata['format_version']}); update the app to use it."
         )

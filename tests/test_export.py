@@ -155,6 +155,40 @@ DAMAGES = {
         lambda d: rewritten(d, classes='["bird", "flower"]'),
         "is damaged",
     ),
+    "a path among the learner's parameters": (
+        lambda d: rewritten(d, learner_params='{"checkpoint": "/etc/passwd"}'),
+        "learner parameters this app does not take: checkpoint",
+    ),
+    "an unknown learner parameter": (
+        lambda d: rewritten(d, learner_params='{"metric": "cosine", "shell": "rm -rf /"}'),
+        "learner parameters this app does not take: shell",
+    ),
+    "a learner parameter that is not a plain value": (
+        lambda d: rewritten(d, learner_params='{"temperature": [1, 2]}'),
+        "learner parameter 'temperature' is [1, 2]",
+    ),
+    "another backbone for the learner": (
+        lambda d: rewritten(d, learner_params='{"backbone": "tf_efficientnet_lite2"}'),
+        "names another backbone",
+    ),
+    "a NaN strictness": (lambda d: rewritten(d, strictness="nan"), "its strictness is nan"),
+    "a negative strictness": (lambda d: rewritten(d, strictness="-1.0"), "strictness is -1.0"),
+    "a NaN threshold": (
+        lambda d: rewritten(d, tensors={"open_set.threshold": np.asarray(np.nan)}),
+        "'none of these' threshold is nan",
+    ),
+    "an infinite threshold while strict": (
+        lambda d: rewritten(d, tensors={"open_set.threshold": np.asarray(np.inf)}),
+        "'none of these' threshold is inf",
+    ),
+    "a zero temperature": (
+        lambda d: rewritten(d, tensors={"temperature": np.asarray(0.0)}),
+        "its temperature is 0.0",
+    ),
+    "NaN prototypes": (
+        lambda d: rewritten(d, tensors={"open_set.prototypes": np.full((3, 1280), np.nan)}),
+        "numbers that are not finite",
+    ),
     "learner refits otherwise": (
         lambda d: rewritten(d, tensors={"support_logits": np.zeros((15, 3))}),
         "answers differently here than where it was made",

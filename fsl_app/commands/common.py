@@ -84,6 +84,8 @@ def open_embedder(args: argparse.Namespace) -> Iterator[Embedder]:
             cache=cache,
         )
     finally:
+        if cache.notice:  # a damaged cache was started afresh
+            print(f"note: {cache.notice}", file=sys.stderr)
         cache.close()
 
 

@@ -16,6 +16,7 @@ names the backbone's id and :func:`check_backbone` refuses any other.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from fsl_app import __version__
 from fsl_app.backbones import Backbone
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.files import write_atomically
-from fsl_app.learners import LEARNERS, NotFittedError
+from fsl_app.learners import LEARNERS, NotFittedError, learner_entry
 from fsl_app.trust.open_set import OpenSetDetector
 
 FORMAT_NAME = "fsl_app.bundle"
@@ -244,10 +245,21 @@ def _rebuild(
     if targets.dtype.kind not in "iu" or not ((targets >= 0) & (targets < len(classes))).all():
         raise ValueError("its labels are not class indices")
     strictness = float(metadata["strictness"])
+    threshold = float(tensors["open_set.threshold"])
+    temperature = float(tensors["temperature"])
+    if not (math.isfinite(strictness) and strictness >= 0):
+        raise ValueError(f"its strictness is {strictness}")
+    # "None of these" switched off (strictness 0) is the one infinite threshold there can be.
+    if math.isnan(threshold) or threshold < 0 or math.isinf(threshold) != (strictness == 0):
+        raise ValueError(f"its 'none of these' threshold is {threshold}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"its temperature is {temperature}")
+    if not (np.isfinite(support).all() and np.isfinite(tensors["open_set.prototypes"]).all()):
+        raise ValueError("it holds numbers that are not finite")
     open_set = OpenSetDetector.from_fitted_state(
         classes=np.asarray(classes),
         prototypes=tensors["open_set.prototypes"],
-        threshold=float(tensors["open_set.threshold"]),
+        threshold=threshold,
         strictness=strictness,
         reason=json.loads(metadata["open_set_reason"]),
     )
@@ -255,9 +267,9 @@ def _rebuild(
         learner,
         support,
         np.asarray(classes)[targets],
-        params=json.loads(metadata["learner_params"]),
+        params=_learner_params(learner, metadata),
         strictness=strictness,
-        temperature=float(tensors["temperature"]),
+        temperature=temperature,
         open_set=open_set,
         notes=json.loads(metadata["notes"]),
         ids=json.loads(metadata.get("example_ids", "null")),
@@ -269,3 +281,24 @@ def _rebuild(
     if tensors["support_logits"].shape != (len(support), len(classes)):
         raise ValueError("its learner check does not match its examples")
     return classifier, classes
+
+
+def _learner_params(learner: str, metadata: dict[str, str]) -> dict[str, object]:
+    """The learner's parameters as saved: plain values the learner accepts, nothing else.
+
+    A saved model carries numbers and names, never a path for this computer to open (a
+    checkpoint comes from the factory, by backbone), so unknown parameters are refused.
+    """
+    params = json.loads(metadata["learner_params"])
+    if not isinstance(params, dict):
+        raise ValueError("its learner parameters are not a list of settings")
+    unknown = sorted(set(params) - learner_entry(learner).parameters)
+    if unknown:
+        raise ValueError(f"it sets learner parameters this app does not take: {', '.join(unknown)}")
+    for name, value in params.items():
+        plain = value is None or isinstance(value, (str, bool, int, float))
+        if not plain or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"its learner parameter '{name}' is {value!r}")
+    if params.get("backbone", metadata["backbone"]) != metadata["backbone"]:
+        raise ValueError("its learner names another backbone than the model")
+    return params

@@ -11,6 +11,7 @@ learners never touch files.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,14 @@ class LearnerEntry:
                 f"{', '.join(meta_trainable_learners())}."
             )
         return _imported(self.trainer_path)
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """What a user, a setting or a saved model may set: the constructor's parameters and
+        ``backbone``, never ``checkpoint`` (tensors the factory resolves, not a file to open)."""
+        signature = inspect.signature(self.learner_class.__init__)
+        names = {name for name in signature.parameters if name != "self"}
+        return frozenset((names - {"checkpoint", "missing_reason"}) | {"backbone"})
 
     @property
     def label(self) -> str:

@@ -15,6 +15,7 @@ from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embedded_set import EmbeddedSet, embed_project
 from fsl_app.embeddings import Embedder
+from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
@@ -121,12 +122,16 @@ def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> Calibrated
                 st.info(problem)
             st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
         return None
-    return fitted_classifier(
-        page.embedded,
-        backbone_key=page.embedder.cache_key,
-        learner=page.settings.learner,
-        strictness=page.settings.strictness,
-    )
+    try:
+        return fitted_classifier(
+            page.embedded,
+            backbone_key=page.embedder.cache_key,
+            learner=page.settings.learner,
+            strictness=page.settings.strictness,
+        )
+    except UnusableInputError as err:  # e.g. a damaged checkpoint: say so, keep the page
+        st.error(str(err))
+        return None
 
 
 @dataclass(frozen=True)
