@@ -8,7 +8,7 @@ from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
 from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
 from fsl_app.project.demo import create_demo_project
-from fsl_app.project.store import StoreError
+from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
@@ -63,6 +63,24 @@ with right:
             select_project(demo.id)
             st.rerun()
 
+trash = store.list_trash()
+if trash:
+    with st.expander(f"Recently deleted ({len(trash)})"):
+        st.caption(f"Deleted projects and classes stay here {TRASH_DAYS} days, then go for good.")
+        for item in trash:
+            row = st.columns([4, 1])
+            where = "project" if item.kind == "project" else f"class in {item.project_name}"
+            row[0].text(
+                f"{item.name} ({where}) · {item.n_images} images · kept until {item.purged_after}"
+            )
+            if row[1].button("Restore", key=f"restore_{item.kind}_{item.id}"):
+                try:
+                    store.restore(item)
+                except StoreError as err:
+                    st.error(str(err))
+                else:
+                    st.rerun()
+
 if project is None:
     st.stop()
 
@@ -86,8 +104,8 @@ with st.expander("Rename or delete this project"):
             st.rerun()
     else:
         st.warning(
-            f"Delete '{project.name}' with all its classes, images and predictions? "
-            "This cannot be undone."
+            f"Delete '{project.name}' with all its classes and images? You can restore it "
+            f"under 'Recently deleted' for {TRASH_DAYS} days."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="delete_yes"):

@@ -84,13 +84,17 @@ def test_projects_are_created_renamed_and_deleted_only_after_asking(data_dir):
     # A typed name is text, shown as typed: no HTML is interpreted anywhere.
     assert "Birds <b>of</b> the garden" in texts(at)
     at.button(key="delete").click().run()
-    assert any("cannot be undone" in w.value for w in at.warning)
+    assert any("restore it" in w.value for w in at.warning)
     at.button(key="delete_no").click().run()
     assert len(Store(data_dir).list_projects()) == 1
     at.button(key="delete").click().run()
     at.button(key="delete_yes").click().run()
     assert Store(data_dir).list_projects() == []
     assert "No projects yet" in texts(at)
+    # Deleted is not gone: it waits under "Recently deleted" and comes back.
+    restore = next(b for b in at.button if str(b.key).startswith("restore_project_"))
+    restore.click().run()
+    assert [p.name for p in Store(data_dir).list_projects()] == ["Birds <b>of</b> the garden"]
 
 
 def test_an_empty_or_taken_project_name_is_refused_clearly(data_dir):

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import tomllib
 
 from fsl_app.project.dataset_zip import (
+    MAX_TOTAL_BYTES,
+    MAX_UPLOAD_BYTES,
+    DatasetZip,
     DatasetZipError,
     ZipImage,
     imagefolder_zip,
     read_imagefolder_zip,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def zip_of(entries: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
@@ -161,3 +170,65 @@ def test_a_damaged_entry_is_skipped_and_the_rest_read(jpeg):
     read, problems = read_imagefolder_zip(bytes(data))
     assert [(i.class_name, i.name) for i in read] == [("dog", "b.jpg")]
     assert problems == ["'cat/a.jpg' was skipped: it is damaged inside the ZIP."]
+
+
+def test_windows_device_names_get_a_suffix_and_come_back(jpeg):
+    images = [
+        ZipImage("CON", "nul.jpg", jpeg),
+        ZipImage("com1", "con.txt.jpg", jpeg),
+        ZipImage("CON_", "Aux_.jpg", jpeg),  # already ends in "_": one more, so it comes back
+        ZipImage("console", "comma.jpg", jpeg),  # not a device name
+    ]
+    data = imagefolder_zip(images)
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == [
+        "CON_/nul_.jpg",
+        "com1_/con_.txt.jpg",
+        "CON__/Aux__.jpg",
+        "console/comma.jpg",
+    ]
+    read, problems = read_imagefolder_zip(data)
+    assert problems == []
+    assert [(i.class_name, i.name) for i in read] == [(i.class_name, i.name) for i in images]
+
+
+def test_the_unpacked_limit_follows_the_apps_upload_limit():
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 1024**2 == MAX_UPLOAD_BYTES
+    assert MAX_TOTAL_BYTES == 4 * MAX_UPLOAD_BYTES
+
+
+def test_a_small_zip_of_huge_files_is_refused_before_unpacking():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for index in range(5):
+            with archive.open(f"cat/{index}.png", "w") as entry:
+                for _ in range(95):
+                    entry.write(bytes(1024**2))
+    assert len(buffer.getvalue()) < 3 * 1024**2
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetZipError) as refused:
+            DatasetZip(buffer.getvalue())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(refused.value) == (
+        "The ZIP unpacks to 475 MB, more than the 200 MB one import can take (four times the "
+        "50 MB upload limit): split it into smaller ZIPs."
+    )
+    assert peak < 5 * 1024**2
+
+
+def test_pictures_are_unpacked_one_at_a_time():
+    size = 4 * 1024**2
+    data = zip_of({f"cat/{index}.png": os.urandom(size) for index in range(6)})
+    with DatasetZip(data) as dataset:
+        assert dataset.class_names == ["cat"]
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in dataset.images())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert count == 6
+    assert peak < 2.5 * size  # one picture (and its copy while read), never all six

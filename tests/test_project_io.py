@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from types import SimpleNamespace
 
 import pytest
 
+from fsl_app.project import store as store_module
 from fsl_app.project.dataset_zip import DatasetZipError, ZipImage, imagefolder_zip
 from fsl_app.project.io import (
     export_dataset_zip,
@@ -17,7 +19,7 @@ from fsl_app.project.io import (
     table_csv,
     table_json,
 )
-from fsl_app.project.store import Store
+from fsl_app.project.store import Store, StoreError
 
 
 @pytest.fixture
@@ -93,3 +95,70 @@ def test_tables_hold_labels_and_predictions_and_are_safe_in_spreadsheets(store, 
     as_json = json.loads(table_json(rows))
     assert as_json[0]["prediction"] is None and as_json[1]["sha256"] == unlabeled.sha256
     assert labeled.sha256 == as_json[0]["sha256"]
+
+
+def seven_classes(photos, seventh: str) -> bytes:
+    """A ZIP of seven class folders with a real photo each; the seventh folder is ``seventh``."""
+    files = [p for name in sorted(photos) for p in photos[name][:2]][:7]
+    names = [f"class {i}" for i in range(1, 7)] + [seventh]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # as another tool writes it: names as they are
+        for name, path in zip(names, files, strict=True):
+            archive.writestr(f"{name}/{path.name}", path.read_bytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("seventh", "problem"),
+    [("x" * 130, "too long (130 characters)"), ("bad\x07name", "invisible character")],
+)
+def test_a_bad_seventh_folder_name_imports_nothing(store, photos, seventh, problem):
+    project = store.create_project("Kept")
+    store.add_images(project.id, [(photos["bird"][0].name, photos["bird"][0].read_bytes())])
+    before = (store.list_classes(project.id), store.list_images(project.id))
+
+    with pytest.raises(DatasetZipError) as refused:
+        import_dataset_zip(store, project.id, seven_classes(photos, seventh))
+
+    assert problem in str(refused.value)
+    assert str(refused.value).startswith(f"The folder '{seventh[:20].replace(chr(7), '?')}")
+    assert "Rename the folder" in str(refused.value)
+    assert (store.list_classes(project.id), store.list_images(project.id)) == before
+
+
+def test_a_save_failing_half_way_imports_nothing(store, photos, monkeypatch):
+    project = store.create_project("Kept")
+    writes = []
+
+    def fail_on_the_fifth(path, data):
+        writes.append(path)
+        if len(writes) == 5:
+            raise OSError(28, "No space left on device")
+        write_blob(path, data)
+
+    write_blob = store_module._write_blob
+    monkeypatch.setattr(store_module, "_write_blob", fail_on_the_fifth)
+    with pytest.raises(StoreError, match="so nothing was added"):
+        import_dataset_zip(store, project.id, seven_classes(photos, "class 7"))
+    assert store.list_classes(project.id) == [] and store.list_images(project.id) == []
+
+    monkeypatch.setattr(store_module, "_write_blob", write_blob)
+    report = import_dataset_zip(store, project.id, seven_classes(photos, "class 7"))
+    assert report.added == 7 and len(report.classes_created) == 7
+
+
+def test_classes_named_like_windows_devices_export_and_come_back(store, photos):
+    source = store.create_project("Devices")
+    for index, name in enumerate(("CON", "nul", "Com1")):
+        store.add_class(source.id, name)
+        photo = photos["fish"][index]
+        store.add_images(source.id, [(photo.name, photo.read_bytes())], name)
+    archive = export_dataset_zip(store, source.id)
+    assert sorted(n.split("/")[0] for n in zipfile.ZipFile(io.BytesIO(archive)).namelist()) == [
+        "CON_",
+        "Com1_",
+        "nul_",
+    ]
+    copy = store.create_project("Copy")
+    report = import_dataset_zip(store, copy.id, archive)
+    assert report.classes_created == ["CON", "nul", "Com1"] and report.added == 3

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from fsl_app.images import image_sha256
 from fsl_app.project import store as store_module
 from fsl_app.project.store import (
     DATA_DIR_ENV,
+    TRASH_DAYS,
     AccuracyPoint,
     Duplicate,
     Store,
@@ -130,7 +133,7 @@ def test_data_folder_comes_from_the_environment(tmp_path, monkeypatch):
     assert (tmp_path / "from-env" / "fsl.sqlite").is_file()
     with sqlite3.connect(tmp_path / "from-env" / "fsl.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_module._MIGRATIONS)
 
     monkeypatch.delenv(DATA_DIR_ENV)
     monkeypatch.chdir(tmp_path)
@@ -314,7 +317,7 @@ def test_a_data_folder_from_schema_1_keeps_what_its_settings_held(tmp_path):
     with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
         assert "predictions" not in tables
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_module._MIGRATIONS)
     db.close()
     assert integrity(tmp_path) == "ok"
 
@@ -597,7 +600,7 @@ def test_delete_class_keeps_or_removes_its_examples(store, pictures, keep_images
     assert store.list_images(project.id, class_name="robin") == []
 
 
-def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
+def test_delete_project_then_purge_and_vacuum_removes_only_unused_files(store, pictures):
     birds = store.create_project("Birds")
     fish = store.create_project("Fish")
     store.add_images(birds.id, named(pictures, 0, 4))
@@ -610,6 +613,9 @@ def test_delete_project_then_vacuum_removes_only_unused_files(store, pictures):
     store.delete_project(birds.id)
 
     assert store.list_projects() == [fish]
+    assert store.vacuum_blobs() == 0  # in the trash: nothing of it goes yet
+    assert store.purge_trash() == 0
+    assert store.purge_trash(now=datetime.now(timezone.utc) + timedelta(days=TRASH_DAYS + 1)) == 1
     with sqlite3.connect(store.root / "fsl.sqlite") as db:
         for table in (
             "classes",
@@ -917,3 +923,127 @@ def test_two_processes_writing_at_once(store, race, tmp_path):
         assert child.returncode == 0, err
         done[name] = Counter(json.loads(out))
     check_race(store, project_id, done)
+
+
+# The trash
+
+
+def test_a_deleted_project_comes_back_from_the_trash_as_it_was(store, pictures):
+    project = store.create_project("Birds")
+    store.add_class(project.id, "robin")
+    robins = store.add_images(project.id, named(pictures, 0, 3), "robin").added
+    store.confirm_labels(project.id, [robins[0].sha256])
+    before = snapshot(store, project.id)
+
+    store.delete_project(project.id)
+
+    assert store.list_projects() == []
+    (trashed,) = store.list_trash()
+    assert (trashed.kind, trashed.name, trashed.n_images) == ("project", "Birds", 3)
+    with pytest.raises(StoreError, match="is kept under 'Recently deleted'"):
+        store.create_project("birds")  # the trashed project keeps its name
+    store.restore(trashed)
+    assert snapshot(store, project.id) == before
+    assert store.confirmed_labels(project.id) == {robins[0].sha256}
+    assert store.list_trash() == []
+    with pytest.raises(StoreError, match="no longer in the trash"):
+        store.restore(trashed)
+
+
+def test_a_class_deleted_with_its_images_comes_back_with_them(store, pictures):
+    project = store.create_project("Birds")
+    store.add_class(project.id, "robin")
+    store.add_class(project.id, "wren")
+    robins = store.add_images(project.id, named(pictures, 0, 3), "robin").added
+    store.confirm_labels(project.id, [robins[1].sha256])
+
+    store.delete_class(project.id, "robin", keep_images=False)
+
+    assert [c.name for c in store.list_classes(project.id)] == ["wren"]
+    assert store.list_images(project.id) == []
+    assert store.vacuum_blobs() == 0  # the trash keeps their files
+    # Meanwhile one picture is added again, and a new class takes the name.
+    store.add_images(project.id, [("again.png", pictures[0])])
+    store.add_class(project.id, "Robin")
+    (trashed,) = store.list_trash()
+    assert (trashed.kind, trashed.name, trashed.project_name, trashed.n_images) == (
+        "class",
+        "robin",
+        "Birds",
+        3,
+    )
+    with pytest.raises(StoreError, match="has a new class called 'Robin'; rename it"):
+        store.restore(trashed)
+    store.delete_class(project.id, "Robin", keep_images=True)
+
+    store.restore(trashed)
+
+    assert [c.name for c in store.list_classes(project.id)] == ["wren", "robin"]
+    assert [i.sha256 for i in store.list_images(project.id, class_name="robin")] == [
+        i.sha256 for i in robins[1:]
+    ]
+    assert [i.name for i in store.list_images(project.id, labeled=False)] == ["again.png"]
+    assert store.confirmed_labels(project.id) == {robins[1].sha256}
+    assert store.list_trash() == []
+    assert integrity(store.root) == "ok"
+
+
+def test_tidy_empties_the_trash_after_its_days_and_removes_leftover_files(store, pictures):
+    birds = store.create_project("Birds")
+    fish = store.create_project("Fish")
+    store.add_class(fish.id, "trout")
+    store.add_images(birds.id, named(pictures, 0, 2))
+    store.add_images(fish.id, named(pictures, 2, 4), "trout")
+    store.add_images(fish.id, named(pictures, 4, 5))
+    store.delete_project(birds.id)
+    store.delete_class(fish.id, "trout", keep_images=False)
+    shard = store.root / "images" / "ab"
+    shard.mkdir(exist_ok=True)
+    killed, running = shard / "killed.part", shard / "running.part"
+    killed.write_bytes(b"half a picture")
+    running.write_bytes(b"half a picture")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(killed, (two_hours_ago, two_hours_ago))
+
+    store.tidy()  # nothing is due yet; only the killed save's file goes
+
+    assert not killed.exists() and running.exists()
+    assert len(store.list_trash()) == 2
+    later = datetime.now(timezone.utc) + timedelta(days=TRASH_DAYS + 1)
+    assert store.purge_trash(now=later) == 2
+    assert store.vacuum_blobs() == 4
+    assert store.list_trash() == []
+    assert [p.name for p in store.list_projects()] == ["Fish"]
+    assert (
+        len(
+            list((store.root / "images").glob("*/*.png"))
+            + list((store.root / "images").glob("*/*.jpg"))
+        )
+        == 1
+    )
+    assert integrity(store.root) == "ok"
+
+
+def test_a_data_folder_from_schema_3_gets_a_trash_and_keeps_its_projects(tmp_path, pictures):
+    with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
+        for statements in store_module._MIGRATIONS[:3]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+        db.execute("INSERT INTO projects (name, created) VALUES ('Birds', 'then')")
+        db.execute("INSERT INTO classes (project_id, name, position) VALUES (1, 'robin', 0)")
+    db.close()
+
+    with Store(tmp_path) as store:
+        (birds,) = store.list_projects()
+        assert (birds.name, [c.name for c in store.list_classes(birds.id)]) == ("Birds", ["robin"])
+        store.add_images(birds.id, named(pictures, 0, 2), "robin")
+        store.delete_class(birds.id, "robin", keep_images=False)
+        store.delete_project(birds.id)
+        store.restore(store.list_trash()[0])
+        store.restore(store.list_trash()[0])
+        assert len(store.list_images(birds.id, class_name="robin")) == 2
+    with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    db.close()
+    assert integrity(tmp_path) == "ok"

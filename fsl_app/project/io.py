@@ -2,7 +2,7 @@
 or JSON.
 
 Import goes through the store like any upload, so bad files are refused one by one and the
-project keeps everything it had.
+project keeps everything it had; a ZIP is imported all or nothing, one picture in memory at a time.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fsl_app.project.dataset_zip import ZipImage, imagefolder_zip, read_imagefolder_zip
-from fsl_app.project.store import ProjectImage, Rejected, Store
+from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
+from fsl_app.project.store import ProjectImage, Rejected, Store, StoreError, check_name
 
 TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
 
@@ -40,30 +41,38 @@ class ImportReport:
 
 
 def import_dataset_zip(store: Store, project_id: int, data: bytes) -> ImportReport:
-    """Add a ZIP of class folders (and unlabeled images) to the project.
+    """Add a ZIP of class folders (and unlabeled images) to the project, all or nothing.
 
     Classes it names that the project lacks are created. Raises DatasetZipError when the bytes
-    are not a usable ZIP; nothing is added then.
+    are not a usable ZIP or a folder name cannot be a class name, and StoreError when saving
+    fails; nothing is added then. Pictures that are not usable images are refused one by one.
     """
-    images, skipped = read_imagefolder_zip(data)
-    report = ImportReport(skipped=list(skipped))
-    existing = {c.name.casefold(): c.name for c in store.list_classes(project_id)}
-    by_class: dict[str | None, list[tuple[str, bytes]]] = {}
-    for image in images:
-        by_class.setdefault(image.class_name, []).append((image.name, image.data))
-    for class_name, files in by_class.items():
-        target = None
-        if class_name is not None:
-            target = existing.get(class_name.strip().casefold())
-            if target is None:
-                target = store.add_class(project_id, class_name).name
-                existing[target.casefold()] = target
-                report.classes_created.append(target)
-        added = store.add_images(project_id, files, target)
-        report.added += len(added.added)
-        report.duplicates += len(added.duplicates)
-        report.rejected.extend(added.rejected)
-    return report
+    with DatasetZip(data) as dataset:
+        for name in dataset.class_names:
+            try:
+                check_name("class", name)
+            except StoreError as err:
+                message = str(err)
+                raise DatasetZipError(
+                    f"The folder '{_shown(name)}' cannot be a class: {message[0].lower()}"
+                    f"{message[1:]} Rename the folder, make the ZIP again and upload it."
+                ) from None
+        files = ((image.class_name, image.name, image.data) for image in dataset.images())
+        added = store.add_dataset(project_id, dataset.class_names, files)
+        skipped = list(dataset.problems)
+    return ImportReport(
+        classes_created=added.classes_created,
+        added=len(added.added),
+        duplicates=len(added.duplicates),
+        rejected=added.rejected,
+        skipped=skipped,
+    )
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    """A name as a sentence can quote it: invisible characters as '?', a long one cut short."""
+    visible = "".join("?" if unicodedata.category(c) == "Cc" else c for c in name)
+    return visible if len(visible) <= limit else visible[: limit - 1] + "…"
 
 
 def export_dataset_zip(store: Store, project_id: int, *, include_unlabeled: bool = False) -> bytes:

@@ -10,7 +10,15 @@ middle of a save. So:
 - image bytes are kept once per sha256 under ``images/ab/abcdef....ext``, written to a temporary
   file that is renamed into place, so a file under its final name is always complete. A file
   left behind by a failed save belongs to no row; :meth:`Store.vacuum_blobs` removes it;
-- names people type are data: files are named by hash only, never by a project or class.
+- names people type are data: files are named by hash only, never by a project or class;
+- a delete can be undone for :data:`TRASH_DAYS` days. A deleted project keeps all its rows,
+  marked with the time it was deleted (``projects.deleted``), and is hidden from everything but
+  :meth:`Store.list_trash`; a class deleted with its images moves to ``trashed_classes`` and its
+  images to ``trashed_class_images``, which keep their files. :meth:`Store.restore` brings either
+  back. :meth:`Store.tidy` deletes for good what has been in the trash longer than that, then
+  the image files nothing uses any more and the temporary files of saves that were killed; the
+  app calls it once per process, when it first opens a data folder, so the folder stops growing
+  with every delete.
 
 The store keeps and returns plain data. It decodes uploads only to refuse bad ones, through
 :func:`fsl_app.images.load_image`, and computes nothing else.
@@ -28,8 +36,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +181,35 @@ _SETTINGS_TO_TABLES_V2 = (
 # Predictions are recomputed from the fitted classifier in milliseconds; a saved copy was a
 # second answer that could disagree with the first, and nothing read it.
 _DROP_PREDICTIONS_V3 = ("DROP TABLE predictions",)
+# The trash. A deleted project keeps its rows and name, marked with when it was deleted (NULL:
+# not deleted). A class deleted with its images leaves the project and waits here with what is
+# needed to put it back; its image rows stay in ``images`` (vacuum_blobs keeps them).
+_TRASH_V4 = (
+    "ALTER TABLE projects ADD COLUMN deleted TEXT",
+    """CREATE TABLE trashed_classes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        deleted TEXT NOT NULL
+    )""",
+    """CREATE TABLE trashed_class_images (
+        trashed_class_id INTEGER NOT NULL REFERENCES trashed_classes (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL REFERENCES images (sha256),
+        name TEXT NOT NULL,
+        added TEXT NOT NULL,
+        confirmed INTEGER NOT NULL,
+        PRIMARY KEY (trashed_class_id, sha256)
+    )""",
+    "CREATE INDEX trashed_class_images_by_sha256 ON trashed_class_images (sha256)",
+)
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V1,
     _SETTINGS_TO_TABLES_V2,
     _DROP_PREDICTIONS_V3,
+    _TRASH_V4,
 )
+# What is deleted can be restored for this many days; Store.tidy then deletes it for good.
+TRASH_DAYS = 30
 
 _IMAGE_COLUMNS = """
     SELECT pi.sha256, pi.name, c.name, pi.added, i.width, i.height
@@ -254,17 +286,44 @@ class AddReport:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+@dataclass
+class DatasetReport(AddReport):
+    """What :meth:`Store.add_dataset` did: the files as in :class:`AddReport`, and the classes
+    it created (in the order they were named)."""
+
+    classes_created: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trashed:
+    """A deleted project, or a class deleted with its images, that can still be restored."""
+
+    kind: str  # "project" or "class"
+    id: int  # the project's id, or the trashed class's (not a class id)
+    name: str
+    project_name: str  # the project it was in; for a project, its own name
+    deleted: str  # ISO 8601, UTC
+    n_images: int
+
+    @property
+    def purged_after(self) -> str:
+        """The day (ISO 8601) from which :meth:`Store.tidy` deletes it for good."""
+        deleted = datetime.fromisoformat(self.deleted)
+        return (deleted + timedelta(days=TRASH_DAYS)).date().isoformat()
+
+
 @dataclass(frozen=True)
 class _Upload:
     """An upload that load_image accepted: the bytes and the few facts the store keeps."""
 
     name: str
-    data: bytes
+    data: bytes  # b"" once the file is written, when many uploads are kept until the commit
     sha256: str
     width: int
     height: int
     format: str
     ext: str
+    size_bytes: int
 
 
 def default_data_dir() -> Path:
@@ -334,7 +393,7 @@ class Store:
     # Projects
 
     def create_project(self, name: str, settings: Mapping[str, Any] | None = None) -> Project:
-        name = _clean_name("project", name)
+        name = check_name("project", name)
         with self._transaction() as db:
             self._refuse_taken_project_name(db, name)
             cursor = db.execute(
@@ -344,7 +403,10 @@ class Store:
             return self._project(db, cursor.lastrowid)
 
     def list_projects(self) -> list[Project]:
-        rows = self._fetch("SELECT id, name, created, settings FROM projects ORDER BY name, id")
+        rows = self._fetch(
+            "SELECT id, name, created, settings FROM projects WHERE deleted IS NULL"
+            " ORDER BY name, id"
+        )
         return [Project(i, name, created, json.loads(s)) for i, name, created, s in rows]
 
     def get_project(self, project_id: int) -> Project:
@@ -352,7 +414,7 @@ class Store:
             return self._project(self._db, project_id)
 
     def rename_project(self, project_id: int, name: str) -> Project:
-        name = _clean_name("project", name)
+        name = check_name("project", name)
         with self._transaction() as db:
             self._project(db, project_id)
             self._refuse_taken_project_name(db, name, project_id)
@@ -360,9 +422,15 @@ class Store:
             return self._project(db, project_id)
 
     def delete_project(self, project_id: int) -> None:
-        """Delete the project and everything in it; its image files go at the next vacuum."""
+        """Move the project, with everything in it, to the trash (see :meth:`list_trash`).
+
+        It keeps its name there: no other project can take it until it is restored or purged.
+        """
         with self._transaction() as db:
-            db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+            db.execute(
+                "UPDATE projects SET deleted = ? WHERE id = ? AND deleted IS NULL",
+                (_now(), project_id),
+            )
 
     def update_settings(self, project_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``changes`` into the settings and return them all.
@@ -381,16 +449,11 @@ class Store:
     # Classes
 
     def add_class(self, project_id: int, name: str) -> ProjectClass:
-        name = _clean_name("class", name)
+        name = check_name("class", name)
         with self._transaction() as db:
             self._project(db, project_id)
             self._refuse_taken_class_name(db, project_id, name)
-            cursor = db.execute(
-                "INSERT INTO classes (project_id, name, position) SELECT ?, ?,"
-                " COALESCE(MAX(position), -1) + 1 FROM classes WHERE project_id = ?",
-                (project_id, name, project_id),
-            )
-            return ProjectClass(cursor.lastrowid, name, 0)
+            return ProjectClass(_insert_class(db, project_id, name), name, 0)
 
     def list_classes(self, project_id: int) -> list[ProjectClass]:
         """The project's classes in the order they were made, with their number of examples."""
@@ -403,21 +466,39 @@ class Store:
         return [ProjectClass(*row) for row in rows]
 
     def rename_class(self, project_id: int, name: str, new_name: str) -> None:
-        new_name = _clean_name("class", new_name)
+        new_name = check_name("class", new_name)
         with self._transaction() as db:
             class_id, _ = self._find_class(db, project_id, name)
             self._refuse_taken_class_name(db, project_id, new_name, class_id)
             db.execute("UPDATE classes SET name = ? WHERE id = ?", (new_name, class_id))
 
     def delete_class(self, project_id: int, name: str, *, keep_images: bool) -> None:
-        """Delete a class; its examples become unlabeled images or leave the project."""
+        """Delete a class; its examples become unlabeled images or leave the project.
+
+        When they leave, the class and its examples go to the trash (see :meth:`list_trash`),
+        with which of their labels the user had confirmed. When they stay, the class goes for
+        good: there is nothing to restore that the project does not still have.
+        """
         with self._transaction() as db:
-            class_id, _ = self._find_class(db, project_id, name)
+            class_id, stored_name = self._find_class(db, project_id, name)
             if keep_images:
                 db.execute(
                     "UPDATE project_images SET class_id = NULL WHERE class_id = ?", (class_id,)
                 )
             else:
+                trashed_id = db.execute(
+                    "INSERT INTO trashed_classes (project_id, name, deleted) VALUES (?, ?, ?)",
+                    (project_id, stored_name, _now()),
+                ).lastrowid
+                db.execute(
+                    "INSERT INTO trashed_class_images"
+                    " (trashed_class_id, sha256, name, added, confirmed)"
+                    " SELECT ?, pi.sha256, pi.name, pi.added, EXISTS (SELECT 1 FROM"
+                    " confirmed_labels AS c WHERE c.project_id = pi.project_id"
+                    " AND c.sha256 = pi.sha256)"
+                    " FROM project_images AS pi WHERE pi.class_id = ? ORDER BY pi.rowid",
+                    (trashed_id, class_id),
+                )
                 db.execute("DELETE FROM project_images WHERE class_id = ?", (class_id,))
             db.execute("DELETE FROM classes WHERE id = ?", (class_id,))
 
@@ -458,16 +539,7 @@ class Store:
             class_id = (
                 None if class_name is None else self._find_class(db, project_id, class_name)[0]
             )
-            existing = {
-                sha256: (name, existing_class)
-                for sha256, name, existing_class in db.execute(
-                    "SELECT pi.sha256, pi.name, c.name FROM project_images AS pi"
-                    " LEFT JOIN classes AS c ON c.id = pi.class_id"
-                    " WHERE pi.project_id = ? AND pi.sha256 IN (SELECT value FROM json_each(?))",
-                    (project_id, _json_list(uploads.keys())),
-                )
-            }
-            added = _now()
+            existing = _images_in_project(db, project_id, uploads.keys())
             for upload in uploads.values():
                 if upload.sha256 in existing:
                     name, existing_class = existing[upload.sha256]
@@ -478,30 +550,70 @@ class Store:
                 # vacuum_blobs may have taken the file since it was written; it deletes only
                 # while holding the write lock, which this transaction now holds.
                 self._store_blob(upload)
-                db.execute(
-                    "INSERT OR IGNORE INTO images"
-                    " (sha256, width, height, format, ext, size_bytes, added)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        upload.sha256,
-                        upload.width,
-                        upload.height,
-                        upload.format,
-                        upload.ext,
-                        len(upload.data),
-                        added,
-                    ),
+                report.added.append(_insert_image(db, project_id, upload, class_id, class_name))
+        return report
+
+    def add_dataset(
+        self,
+        project_id: int,
+        class_names: Iterable[str],
+        files: Iterable[tuple[str | None, str, bytes]],
+    ) -> DatasetReport:
+        """Add many files (class name or None, file name, bytes), creating missing classes.
+
+        All or nothing, like one upload: ``class_names`` are all the classes ``files`` name, and
+        each is checked before any file is read, so a bad one raises :class:`StoreError` and
+        changes nothing. A class matches an existing one whatever its case. ``files`` is read
+        once, one file at a time: each is checked as in :meth:`add_images` and its image file
+        written, then its bytes are let go, so a generator reading a large ZIP entry by entry
+        never has more than one picture in memory. The classes and images then go in in one
+        transaction, so the project gets all of them or, if anything fails, none.
+        """
+        cleaned = {raw: check_name("class", raw) for raw in class_names}
+        self.get_project(project_id)  # before the slow part
+        report = DatasetReport()
+        uploads: dict[str, tuple[_Upload, str | None]] = {}
+        for class_name, name, data in files:
+            target = None if class_name is None else cleaned[class_name]
+            try:
+                upload = _checked_upload(name, data)
+            except ImageLoadError as err:
+                report.rejected.append(Rejected(name, str(err)))
+                continue
+            if upload.sha256 in uploads:
+                first, first_class = uploads[upload.sha256]
+                report.duplicates.append(Duplicate(name, upload.sha256, first.name, first_class))
+                continue
+            self._store_blob(upload)
+            uploads[upload.sha256] = (replace(upload, data=b""), target)
+        with self._transaction() as db:
+            self._project(db, project_id)
+            classes = {
+                stored.casefold(): (class_id, stored)
+                for class_id, stored in db.execute(
+                    "SELECT id, name FROM classes WHERE project_id = ?", (project_id,)
                 )
-                db.execute(
-                    "INSERT INTO project_images (project_id, sha256, class_id, name, added)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (project_id, upload.sha256, class_id, upload.name, added),
-                )
-                report.added.append(
-                    ProjectImage(
-                        upload.sha256, upload.name, class_name, added, upload.width, upload.height
+            }
+            for name in dict.fromkeys(cleaned.values()):
+                if name.casefold() not in classes:
+                    classes[name.casefold()] = (_insert_class(db, project_id, name), name)
+                    report.classes_created.append(name)
+            existing = _images_in_project(db, project_id, uploads.keys())
+            for upload, target in uploads.values():
+                if upload.sha256 in existing:
+                    name, existing_class = existing[upload.sha256]
+                    report.duplicates.append(
+                        Duplicate(upload.name, upload.sha256, name, existing_class)
                     )
-                )
+                    continue
+                if not self._blob_path(upload.sha256, upload.ext).exists():
+                    # Taken by a vacuum in another process between the write and now.
+                    raise StoreError(
+                        f"The saved copy of '{upload.name}' disappeared while importing, so "
+                        "nothing was added; try again."
+                    )
+                class_id, stored = (None, None) if target is None else classes[target.casefold()]
+                report.added.append(_insert_image(db, project_id, upload, class_id, stored))
         return report
 
     def label(self, project_id: int, sha256s: Iterable[str], class_name: str | None) -> int:
@@ -656,16 +768,120 @@ class Store:
         )
         return [AccuracyPoint(*row) for row in rows]
 
+    # The trash
+
+    def list_trash(self) -> list[Trashed]:
+        """What was deleted and can still be restored, the latest first.
+
+        A class is listed while its project is not deleted; restoring the project lists its
+        deleted classes again.
+        """
+        projects = self._fetch(
+            "SELECT 'project', p.id, p.name, p.name, p.deleted,"
+            " (SELECT COUNT(*) FROM project_images AS pi WHERE pi.project_id = p.id)"
+            " FROM projects AS p WHERE p.deleted IS NOT NULL"
+        )
+        classes = self._fetch(
+            "SELECT 'class', t.id, t.name, p.name, t.deleted,"
+            " (SELECT COUNT(*) FROM trashed_class_images AS i WHERE i.trashed_class_id = t.id)"
+            " FROM trashed_classes AS t JOIN projects AS p ON p.id = t.project_id"
+            " WHERE p.deleted IS NULL"
+        )
+        items = [Trashed(*row) for row in projects + classes]
+        return sorted(items, key=lambda item: (item.deleted, item.kind, item.id), reverse=True)
+
+    def restore(self, item: Trashed) -> None:
+        """Put a deleted project or class back as it was.
+
+        A class comes back with its images and confirmed labels; an image added to the project
+        again since is left where it is now. A class whose name has been given to a new class
+        meanwhile is refused with a sentence, and nothing changes.
+        """
+        with self._transaction() as db:
+            if item.kind == "project":
+                restored = db.execute(
+                    "UPDATE projects SET deleted = NULL WHERE id = ? AND deleted IS NOT NULL",
+                    (item.id,),
+                ).rowcount
+            else:
+                restored = self._restore_class(db, item.id)
+            if not restored:
+                raise StoreError(
+                    f"'{item.name}' is no longer in the trash; it may have been restored in "
+                    "another window."
+                )
+
+    def _restore_class(self, db: sqlite3.Connection, trashed_id: int) -> int:
+        row = db.execute(
+            "SELECT t.project_id, t.name FROM trashed_classes AS t"
+            " JOIN projects AS p ON p.id = t.project_id WHERE t.id = ? AND p.deleted IS NULL",
+            (trashed_id,),
+        ).fetchone()
+        if row is None:
+            return 0
+        project_id, name = row
+        taken = db.execute(
+            "SELECT name FROM classes WHERE project_id = ? AND name = ?", (project_id, name)
+        ).fetchone()
+        if taken is not None:
+            raise StoreError(
+                f"The project has a new class called '{taken[0]}'; rename it on the Classes "
+                f"page, then restore '{name}' again."
+            )
+        class_id = _insert_class(db, project_id, name)
+        db.execute(
+            "INSERT INTO project_images (project_id, sha256, class_id, name, added)"
+            " SELECT ?, sha256, ?, name, added FROM trashed_class_images"
+            " WHERE trashed_class_id = ? AND sha256 NOT IN"
+            " (SELECT sha256 FROM project_images WHERE project_id = ?) ORDER BY rowid",
+            (project_id, class_id, trashed_id, project_id),
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO confirmed_labels (project_id, sha256)"
+            " SELECT pi.project_id, pi.sha256 FROM trashed_class_images AS t"
+            " JOIN project_images AS pi ON pi.sha256 = t.sha256 AND pi.class_id = ?"
+            " WHERE t.trashed_class_id = ? AND t.confirmed",
+            (class_id, trashed_id),
+        )
+        return db.execute("DELETE FROM trashed_classes WHERE id = ?", (trashed_id,)).rowcount
+
+    def purge_trash(self, *, now: datetime | None = None) -> int:
+        """Delete for good what has been in the trash :data:`TRASH_DAYS` days; returns how many.
+
+        Their image files stay until :meth:`vacuum_blobs`.
+        """
+        cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=TRASH_DAYS)).isoformat(
+            timespec="seconds"
+        )
+        with self._transaction() as db:
+            return sum(
+                db.execute(f"DELETE FROM {table} WHERE deleted < ?", (cutoff,)).rowcount
+                for table in ("projects", "trashed_classes")
+            )
+
     # Maintenance
 
-    def vacuum_blobs(self) -> int:
-        """Delete the image files no project uses any more; returns how many.
+    def tidy(self) -> None:
+        """Empty what is due in the trash, then delete unused and abandoned files.
 
+        The app calls this once per process, when it first opens a data folder; it costs one
+        listing of the image folder.
+        """
+        self.purge_trash()
+        self.vacuum_blobs()
+
+    def vacuum_blobs(self) -> int:
+        """Delete the image files no project and no trashed class uses; returns how many.
+
+        Also deletes temporary files older than an hour, left by saves that were killed.
         Runs inside a write transaction so that no save can start using a file while it goes.
         """
         removed = 0
         with self._transaction() as db:
-            db.execute("DELETE FROM images WHERE sha256 NOT IN (SELECT sha256 FROM project_images)")
+            db.execute(
+                "DELETE FROM images WHERE sha256 NOT IN (SELECT sha256 FROM project_images)"
+                " AND sha256 NOT IN (SELECT sha256 FROM trashed_class_images)"
+            )
             kept = {sha256 for (sha256,) in db.execute("SELECT sha256 FROM images")}
             now = time.time()
             for path in self._blobs.glob("*/*"):
@@ -723,7 +939,8 @@ class Store:
 
     def _project(self, db: sqlite3.Connection, project_id: int) -> Project:
         row = db.execute(
-            "SELECT id, name, created, settings FROM projects WHERE id = ?", (project_id,)
+            "SELECT id, name, created, settings FROM projects WHERE id = ? AND deleted IS NULL",
+            (project_id,),
         ).fetchone()
         if row is None:
             raise StoreError(
@@ -749,8 +966,13 @@ class Store:
         self, db: sqlite3.Connection, name: str, project_id: int | None = None
     ) -> None:
         row = db.execute(
-            "SELECT name FROM projects WHERE name = ? AND id IS NOT ?", (name, project_id)
+            "SELECT name, deleted FROM projects WHERE name = ? AND id IS NOT ?", (name, project_id)
         ).fetchone()
+        if row is not None and row[1] is not None:
+            raise StoreError(
+                f"A deleted project called '{row[0]}' is kept under 'Recently deleted' on the "
+                "Projects page; restore it, or pick another name."
+            )
         if row is not None:
             raise StoreError(f"There is already a project called '{row[0]}'; pick another name.")
 
@@ -796,6 +1018,60 @@ def _write_blob(path: Path, data: bytes) -> None:
     write_atomically(path, data, durable=True, temp_suffix=_TEMP_SUFFIX)
 
 
+def _insert_class(db: sqlite3.Connection, project_id: int, name: str) -> int:
+    """Add a class after the project's others; returns its id."""
+    return db.execute(
+        "INSERT INTO classes (project_id, name, position) SELECT ?, ?,"
+        " COALESCE(MAX(position), -1) + 1 FROM classes WHERE project_id = ?",
+        (project_id, name, project_id),
+    ).lastrowid
+
+
+def _images_in_project(
+    db: sqlite3.Connection, project_id: int, sha256s: Iterable[str]
+) -> dict[str, tuple[str, str | None]]:
+    """Which of these images the project has: sha256 -> (its name there, its class or None)."""
+    return {
+        sha256: (name, class_name)
+        for sha256, name, class_name in db.execute(
+            "SELECT pi.sha256, pi.name, c.name FROM project_images AS pi"
+            " LEFT JOIN classes AS c ON c.id = pi.class_id"
+            " WHERE pi.project_id = ? AND pi.sha256 IN (SELECT value FROM json_each(?))",
+            (project_id, _json_list(sha256s)),
+        )
+    }
+
+
+def _insert_image(
+    db: sqlite3.Connection,
+    project_id: int,
+    upload: _Upload,
+    class_id: int | None,
+    class_name: str | None,
+) -> ProjectImage:
+    """Add a checked upload, whose file is written, to the project (not in it yet)."""
+    added = _now()
+    db.execute(
+        "INSERT OR IGNORE INTO images (sha256, width, height, format, ext, size_bytes, added)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            upload.sha256,
+            upload.width,
+            upload.height,
+            upload.format,
+            upload.ext,
+            upload.size_bytes,
+            added,
+        ),
+    )
+    db.execute(
+        "INSERT INTO project_images (project_id, sha256, class_id, name, added)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (project_id, upload.sha256, class_id, upload.name, added),
+    )
+    return ProjectImage(upload.sha256, upload.name, class_name, added, upload.width, upload.height)
+
+
 def _checked_upload(name: str, data: bytes) -> _Upload:
     """Refuse anything load_image refuses; otherwise note what the store keeps about the file."""
     loaded = load_image(data, name=name)
@@ -812,10 +1088,11 @@ def _checked_upload(name: str, data: bytes) -> _Upload:
         height=height,
         format=image_format,
         ext=_EXTENSIONS.get(image_format, ".img"),
+        size_bytes=len(data),
     )
 
 
-def _clean_name(kind: str, name: str) -> str:
+def check_name(kind: str, name: str) -> str:
     """A project or class name as it will be kept: trimmed, checked, otherwise as typed."""
     cleaned = name.strip()
     if not cleaned:

@@ -7,6 +7,7 @@ in the data folder beside the projects unless ``FSL_APP_CACHE`` says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from fsl_app.backbones import Backbone, load_backbone
 from fsl_app.classifier import CalibratedClassifier, fit_classifier
 from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
-from fsl_app.project.store import Store, default_data_dir
+from fsl_app.project.store import Store, StoreError, default_data_dir
 
 EMBEDDING_CACHE_NAME = "embeddings.sqlite"
 
@@ -30,7 +31,12 @@ def data_dir() -> Path:
 
 @st.cache_resource(show_spinner=False)
 def get_store(root: str) -> Store:
-    return Store(root)
+    """The store, tidied once per process (trash past its time, unused files; see Store.tidy)."""
+    store = Store(root)
+    # Tidying can wait for the next start: a busy or read-only folder must not keep the app shut.
+    with contextlib.suppress(StoreError, OSError):
+        store.tidy()
+    return store
 
 
 def open_store() -> Store:
