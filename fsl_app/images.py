@@ -422,8 +422,10 @@ def _is_webp(data: bytes) -> bool:
 
 def _looks_cut_short(data: bytes, err: Exception) -> bool:
     # PIL says "truncated" when the data runs out mid-picture (with LOAD_TRUNCATED_IMAGES off it
-    # raises instead of padding, for JPEG too). libwebp only says it "could not create decoder",
-    # but a WebP declares its length up front, so compare that with what arrived.
+    # raises instead of padding). A JPEG whose end marker comes early is the exception: libjpeg
+    # pads it without an error, which _jpeg_reads_past_its_data catches. libwebp only says it
+    # "could not create decoder", but a WebP declares its length up front, so compare that with
+    # what arrived.
     if isinstance(err, EOFError) or "truncated" in str(err).lower():
         return True
     return _is_webp(data) and int.from_bytes(data[4:8], "little") + 8 > len(data)
