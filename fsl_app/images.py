@@ -12,23 +12,25 @@ import functools
 import hashlib
 import importlib.util
 import io
+import math
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageChops, ImageFile, UnidentifiedImageError
 
 MAX_FILE_BYTES = 100_000_000
-MAX_PIXELS = 100_000_000
+# Pillow's own default (1024**3 // 4 // 3, a quarter GiB of 3-byte pixels), kept rather than
+# raised: Image.MAX_IMAGE_PIXELS is process-wide, so raising it here would weaken the bomb check
+# of every other Pillow caller in the app. The 89.5-100 MP range it gives up holds no common
+# camera (phones jump from 50 to 108 and 200 MP, medium format is 102 MP), and a full decode of
+# a non-JPEG is ~4 bytes a pixel, so this also bounds one upload at ~360 MB.
+MAX_PIXELS = 1024**3 // 4 // 3
 MAX_SIDE = 30_000
-
-# PIL runs its own decompression-bomb check inside Image.open, before we can look at the header.
-# Aligning its threshold with ours makes PIL refuse exactly what we would refuse (its default is
-# 89 megapixels); load_image turns the warning it gives between 1x and 2x the limit into an error.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 # find_spec only looks for the package; importing and registering it waits for the first load.
 _HEIF_AVAILABLE = importlib.util.find_spec("pillow_heif") is not None
@@ -62,8 +64,39 @@ _SIGNATURES = (
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _DRAFT_SCALES = (8, 4, 2)
 
-# EXIF orientations that turn the picture a quarter turn, swapping width and height.
+# EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Those that turn the picture a quarter turn, swapping width and height.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+# Modes Image.reduce averages correctly; others (palettes, 1-bit, 16-bit) are converted first.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
+
+# Fewest bytes a file can hold for its pixels, from each format's best possible compression.
+# Deflate (PNG) codes at best 258 bytes of match in 2 bits: 1032 to 1. Huffman JPEG spends at
+# least one bit per 8x8 block on its DC code; a component may be subsampled up to 4x4, so count
+# one bit per 32x32 pixels. Arithmetic-coded JPEG (SOF9 and up) has no such floor.
+_DEFLATE_MAX_RATIO = 1032
+_JPEG_PIXELS_PER_BIT = 32 * 32
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+_JPEG_SOF_HUFFMAN = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
+_JPEG_SOF = _JPEG_SOF_HUFFMAN | {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# A marker inside entropy-coded data: 0xFF not followed by a stuffed 0, a restart or more fill.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Bytes slipped in before a JPEG's end marker to see whether the decoder reads them (see
+# _jpeg_reads_past_its_data). Not 0xFF, so they cannot form a marker; mostly one bits, because
+# libjpeg pads a cut-short file with zero bits and the probe must decode differently from that.
+# Measured on 25 files x 23 cut points, this missed 1 cut (one landing exactly on a restart
+# marker, where no interval is cut); a varied pattern starting with zero bits missed 13.
+_JPEG_FILLER = b"\xfe" * 512
 
 _CUT_SHORT = (
     "the file is cut short — it may not have finished downloading or copying; get it again "
@@ -208,10 +241,14 @@ def _check_byte_count(count: int, name: str) -> None:
         )
 
 
+def _megapixels(count: int) -> str:
+    return f"{count / 1_000_000:.1f}".removesuffix(".0")
+
+
 def _too_large(name: str, size_text: str) -> ImageLoadError:
     return ImageLoadError(
         name,
-        f"the picture is too large ({size_text}); the limit is {MAX_PIXELS / 1_000_000:g} "
+        f"the picture is too large ({size_text}); the limit is {_megapixels(MAX_PIXELS)} "
         f"megapixels and {MAX_SIDE} pixels on a side — shrink it or pick another file",
     )
 
@@ -256,23 +293,31 @@ def _decode(data: bytes, name: str, min_side: int | None) -> tuple[Image.Image, 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as file:
-                # Image.open reads only the header, so this runs before any pixel is decoded.
+                # Image.open reads only the header, so these run before any pixel is decoded.
                 _check_dimensions(file.size, name)
+                _check_plausible_length(data, file.size, name)
                 width, height = file.size
-                if file.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+                orientation = file.getexif().get(ExifTags.Base.Orientation)
+                if orientation in _QUARTER_TURNS:
                     width, height = height, width
                 if min_side is not None and file.format in _DRAFT_FORMATS:
                     _draft(file, min_side)
                 # Decode everything now: errors surface here rather than at first use, and the
                 # result no longer depends on the BytesIO closed on leaving this block.
                 file.load()
-                ImageOps.exif_transpose(file, in_place=True)
-                image = _to_rgb(file)
+                if file.format in _DRAFT_FORMATS and _jpeg_reads_past_its_data(data, file):
+                    raise ImageLoadError(name, _CUT_SHORT)
+                # Shrink first, in the file's own mode: turning and converting then touch only
+                # the small picture, so a huge file costs one full-size buffer, not several.
+                image = _reduce(file, min_side)
+                if orientation in _UPRIGHT:
+                    image = image.transpose(_UPRIGHT[orientation])
+                image = _to_rgb(image)
     except (ImageLoadError, MemoryError):
         # Our own refusal, or a machine out of memory: neither says the file is damaged.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _too_large(name, f"over {MAX_PIXELS / 1_000_000:g} megapixels") from err
+        raise _too_large(name, f"over {_megapixels(MAX_PIXELS)} megapixels") from err
     except UnidentifiedImageError as err:
         if data.startswith(_SIGNATURES) or _is_webp(data):
             raise ImageLoadError(name, _DAMAGED) from err
@@ -285,9 +330,90 @@ def _decode(data: bytes, name: str, min_side: int | None) -> tuple[Image.Image, 
         # struct.error, EOFError, ...); to a person they all mean the same thing.
         reason = _CUT_SHORT if _looks_cut_short(data, err) else _DAMAGED
         raise ImageLoadError(name, reason) from err
-    if min_side is not None:
-        image = _reduce(image, min_side)
     return image, (width, height)
+
+
+def _check_plausible_length(data: bytes, size: tuple[int, int], name: str) -> None:
+    """Refuse a file too short to hold the picture its header claims, before decoding it.
+
+    Such a file is a bomb or damaged: decoding it would fill a huge buffer with padding.
+    """
+    least = _least_length(data, size)
+    if len(data) < least:
+        width, height = size
+        raise ImageLoadError(
+            name,
+            f"the file is too small ({len(data):,} bytes) for the {width} x {height} pixels it "
+            f"claims (at least {least:,} bytes) — it is damaged; export it again or pick "
+            "another file",
+        )
+
+
+def _least_length(data: bytes, size: tuple[int, int]) -> int:
+    width, height = size
+    if data.startswith(b"\x89PNG") and len(data) >= 26:
+        bits = data[24] * _PNG_CHANNELS.get(data[25], 1)
+        return height * (1 + math.ceil(width * bits / 8)) // _DEFLATE_MAX_RATIO
+    if data.startswith(b"\xff\xd8"):
+        sof, _ = _jpeg_layout(data)
+        if sof in _JPEG_SOF_HUFFMAN:
+            return width * height // _JPEG_PIXELS_PER_BIT // 8
+    return 0
+
+
+def _jpeg_layout(data: bytes) -> tuple[int | None, int | None]:
+    """The frame marker (SOFn) of a JPEG and the offset of the end marker after its last scan.
+
+    Walks the marker segments (skipping the entropy-coded data after each start of scan), so the
+    end marker found is the one the decoder stops at, not one inside an EXIF thumbnail or a
+    second picture appended after it (MPO). Either is None where the walk cannot go on.
+    """
+    sof = None
+    position = 2  # past the start-of-image marker
+    while position + 1 < len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xD9:
+            return sof, position
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        if marker in _JPEG_SOF:
+            sof = marker
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            found = _JPEG_MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.start()
+    return sof, None
+
+
+def _jpeg_reads_past_its_data(data: bytes, decoded: ImageFile.ImageFile) -> bool:
+    """Whether the decoder ran out of picture data and padded the rest (the file was cut short).
+
+    libjpeg treats an end marker met mid-picture as "premature end of data segment": it warns
+    and fills the rest with grey, and Pillow drops that warning, so a cut-short file with its
+    end marker put back decodes without complaint. Measured on real files, nothing in Pillow's
+    result tells the two apart. What does: slip filler bytes in before the end marker and decode
+    again. A whole file never reads them (libjpeg skips bytes before a marker), so the pixels are
+    the same; a cut-short one decodes them in place of the grey, so the pixels change.
+    """
+    _, end = _jpeg_layout(data)
+    if end is None:
+        return False
+    while data[end - 1] == 0xFF:  # fill bytes belong to the marker: go in before them
+        end -= 1
+    probe_data = data[:end] + _JPEG_FILLER + data[end:]
+    with Image.open(io.BytesIO(probe_data), formats=("JPEG",)) as probe:
+        if decoded.size != probe.size:
+            probe.draft(decoded.mode, decoded.size)
+        probe.load()
+        if probe.size != decoded.size or probe.mode != decoded.mode:
+            return True
+        return ImageChops.difference(probe, decoded).getbbox() is not None
 
 
 def _is_webp(data: bytes) -> bool:
@@ -296,8 +422,10 @@ def _is_webp(data: bytes) -> bool:
 
 def _looks_cut_short(data: bytes, err: Exception) -> bool:
     # PIL says "truncated" when the data runs out mid-picture (with LOAD_TRUNCATED_IMAGES off it
-    # raises instead of padding, for JPEG too). libwebp only says it "could not create decoder",
-    # but a WebP declares its length up front, so compare that with what arrived.
+    # raises instead of padding). A JPEG whose end marker comes early is the exception: libjpeg
+    # pads it without an error, which _jpeg_reads_past_its_data catches. libwebp only says it
+    # "could not create decoder", but a WebP declares its length up front, so compare that with
+    # what arrived.
     if isinstance(err, EOFError) or "truncated" in str(err).lower():
         return True
     return _is_webp(data) and int.from_bytes(data[4:8], "little") + 8 > len(data)
@@ -323,11 +451,18 @@ def _draft(file: ImageFile.ImageFile, min_side: int) -> None:
         file.draft("RGB", (width // scale, height // scale))
 
 
-def _reduce(image: Image.Image, min_side: int) -> Image.Image:
+def _reducible(image: Image.Image) -> Image.Image:
+    if image.mode in _REDUCIBLE_MODES:
+        return image
+    # One byte a pixel either way; a palette or 16-bit picture needs its own conversion.
+    return image.convert("L") if image.mode == "1" else _to_rgb(image)
+
+
+def _reduce(image: Image.Image, min_side: int | None) -> Image.Image:
     # Whole-factor box averaging is exact and deterministic; it also finishes the job after a
     # JPEG draft, which stops at 1/8.
-    factor = _reduction_factor(min(image.size), min_side)
-    return image.reduce(factor) if factor > 1 else image
+    factor = 1 if min_side is None else _reduction_factor(min(image.size), min_side)
+    return _reducible(image).reduce(factor) if factor > 1 else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

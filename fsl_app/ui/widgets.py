@@ -20,7 +20,8 @@ BADGE_COLOURS = {"sure": "green", "fairly sure": "blue", "unsure": "orange", "no
 @st.cache_data(show_spinner=False, max_entries=5000)
 def _thumbnail(_store: Store, root: str, sha256: str, side: int) -> bytes | None:
     try:
-        picture = load_image(_store.image_bytes(sha256)).image
+        # Decoded no bigger than a thumbnail needs (see load_image's min_side).
+        picture = load_image(_store.image_bytes(sha256), min_side=side).image
     except (StoreError, ImageLoadError):
         return None
     # Square, the picture whole in the middle: a grid of them lines up.
