@@ -210,7 +210,8 @@ def map_figure(
             }
             common = {
                 "mode": "markers",
-                "name": f"{colour_class} · {role}",
+                # Class names are typed by users, and plotly renders some HTML in legends.
+                "name": f"{html.escape(colour_class)} · {role}",
                 "legendgroup": colour_class,
                 "customdata": [points.ids[i] for i in rows],
                 "hovertext": hover,

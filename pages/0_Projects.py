@@ -48,7 +48,7 @@ with right:
             try:
                 created = store.create_project(new_name)
             except StoreError as err:
-                st.error(str(err))
+                st.error(plain(str(err)))
             else:
                 select_project(created.id)
                 st.rerun()
@@ -58,7 +58,7 @@ with right:
             with st.spinner("Copying the demo photos…"):
                 demo = create_demo_project(store)
         except (FileNotFoundError, StoreError) as err:
-            st.error(f"The demo cannot be made here: {err}")
+            st.error(plain(f"The demo cannot be made here: {err}"))
         else:
             select_project(demo.id)
             st.rerun()
@@ -77,7 +77,7 @@ if trash:
                 try:
                     store.restore(item)
                 except StoreError as err:
-                    st.error(str(err))
+                    st.error(plain(str(err)))
                 else:
                     st.rerun()
 
@@ -95,7 +95,7 @@ with st.expander("Rename or delete this project"):
         try:
             store.rename_project(project.id, renamed)
         except StoreError as err:
-            st.error(str(err))
+            st.error(plain(str(err)))
         else:
             st.rerun()
     if not st.session_state.get("confirm_delete_project"):
@@ -104,8 +104,8 @@ with st.expander("Rename or delete this project"):
             st.rerun()
     else:
         st.warning(
-            f"Delete '{project.name}' with all its classes and images? You can restore it "
-            f"under 'Recently deleted' for {TRASH_DAYS} days."
+            f"Delete '{plain(project.name)}' with all its classes and images? You can restore "
+            f"it under 'Recently deleted' for {TRASH_DAYS} days."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="delete_yes"):

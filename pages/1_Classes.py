@@ -31,7 +31,7 @@ with st.form("add_class", clear_on_submit=True):
         try:
             store.add_class(project.id, name)
         except StoreError as err:
-            st.error(str(err))
+            st.error(plain(str(err)))
         else:
             st.rerun()
 
@@ -46,7 +46,7 @@ def add_files(files, class_name: str | None, where: str, uploader: str) -> None:
     try:
         report = store.add_images(project.id, [(f.name, f.getvalue()) for f in files], class_name)
     except StoreError as err:
-        st.error(f"Nothing was added: {err}")
+        st.error(plain(f"Nothing was added: {err}"))
         return
     clear_upload(uploader)
     st.session_state["_last_class"] = class_name
@@ -62,7 +62,7 @@ for hint in few_example_hints(counts):
     st.info(plain(hint))
 
 # After an upload the page reruns with new counts in the tab labels: open the tab just used.
-tab_labels = [f"{c.name} ({c.n_examples})" for c in classes]
+tab_labels = [f"{plain(c.name)} ({c.n_examples})" for c in classes]
 last_used = st.session_state.get("_last_class")
 tabs = st.tabs(
     tab_labels,
@@ -74,7 +74,7 @@ for tab, item in zip(tabs, classes, strict=True):
     with tab:
         key = f"class_{item.id}"
         files = st.file_uploader(
-            f"Drop example pictures of '{item.name}' here (many at once is fine)",
+            f"Drop example pictures of '{plain(item.name)}' here (many at once is fine)",
             accept_multiple_files=True,
             key=upload_key(f"{key}_files"),
         )
@@ -107,13 +107,13 @@ for tab, item in zip(tabs, classes, strict=True):
         else:
             st.caption("No examples yet.")
 
-        with st.expander(f"Rename or delete '{item.name}'"):
+        with st.expander(f"Rename or delete '{plain(item.name)}'"):
             new_name = st.text_input("New name", value=item.name, key=f"{key}_rename_value")
             if st.button("Rename", key=f"{key}_rename"):
                 try:
                     store.rename_class(project.id, item.name, new_name)
                 except StoreError as err:
-                    st.error(str(err))
+                    st.error(plain(str(err)))
                 else:
                     st.rerun()
             confirm_key = f"{key}_confirm_delete"
@@ -122,7 +122,9 @@ for tab, item in zip(tabs, classes, strict=True):
                     st.session_state[confirm_key] = True
                     st.rerun()
             else:
-                st.warning(f"Delete the class '{item.name}'? Its {item.n_examples} pictures:")
+                st.warning(
+                    f"Delete the class '{plain(item.name)}'? Its {item.n_examples} pictures:"
+                )
                 keep, drop, cancel = st.columns(3)
                 if keep.button("Keep them as unlabeled", key=f"{key}_delete_keep"):
                     store.delete_class(project.id, item.name, keep_images=True)
@@ -155,11 +157,11 @@ for image_id, suspect in suspects:
         with verdict:
             st.write(plain(f"'{names[image_id]}' is {suspect.reason}."))
             move, keep = st.columns(2)
-            if move.button(f"Move it to {suspect.suspected}", key=f"move_{key}"):
+            if move.button(f"Move it to {plain(suspect.suspected)}", key=f"move_{key}"):
                 store.label(project.id, [image_id], suspect.suspected)
                 flash([("success", f"Moved '{names[image_id]}' to {suspect.suspected}.")])
                 st.rerun()
-            if keep.button(f"Keep it in {suspect.label}", key=f"keep_{key}"):
+            if keep.button(f"Keep it in {plain(suspect.label)}", key=f"keep_{key}"):
                 store.confirm_labels(project.id, [image_id])
                 st.rerun()
 

@@ -38,7 +38,7 @@ if new_files:
     try:
         report = store.add_images(project.id, [(f.name, f.getvalue()) for f in new_files])
     except StoreError as err:
-        st.error(f"Nothing was added: {err}")
+        st.error(plain(f"Nothing was added: {err}"))
     else:
         clear_upload("predict_files")
         flash(add_report_messages(report, "the pictures to sort"))
@@ -48,7 +48,7 @@ classifier = classifier_or_none(page)
 if classifier is None:
     st.stop()
 for note in classifier.notes:
-    st.info(note)
+    st.info(plain(note))
 
 if not embedded.unlabeled_ids:
     st.info("Every picture is labeled. Drop new pictures above to see what the app makes of them.")
@@ -107,7 +107,9 @@ for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
             st.caption(f"uncertainty {prediction.uncertainty:.2f} (0 = certain, 1 = no idea)")
             accept, correct = st.columns(2)
             if accept.button(
-                f"✓ Yes, {prediction.prediction}", key=f"accept_{key}", disabled=prediction.unknown
+                f"✓ Yes, {plain(prediction.prediction)}",
+                key=f"accept_{key}",
+                disabled=prediction.unknown,
             ):
                 store.label(project.id, [prediction.id], prediction.prediction)
                 flash(

@@ -54,7 +54,7 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
                 st.caption(f"The model's guess: {plain(suggestion.prediction)}")
             buttons = st.columns(min(len(classes), 6))
             for i, class_name in enumerate(classes):
-                if buttons[i % len(buttons)].button(class_name, key=f"label_{key}_{i}"):
+                if buttons[i % len(buttons)].button(plain(class_name), key=f"label_{key}_{i}"):
                     store.label(project.id, [image_id], class_name)
                     flash([("success", f"Labeled '{names[image_id]}' as {class_name}.")])
                     st.rerun()
@@ -78,7 +78,7 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
 st.subheader("How good is the model now?")
 evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
-    st.info(problem)
+    st.info(plain(problem))
     st.stop()
 point = AccuracyPoint(
     int(embedded.labeled.sum()), evaluation.accuracy, evaluation.low, evaluation.high

@@ -22,7 +22,7 @@ page = project_page(
 store, settings, embedded = page.store, page.settings, page.embedded
 evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
-    st.info(problem)
+    st.info(plain(problem))
     st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
     st.stop()
 
@@ -42,7 +42,7 @@ overall[2].metric(
 )
 st.caption(f"Method: {evaluation.method}. {evaluation.summary()}.")
 for note in evaluation.notes:
-    st.info(note)
+    st.info(plain(note))  # names classes
 
 per_class, confusion = st.columns(2)
 with per_class:

@@ -18,7 +18,7 @@ from fsl_app.project.io import (
 )
 from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
-from fsl_app.ui.widgets import clear_upload, flash, upload_key
+from fsl_app.ui.widgets import clear_upload, flash, plain, upload_key
 
 page = project_page("Export and import")
 store, project, settings = page.store, page.project, page.settings
@@ -103,7 +103,7 @@ if uploaded is not None:
         with st.spinner("Importing…"):
             report = import_dataset_zip(store, project.id, uploaded.getvalue())
     except (DatasetZipError, StoreError) as err:
-        st.error(f"Nothing was imported: {err}")
+        st.error(plain(f"Nothing was imported: {err}"))
     else:
         clear_upload("import_zip")
         messages = [("success", f"Imported: {report.summary()}")]

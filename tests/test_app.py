@@ -7,6 +7,7 @@ as the sidebar does, on a data folder of its own.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from fsl_app.embeddings import describe_device
 from fsl_app.project.demo import DEMO_EXAMPLES_PER_CLASS
 from fsl_app.project.store import Store
+from fsl_app.ui.widgets import plain
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +48,17 @@ def files(paths) -> list[tuple[str, bytes, str]]:
     return [(p.name, p.read_bytes(), "image/png") for p in paths]
 
 
+def shown(markdown: str) -> str:
+    """Markdown as a reader sees it: user text is escaped (``plain``), the reader sees no \\."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def texts(at: AppTest) -> str:
-    """Everything the page says, as one string."""
+    """Everything the page says, as one string, as a reader sees it."""
     parts = []
     for kind in ("markdown", "text", "caption", "info", "success", "warning", "error", "metric"):
         for element in getattr(at, kind):
-            parts.append(str(getattr(element, "value", "")))
+            parts.append(shown(str(getattr(element, "value", ""))))
     return "\n".join(parts)
 
 
@@ -274,7 +281,7 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     at.file_uploader[0].set_value([("demo.zip", archive, "application/zip")])
     at.run()
     assert not at.exception
-    assert any("Imported: 15 images added" in s.value for s in at.success)
+    assert any("Imported: 15 images added" in shown(s.value) for s in at.success)
     with Store(data_dir) as store:
         copy = next(p for p in store.list_projects() if p.name == "Copy")
         counts = {c.name: c.n_examples for c in store.list_classes(copy.id)}
@@ -318,3 +325,129 @@ def test_classes_page_flags_a_picture_in_the_wrong_class_and_moves_it(data_dir, 
         counts = {c.name: c.n_examples for c in store.list_classes(project.id)}
     assert counts == {"bird": 5, "flower": 5, "fruit": 6}
     assert not [b for b in at.button if b.label.startswith("Move it to")]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["²", "1" * 23, "٣", "-1", "0", "1e3", "one"],
+    ids=[
+        "superscript-two",
+        "23-digits",
+        "arabic-indic-three",
+        "negative",
+        "zero",
+        "exponent",
+        "word",
+    ],
+)
+def test_a_bad_project_in_the_address_opens_no_project(data_dir, address):
+    # "²".isdigit() is True but int("²") raises; 23 digits overflow SQLite's integers.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["project"] = address
+    at.run()
+    assert not at.exception
+    assert "project" not in at.query_params  # the bad parameter is gone from the address
+    for page in ("1_Classes", "2_Predict", "6_Export"):
+        at.query_params["project"] = address
+        go(at, page)
+        assert "Open or create a project first" in texts(at)
+        assert "project" not in at.query_params
+
+
+def test_the_app_shows_no_tracebacks_and_listens_on_this_machine_only():
+    import tomllib
+
+    with (ROOT / ".streamlit" / "config.toml").open("rb") as opened:
+        config = tomllib.load(opened)
+    # "none": the browser gets a generic message; type, message and traceback go to the log.
+    assert config["client"]["showErrorDetails"] == "none"
+    # No login: nobody else on the network may reach it unless it is shared on purpose.
+    assert config["server"]["address"] == "127.0.0.1"
+
+
+# Markdown and HTML that would act if rendered: an image the browser fetches, a link, bold,
+# a tag, TeX. Each must reach the page escaped, never as this raw syntax.
+TRICKS = ("![t](http://host/track.png)", "[link](http://host/)", "**bold**", "<b>tag</b>", "$x^2$")
+# st.text, text inputs and select boxes show their strings literally; a plotly figure's spec
+# is data (its HTML is escaped by fsl_app.projection, tested in tests/test_projection.py).
+LITERAL = {"text", "text_input", "selectbox", "multiselect", "plotly_chart", "code"}
+MARKDOWN_FIELDS = {"body", "label", "caption", "help", "delta"}
+
+
+def markdown_strings(node) -> list[str]:
+    """Every string in the page that Streamlit renders as markdown (bodies, labels, captions,
+    tab and expander labels), from each element's message."""
+    found = []
+
+    def strings(message) -> None:
+        for field, value in message.ListFields():
+            values = value if field.is_repeated else [value]
+            for item in values:
+                if hasattr(item, "ListFields"):
+                    strings(item)
+                elif isinstance(item, str) and field.name in MARKDOWN_FIELDS:
+                    found.append(item)
+
+    proto = getattr(node, "proto", None)
+    if proto is not None and getattr(node, "type", None) not in LITERAL:
+        strings(proto)
+    for child in getattr(node, "children", {}).values():
+        found.extend(markdown_strings(child))
+    return found
+
+
+def assert_no_active_markup(at: AppTest, where: str) -> None:
+    assert not at.exception, (where, at.exception)
+    page = markdown_strings(at._tree)
+    for trick in TRICKS:
+        raw = [s for s in page if trick in s]
+        assert not raw, (where, trick, raw)
+
+
+def test_user_typed_names_show_as_typed_on_every_page(data_dir, photos):
+    project_name = " ".join(("Project", *TRICKS))
+    bird, fruit = "bird " + " ".join(TRICKS[:3]), "fruit " + " ".join(TRICKS[2:])
+    at = start(data_dir)
+    create_project(at, project_name)
+    assert_no_active_markup(at, "Projects")
+    assert f"Open project: {project_name}" in [shown(s.value) for s in at.subheader]
+    at.button(key="delete").click().run()  # the question quotes the project's name
+    assert_no_active_markup(at, "Projects, delete?")
+    at.button(key="delete_no").click().run()
+
+    go(at, "1_Classes")
+    add_class(at, bird)
+    add_class(at, fruit)
+    assert_no_active_markup(at, "Classes")
+    assert project_name in shown(at.sidebar.caption[0].value)
+    go(at, "2_Predict")  # "Add example images to: ..." names both classes
+    assert_no_active_markup(at, "Predict, no examples yet")
+    go(at, "1_Classes")
+    bird_files = files(photos["bird"][:5])
+    bird_files.append(
+        (f"{TRICKS[0]} {TRICKS[3]}.png", photos["fruit"][-1].read_bytes(), "image/png")
+    )
+    class_uploader(at, plain(bird)).set_value(bird_files)
+    at.run()
+    assert_no_active_markup(at, "Classes, after an upload")  # the flashed report names files
+    class_uploader(at, plain(fruit)).set_value(files(photos["fruit"][:5]))
+    at.run()
+    assert_no_active_markup(at, "Classes, with examples")
+    assert sorted(shown(t.label) for t in at.tabs) == [f"{bird} (6)", f"{fruit} (5)"]
+
+    go(at, "2_Predict")
+    at.file_uploader[0].set_value(
+        [
+            (f"{TRICKS[1]}.png", photos["bird"][10].read_bytes(), "image/png"),
+            (f"{TRICKS[4]}.png", photos["fruit"][10].read_bytes(), "image/png"),
+        ]
+    )
+    at.run()
+    assert_no_active_markup(at, "Predict")
+    correct = next(b for b in at.selectbox if b.key and b.key.startswith("correct_"))
+    correct.set_value(fruit).run()
+    assert_no_active_markup(at, "Predict, after labeling")  # the flash names file and class
+
+    for page in ("3_Embedding_map", "4_Label_next", "5_Evaluate", "6_Export"):
+        go(at, page)
+        assert_no_active_markup(at, page)

@@ -91,6 +91,33 @@ def test_user_names_are_escaped_in_hover_text(tux_embeddings):
     assert "<b>x</b>" not in hover and "&lt;b&gt;x&lt;/b&gt;" in hover
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_user_names_are_escaped_in_legend_and_hover_text(tux_embeddings, dims):
+    # Plotly renders a subset of HTML in legend names and hover text: a class or file name
+    # typed by a user is shown as typed, never as markup.
+    trick = "<b>bold</b> & <a href='http://host/x'>link</a>"
+    features = tux_embeddings.features[:6]
+    points = map_points(
+        features[:4],
+        [trick, trick, "y", "y"],
+        ["a", "b", "c", "d"],
+        example_names=["<img src=x>.png", "b.png", "c.png", "d.png"],
+        query_embeddings=features[4:],
+        query_predictions=[trick, "y"],
+        query_ids=["e", "f"],
+        query_names=["<i>e</i>.png", "f.png"],
+    )
+    figure = map_figure(map_coordinates(points.embeddings, "pca", dims), points)
+    legend = [trace.name for trace in figure.data]
+    hover = [t for trace in figure.data for t in trace.hovertext]
+    shown = " ".join(legend + hover)
+    for raw in ("<b>", "<a ", "<img", "<i>", " & "):
+        assert raw not in shown
+    escaped = "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;a href=&#x27;http://host/x&#x27;&gt;link&lt;/a&gt;"
+    assert any(name.startswith(escaped) for name in legend)
+    assert any("&lt;img src=x&gt;.png" in text for text in hover)
+
+
 def test_selection_maps_back_to_image_ids():
     event = {"selection": {"points": [{"customdata": "a"}, {"customdata": ["b"]}, {"x": 1}]}}
     assert selected_ids(event) == ["a", "b"]

@@ -23,6 +23,7 @@ from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
 
 PROJECT_KEY = "project_id"
+MAX_PROJECT_ID = 2**63 - 1  # SQLite's largest integer: a larger id overflows in a query
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,24 @@ def select_project(project_id: int | None) -> None:
         st.query_params["project"] = str(project_id)
 
 
+def project_id_of(text: str) -> int | None:
+    """The project id an address's ``?project=`` names, or None when it names none.
+
+    Only ASCII digits within SQLite's integer range: ``str.isdigit`` also accepts "²" and
+    other Unicode digits, and a 23-digit number overflows SQLite.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    project_id = int(text)
+    return project_id if 0 < project_id <= MAX_PROJECT_ID else None
+
+
 def current_project(store: Store) -> Project | None:
     project_id = st.session_state.get(PROJECT_KEY)
-    if project_id is None and st.query_params.get("project", "").isdigit():
-        project_id = int(st.query_params["project"])
+    if project_id is None and "project" in st.query_params:
+        project_id = project_id_of(st.query_params["project"])
+        if project_id is None:
+            select_project(None)  # a mistyped or forged address: no project is open
     if project_id is None:
         return None
     try:
@@ -109,7 +124,7 @@ def load_embedded(store: Store, project: Project, embedder: Embedder) -> Embedde
     embedded = embed_project(store, project.id, embedder, progress=progress)
     bar.empty()
     for unreadable in embedded.unreadable:
-        st.warning(f"'{unreadable.name}' is left out: {unreadable.reason}")
+        st.warning(plain(f"'{unreadable.name}' is left out: {unreadable.reason}"))
     return embedded
 
 
@@ -119,7 +134,7 @@ def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> Calibrated
     if problems:
         if explain:
             for problem in problems:
-                st.info(problem)
+                st.info(plain(problem))  # names the classes that lack examples
             st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
         return None
     try:

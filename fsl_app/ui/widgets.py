@@ -37,16 +37,22 @@ def thumbnail(store: Store, sha256: str, side: int = THUMBNAIL_SIDE) -> bytes | 
 
 
 def plain(text: str) -> str:
-    """``text`` typed by a user, escaped so that Streamlit's markdown shows it as typed."""
+    """``text`` typed by a user, escaped so that Streamlit's markdown shows it as typed.
+
+    Every markdown-taking call (st.write, st.caption, st.info, titles, widget, tab and
+    expander labels, image captions) gets user text through this: a name like
+    ``![t](http://host/x.png)`` would otherwise make the browser fetch that address.
+    """
     return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 def show_thumbnail(store: Store, sha256: str, caption: str | None = None, width: int = 150) -> None:
+    """A stored picture with ``caption`` (a file or class name: shown as typed)."""
     data = thumbnail(store, sha256)
     if data is None:
-        st.caption(f"(picture missing) {caption or ''}")
+        st.caption(f"(picture missing) {plain(caption or '')}")
     else:
-        st.image(data, caption=caption, width=width)
+        st.image(data, caption=None if caption is None else plain(caption), width=width)
 
 
 def show_badge(prediction: Prediction) -> None:
@@ -55,6 +61,8 @@ def show_badge(prediction: Prediction) -> None:
         if prediction.unknown
         else f"{prediction.badge}: {prediction.confidence:.0%}"
     )
+    # st.badge escapes square brackets itself: escaping them here too would show a backslash.
+    label = plain(label).replace("\\[", "[").replace("\\]", "]")
     st.badge(label, color=BADGE_COLOURS[prediction.badge])
 
 
@@ -84,13 +92,17 @@ FLASH_KEY = "_flash_messages"
 
 
 def flash(messages: list[tuple[str, str]]) -> None:
-    """Keep messages to show after the next rerun (st.success, st.info, ... by kind)."""
+    """Keep messages to show after the next rerun (st.success, st.info, ... by kind).
+
+    The messages are plain text, shown as written: they quote file and class names, so they
+    are escaped when shown, never by the caller.
+    """
     st.session_state.setdefault(FLASH_KEY, []).extend(messages)
 
 
 def show_flashed() -> None:
     for kind, text in st.session_state.pop(FLASH_KEY, []):
-        getattr(st, kind)(text)
+        getattr(st, kind)(plain(text))
 
 
 def upload_key(name: str) -> str:
