@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from fsl_app.cli import main
 from fsl_app.deploy.batch import BundlePredictor, run_local
+from fsl_app.errors import UnusableInputError
 from fsl_app.files import iter_image_files
 
 pytestmark = pytest.mark.slow
@@ -137,3 +139,36 @@ def test_the_output_must_be_csv_or_parquet(bundle, input_dir, tmp_path, capsys):
     )  # fmt: skip
     assert code == 2
     assert "must end in .csv or .parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "found"),
+    [
+        ("theirs.csv", b"name,score\nkeep me,1\nand me,2", "its columns are name, score"),
+        ("latin1.csv", b"caf\xe9;prix\n", "it is not a UTF-8 text file"),
+        ("notes.parquet", b"my notes, not a table", "it is not a Parquet file"),
+    ],
+)
+def test_another_programs_file_as_output_is_refused_and_left_as_it_is(
+    bundle, input_dir, tmp_path, capsys, name, content, found
+):
+    output = tmp_path / name
+    output.write_bytes(content)  # the CSV's last line has no newline: it is theirs, not cut short
+    args = ["batch-predict", "--bundle", str(bundle), "--input", str(input_dir)]
+    assert main([*args, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"is not a results file of batch-predict ({found}" in err and "Traceback" not in err
+    assert "Give --output a new file name" in err
+    assert output.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(name)) == [name]
+
+
+def test_a_parquet_file_with_other_columns_is_refused_and_left_as_it_is(
+    bundle, input_dir, tmp_path
+):
+    output = tmp_path / "theirs.parquet"
+    pq.write_table(pa.table({"path": ["a.png"], "score": [0.5]}), output)
+    before = output.read_bytes()
+    with pytest.raises(UnusableInputError, match="its columns are path, score, not path, pred"):
+        run_local(BundlePredictor(bundle), input_dir, output)
+    assert output.read_bytes() == before and not Path(f"{output}.partial.csv").exists()

@@ -24,6 +24,7 @@ import numpy as np
 from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
+from fsl_app.errors import UnusableInputError
 from fsl_app.files import LeftOut, iter_image_files, write_atomically_with
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
@@ -103,9 +104,14 @@ class CsvJournal:
         self.path = Path(path)
 
     def done(self) -> set[str]:
-        """Paths already in the output; a last line cut short by a kill is removed first."""
+        """Paths already in the output; a last line cut short by a kill is removed first.
+
+        Raises UnusableInputError, before anything is changed, when the file is not an output
+        of this command (another program's CSV, say).
+        """
         if not self.path.exists():
             return set()
+        self._check_header()
         _drop_partial_last_line(self.path)
         with self.path.open(newline="", encoding="utf-8") as file:
             return {row["path"] for row in csv.DictReader(file)}
@@ -126,6 +132,19 @@ class CsvJournal:
     def finish(self) -> None:
         pass
 
+    def _check_header(self) -> None:
+        header = ",".join(COLUMNS).encode() + b"\n"
+        with self.path.open("rb") as file:
+            first = file.readline(len(header) + 1)
+        # An empty file, or a header cut short by a kill (it has no newline yet), is ours.
+        if first == header or (not first.endswith(b"\n") and header.startswith(first)):
+            return
+        try:
+            found = _other_columns(next(csv.reader([first.decode("utf-8")]), []))
+        except UnicodeDecodeError:
+            found = "it is not a UTF-8 text file"
+        raise _not_a_results_file(self.path, found)
+
 
 class ParquetJournal:
     """Parquet output: rows go to a CSV journal beside it while the run lasts, and into the
@@ -137,8 +156,11 @@ class ParquetJournal:
         self.journal = CsvJournal(self.path.with_name(self.path.name + ".partial.csv"))
 
     def done(self) -> set[str]:
-        if self.path.exists() and not self.journal.path.exists():
-            self._parquet_to_journal()
+        """As :meth:`CsvJournal.done`; also refuses a Parquet file with other columns."""
+        if self.path.exists():
+            self._check_schema()
+            if not self.journal.path.exists():
+                self._parquet_to_journal()
         return self.journal.done()
 
     def append(self, rows: Iterable[Row]) -> None:
@@ -165,6 +187,20 @@ class ParquetJournal:
 
         write_atomically_with(self.path, write)
         self.journal.path.unlink()
+
+    def _check_schema(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(self.path)
+        except (pa.ArrowException, OSError):
+            found = "it is not a Parquet file"
+        else:
+            if schema.equals(arrow_schema(), check_metadata=False):
+                return
+            found = _other_columns(schema.names)
+        raise _not_a_results_file(self.path, found)
 
     def _parquet_to_journal(self) -> None:
         import pyarrow.parquet as pq
@@ -239,6 +275,19 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def _csv_number(value: object) -> object:
     return "" if isinstance(value, float) and np.isnan(value) else value
+
+
+def _other_columns(columns: Sequence[str]) -> str:
+    shown = ", ".join(columns[:8]) + (", ..." if len(columns) > 8 else "")
+    return f"its columns are {shown or 'none'}, not {', '.join(COLUMNS)}"
+
+
+def _not_a_results_file(path: Path, found: str) -> UnusableInputError:
+    """The refusal of an output file that holds something else: it is left untouched."""
+    return UnusableInputError(
+        f"'{path}' is not a results file of batch-predict ({found}), so it was left as it is. "
+        "Give --output a new file name, or move that file away."
+    )
 
 
 def _drop_partial_last_line(path: Path) -> None:
