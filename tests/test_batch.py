@@ -48,6 +48,11 @@ def input_dir(tmp_path, photos) -> Path:
     return root
 
 
+def relative_names(input_dir: Path) -> list[str]:
+    """The path column of every image under ``input_dir``: relative to it, ``/`` between."""
+    return [path.relative_to(input_dir).as_posix() for path in iter_image_files(input_dir)]
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
@@ -59,12 +64,12 @@ def test_every_image_gets_one_row_and_unreadable_ones_an_error(bundle, input_dir
     rows = read_csv(output)
     assert report.total == len(rows) == 31 and report.errors == 1
     assert report.left_out.note() == "left out 1 file that is not an image (e.g. notes.txt)"
-    assert sorted(r["path"] for r in rows) == sorted(map(str, iter_image_files(input_dir)))
-    cut = next(r for r in rows if r["path"].endswith("cut.png"))
+    assert [r["path"] for r in rows] == relative_names(input_dir)  # in the folder's order
+    cut = next(r for r in rows if r["path"] == "cut.png")
     assert cut["prediction"] == "" and "cut short" in cut["error"]
     good = [r for r in rows if not r["error"]]
     folder_class = {"part0": "bird", "part1": "flower", "part2": "fruit"}
-    right = sum(folder_class[Path(r["path"]).parent.parent.name] == r["prediction"] for r in good)
+    right = sum(folder_class[r["path"].split("/")[0]] == r["prediction"] for r in good)
     assert right >= 24  # of 30 real photos, 3 classes
     assert all(0 < float(r["confidence"]) <= 1 and r["unknown"] in ("True", "False") for r in good)
 
@@ -75,7 +80,7 @@ def test_rows_match_the_bundle_used_directly(bundle, input_dir, tmp_path):
     output = tmp_path / "out.parquet"
     run_local(predictor, input_dir, output)
     table = pq.read_table(output).to_pylist()
-    by_path = {row["path"]: row for row in table}
+    by_path = {str(input_dir / row["path"]): row for row in table}
     direct = predictor.predict(paths)
     for row in direct:
         saved = by_path[row["path"]]
@@ -122,12 +127,12 @@ def test_a_killed_run_finishes_on_rerun_with_every_image_exactly_once(bundle, in
     written = len(read_csv(output))
     assert 0 < written < 31, "the kill came after the run had finished; nothing was resumed"
     with output.open("a") as file:  # as if the kill had come in the middle of a row
-        file.write(str(input_dir / "part9" / "half-a-row.png") + ",bir")
+        file.write("part9/half-a-row.png,bir")
 
     assert main(command[3:]) == 0
     rows = read_csv(output)
     paths = [r["path"] for r in rows]
-    assert sorted(paths) == sorted(map(str, iter_image_files(input_dir)))  # each exactly once
+    assert sorted(paths) == sorted(relative_names(input_dir))  # each exactly once
     assert not any("half-a-row" in p for p in paths)
     assert np.isfinite([float(r["confidence"]) for r in rows if not r["error"]]).all()
 
@@ -172,3 +177,34 @@ def test_a_parquet_file_with_other_columns_is_refused_and_left_as_it_is(
     with pytest.raises(UnusableInputError, match="its columns are path, score, not path, pred"):
         run_local(BundlePredictor(bundle), input_dir, output)
     assert output.read_bytes() == before and not Path(f"{output}.partial.csv").exists()
+
+
+def test_a_rerun_with_the_folder_written_another_way_adds_no_row(
+    bundle, input_dir, tmp_path, monkeypatch
+):
+    output = tmp_path / "out.csv"
+    predictor = BundlePredictor(bundle, batch_size=4)
+    monkeypatch.chdir(tmp_path)
+    first = run_local(predictor, "input", output, chunk_size=8, stop_after=8)
+    second = run_local(predictor, "./input/", output, chunk_size=8)
+    assert (first.predicted, second.skipped, second.predicted) == (8, 8, 31 - 8)
+    for spelling in (str(input_dir), f"{input_dir}/", "input/../input", "input/."):
+        again = run_local(predictor, spelling, output)
+        assert (again.skipped, again.predicted) == (31, 0), spelling
+    assert sorted(r["path"] for r in read_csv(output)) == sorted(relative_names(input_dir))
+
+
+@pytest.mark.parametrize("given", ["absolute", "relative"])
+def test_an_output_of_the_old_version_is_resumed(bundle, input_dir, tmp_path, monkeypatch, given):
+    """Older versions wrote the path as walked: absolute, or relative to where they ran."""
+    monkeypatch.chdir(tmp_path)
+    old_root = input_dir if given == "absolute" else Path("input")
+    output = tmp_path / "out.csv"
+    names = relative_names(input_dir)
+    with output.open("w", newline="") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(["path", "prediction", "confidence", "unknown", "error"])
+        writer.writerows([str(old_root / name), "bird", 0.9, False, ""] for name in names[:8])
+    report = run_local(BundlePredictor(bundle, batch_size=4), "./input", output)
+    assert (report.skipped, report.predicted) == (8, 31 - 8)
+    assert [r["path"] for r in read_csv(output)][8:] == names[8:]

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 DEFAULT_CHUNK_BATCHES = 8
 
 Row = dict[str, object]
+T = TypeVar("T")
 
 
 class BundlePredictor:
@@ -44,15 +46,17 @@ class BundlePredictor:
         check_backbone(self.bundle, backbone)
         self.embedder = Embedder(backbone, device=device, batch_size=batch_size, cache=NoCache())
 
-    def predict(self, paths: Sequence[str]) -> list[Row]:
+    def predict(self, paths: Sequence[str], names: Sequence[str] | None = None) -> list[Row]:
+        """One row per path, in order; ``names`` (default: the paths) fill the path column."""
+        names = [str(p) for p in paths] if names is None else names
         embedded = self.embedder.embed([Path(p) for p in paths])
         rows: list[Row] = [{}] * len(paths)
         for index, message in embedded.errors:
-            rows[index] = _error_row(paths[index], message)
+            rows[index] = _error_row(names[index], message)
         predictions = self.bundle.classifier.predict_pictures(
             embedded.embeddings,
             ids=embedded.ids,
-            names=[str(paths[i]) for i in embedded.indices],
+            names=[names[i] for i in embedded.indices],
         )
         for index, prediction in zip(embedded.indices, predictions, strict=True):
             rows[index] = {
@@ -222,6 +226,46 @@ class BatchReport:
     errors: int
     left_out: LeftOut = field(default_factory=LeftOut)  # files under the input that are not images
 
+    @property
+    def todo(self) -> int:
+        return self.total - self.skipped
+
+    def add(self, rows: Sequence[Row]) -> None:
+        self.predicted += len(rows)
+        self.errors += sum(1 for row in rows if row["error"])
+
+
+def relative_path(path: Path, root: Path) -> str:
+    """The path column: where the image is under the input folder, ``/`` between folders.
+
+    So the same folder given another way (relative or absolute, ``./``, a trailing slash)
+    names every image the same and a rerun finds it done. When the input is one file, its name.
+    """
+    return path.name if path == root else path.relative_to(root).as_posix()
+
+
+def walk(
+    input_dir: str | os.PathLike, left_out: LeftOut | None = None
+) -> Iterator[tuple[str, Path]]:
+    """Each image under ``input_dir`` as (its path column, its path), in the folder's order."""
+    root = Path(input_dir)
+    for path in iter_image_files(root, left_out):
+        yield relative_path(path, root), path
+
+
+def start_run(
+    input_dir: str | os.PathLike, output: str | os.PathLike
+) -> tuple[CsvJournal | ParquetJournal, set[str], BatchReport]:
+    """The output's journal, the images already in it, and the report so far (one walk that
+    counts the images: the progress bar's total; the folder is never listed whole)."""
+    journal = open_journal(output)
+    done = _as_relative_paths(journal.done(), Path(input_dir))
+    report = BatchReport(total=0, skipped=0, predicted=0, errors=0)
+    for name, _ in walk(input_dir, report.left_out):
+        report.total += 1
+        report.skipped += name in done
+    return journal, done, report
+
 
 def run_local(
     predictor: BundlePredictor,
@@ -237,33 +281,42 @@ def run_local(
     ``progress(done, todo)`` follows the images of this run. ``stop_after`` (tests and demos)
     ends the run after that many images, as an interruption would.
     """
-    journal = open_journal(output)
-    done = journal.done()
-    # One walk to count (the progress bar's total), one to read: the folder is never listed whole.
-    total = skipped = 0
-    left_out = LeftOut()
-    for path in iter_image_files(input_dir, left_out):
-        total += 1
-        skipped += str(path) in done
-    todo = total - skipped
+    journal, done, report = start_run(input_dir, output)
     chunk_size = chunk_size or predictor.embedder.batch_size * DEFAULT_CHUNK_BATCHES
-    report = BatchReport(total=total, skipped=skipped, predicted=0, errors=0, left_out=left_out)
-    pending = (str(p) for p in iter_image_files(input_dir) if str(p) not in done)
+    pending = ((name, path) for name, path in walk(input_dir) if name not in done)
     for chunk in _chunks(pending, chunk_size):
-        rows = predictor.predict(chunk)
+        rows = predictor.predict([str(path) for _, path in chunk], [name for name, _ in chunk])
         journal.append(rows)
-        report.predicted += len(rows)
-        report.errors += sum(1 for row in rows if row["error"])
+        report.add(rows)
         if progress is not None:
-            progress(report.predicted, todo)
+            progress(report.predicted, report.todo)
         if stop_after is not None and report.predicted >= stop_after:
             return report
     journal.finish()
     return report
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _as_relative_paths(done: set[str], root: Path) -> set[str]:
+    """``done`` with the rows of earlier versions, which held the path as walked (absolute, or
+    relative to the folder the command ran in), as paths relative to ``root``.
+
+    A relative row is taken for an old one only when it names a file under ``root`` from this
+    folder and none from ``root``: a wrong guess predicts an image again, never skips one.
+    """
+    root = Path(os.path.abspath(root))
+    relative = set()
+    for path in done:
+        absolute = Path(os.path.abspath(path))
+        if absolute.is_relative_to(root) and (
+            os.path.isabs(path) or not os.path.lexists(root / path)
+        ):
+            path = relative_path(absolute, root)
+        relative.add(path)
+    return relative
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
