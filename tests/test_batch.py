@@ -208,3 +208,31 @@ def test_an_output_of_the_old_version_is_resumed(bundle, input_dir, tmp_path, mo
     report = run_local(BundlePredictor(bundle, batch_size=4), "./input", output)
     assert (report.skipped, report.predicted) == (8, 31 - 8)
     assert [r["path"] for r in read_csv(output)][8:] == names[8:]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_file_names_that_are_not_utf8_get_a_row_and_are_done_on_rerun(
+    bundle, photos, tmp_path, suffix
+):
+    """Latin-1 names from an old camera card: bytes that are no UTF-8, as Linux allows."""
+    root = tmp_path / "card"
+    (root / "trip").mkdir(parents=True)
+    folder = os.fsencode(root)
+    data = photos["bird"][0].read_bytes()
+    for name, content in [(b"caf\xe9.png", data), (b"trip/\xc9t\xe9.png", data[:300])]:
+        with open(folder + b"/" + name, "wb") as file:
+            file.write(content)
+    shutil.copy(photos["bird"][1], root / "plain.png")
+    output = tmp_path / f"out{suffix}"
+    predictor = BundlePredictor(bundle)
+    report = run_local(predictor, root, output)
+    assert (report.total, report.predicted, report.errors) == (3, 3, 1)
+    csv_file = suffix == ".csv"
+    if csv_file:
+        output.read_bytes().decode("utf-8")  # strict: the whole file is valid UTF-8
+    rows = read_csv(output) if csv_file else pq.read_table(output).to_pylist()
+    assert [r["path"] for r in rows] == ["caf\\xe9.png", "plain.png", "trip/\\xc9t\\xe9.png"]
+    assert rows[0]["prediction"] and not rows[0]["error"]
+    assert "'\\xc9t\\xe9.png' is not a readable image" in rows[2]["error"]
+    again = run_local(predictor, root, output)
+    assert (again.skipped, again.predicted) == (3, 0)

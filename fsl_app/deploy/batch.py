@@ -26,7 +26,7 @@ from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
 from fsl_app.errors import UnusableInputError
-from fsl_app.files import LeftOut, iter_image_files, write_atomically_with
+from fsl_app.files import LeftOut, iter_image_files, utf8_text, write_atomically_with
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -75,7 +75,7 @@ def _error_row(path: str, message: str) -> Row:
         "prediction": "",
         "confidence": np.nan,
         "unknown": None,
-        "error": message,
+        "error": utf8_text(message),  # it quotes the file's name
     }
 
 
@@ -240,8 +240,9 @@ def relative_path(path: Path, root: Path) -> str:
 
     So the same folder given another way (relative or absolute, ``./``, a trailing slash)
     names every image the same and a rerun finds it done. When the input is one file, its name.
+    A name that is not UTF-8 is written losslessly as UTF-8 text (:func:`utf8_text`).
     """
-    return path.name if path == root else path.relative_to(root).as_posix()
+    return utf8_text(path.name if path == root else path.relative_to(root).as_posix())
 
 
 def walk(

@@ -56,8 +56,11 @@ def run_ray(
     # The pending paths are listed on the driver and handed to Ray whole: a few hundred bytes
     # an image (about 0.3 GB a million, on the driver and again in Ray's object store), fine
     # for millions of images. The images themselves are only ever opened by the actors.
+    # A path travels as bytes: a file name that is not UTF-8 is no Arrow string.
     pending = [
-        {"name": name, "file": str(path)} for name, path in walk(input_dir) if name not in done
+        {"name": name, "file": os.fsencode(path)}
+        for name, path in walk(input_dir)
+        if name not in done
     ]
     if pending:
         with _ray_session(address):
@@ -83,7 +86,7 @@ class _BundleActor:
 
     def __call__(self, batch: dict):
         rows = self.predictor.predict(
-            [str(path) for path in batch["file"]], [str(name) for name in batch["name"]]
+            [os.fsdecode(path) for path in batch["file"]], [str(name) for name in batch["name"]]
         )
         return _table(rows)
 
