@@ -236,3 +236,30 @@ def test_file_names_that_are_not_utf8_get_a_row_and_are_done_on_rerun(
     assert "'\\xc9t\\xe9.png' is not a readable image" in rows[2]["error"]
     again = run_local(predictor, root, output)
     assert (again.skipped, again.predicted) == (3, 0)
+
+
+def test_formula_names_are_text_in_the_csv_raw_in_parquet_and_done_on_rerun(
+    folders, photos, tmp_path
+):
+    (folders.support / "bird").rename(folders.support / "=HYPERLINK(1)")
+    model = tmp_path / "model.fslbundle"
+    assert main(["export", "--support", str(folders.support), "--out", str(model)]) == 0
+    root = tmp_path / "input"
+    root.mkdir()
+    names = ["'quoted.png", "+1.png", "=cmd.png", "@SUM(1).png"]
+    for name, photo in zip(names, photos["bird"][-4:], strict=True):
+        shutil.copy(photo, root / name)
+    predictor = BundlePredictor(model)
+    for suffix in (".csv", ".parquet"):
+        output = tmp_path / f"out{suffix}"
+        run_local(predictor, root, output)
+        if suffix == ".csv":
+            rows = read_csv(output)
+            assert [r["path"] for r in rows] == ["'" + name for name in names]
+            assert "'=HYPERLINK(1)" in {r["prediction"] for r in rows}
+        else:  # not a spreadsheet format: the text as it is
+            rows = pq.read_table(output).to_pylist()
+            assert [r["path"] for r in rows] == names
+            assert "=HYPERLINK(1)" in {r["prediction"] for r in rows}
+        again = run_local(predictor, root, output)
+        assert (again.skipped, again.predicted) == (4, 0)

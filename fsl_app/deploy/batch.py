@@ -26,7 +26,14 @@ from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
 from fsl_app.errors import UnusableInputError
-from fsl_app.files import LeftOut, iter_image_files, utf8_text, write_atomically_with
+from fsl_app.files import (
+    LeftOut,
+    from_spreadsheet_safe,
+    iter_image_files,
+    spreadsheet_safe,
+    utf8_text,
+    write_atomically_with,
+)
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -102,10 +109,18 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 class CsvJournal:
-    """The CSV output, appended chunk by chunk and flushed to disk after each."""
+    """The CSV output, appended chunk by chunk and flushed to disk after each.
 
-    def __init__(self, path: str | os.PathLike):
+    Its text is safe to open in a spreadsheet: a file or class name that would run as a formula
+    gets a leading apostrophe (:func:`~fsl_app.files.spreadsheet_safe`), taken off again when a
+    rerun reads which images are done. ``spreadsheet=False`` writes the text raw (the journal
+    of a Parquet output: Parquet is no spreadsheet format).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, spreadsheet: bool = True):
         self.path = Path(path)
+        self.cell = spreadsheet_safe if spreadsheet else _as_is
+        self.text = from_spreadsheet_safe if spreadsheet else _as_is
 
     def done(self) -> set[str]:
         """Paths already in the output; a last line cut short by a kill is removed first.
@@ -118,7 +133,7 @@ class CsvJournal:
         self._check_header()
         _drop_partial_last_line(self.path)
         with self.path.open(newline="", encoding="utf-8") as file:
-            return {row["path"] for row in csv.DictReader(file)}
+            return {self.text(row["path"]) for row in csv.DictReader(file)}
 
     def append(self, rows: Iterable[Row]) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -127,7 +142,8 @@ class CsvJournal:
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "confidence": _csv_number(row["confidence"])})
+            cells = {key: self.cell(value) for key, value in row.items()}
+            writer.writerow({**cells, "confidence": _csv_number(row["confidence"])})
         with self.path.open("a", newline="", encoding="utf-8") as file:
             file.write(buffer.getvalue())
             file.flush()
@@ -157,7 +173,9 @@ class ParquetJournal:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.journal = CsvJournal(self.path.with_name(self.path.name + ".partial.csv"))
+        self.journal = CsvJournal(
+            self.path.with_name(self.path.name + ".partial.csv"), spreadsheet=False
+        )
 
     def done(self) -> set[str]:
         """As :meth:`CsvJournal.done`; also refuses a Parquet file with other columns."""
@@ -325,6 +343,10 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _as_is(value: T) -> T:
+    return value
 
 
 def _csv_number(value: object) -> object:
