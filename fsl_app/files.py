@@ -1,5 +1,5 @@
-"""Files in and out: the one folder walk every command reads its images with, and writing
-files so that no reader ever sees half of one."""
+"""Files in and out: the one folder walk every command reads its images with, writing files so
+that no reader ever sees half of one, and text that any UTF-8 file and any spreadsheet can hold."""
 
 from __future__ import annotations
 
@@ -82,6 +82,42 @@ def iter_image_files(root: str | os.PathLike, left_out: LeftOut | None = None) -
             yield path
         elif left_out is not None:
             left_out.add(path)
+
+
+def utf8_text(name: str) -> str:
+    r"""A file name as text any UTF-8 file can hold, losslessly.
+
+    On Linux a file name is bytes, and Python reads the bytes that are not UTF-8 (Latin-1 from
+    an old camera card: ``b"caf\xe9.jpg"``) as lone surrogates, which no UTF-8 file can hold.
+    Each such byte is written as ``\xe9`` and each backslash as ``\\``, so two names never
+    become the same text; a UTF-8 name without a backslash (nearly all) is left as it is.
+    """
+    raw = name.encode("utf-8", "surrogateescape").replace(b"\\", b"\\\\")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+# Text that a spreadsheet program would run as a formula (OWASP's "CSV injection"), and the
+# apostrophe that marks a cell as text.
+_SPREADSHEET_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text and never runs.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a formula to
+    Excel, LibreOffice or Google Sheets, e.g. a file named ``=HYPERLINK(...)``) gets a leading
+    apostrophe; so does text that starts with an apostrophe already, so that
+    :func:`from_spreadsheet_safe` gives back exactly what was written. Other values are left
+    as they are. For CSV only: Parquet is not opened by spreadsheets and keeps the raw text.
+    """
+    if isinstance(value, str) and value[:1] in _SPREADSHEET_TRIGGERS:
+        return "'" + value
+    return value
+
+
+def from_spreadsheet_safe(cell: str) -> str:
+    """The text :func:`spreadsheet_safe` was given, from the cell it wrote."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def _sorted_entries(folder: str | os.PathLike) -> list[os.DirEntry]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -126,3 +127,20 @@ def test_a_bad_model_file_fails_before_ray_starts(job, tmp_path):
     with pytest.raises(BundleError, match="not a model file"):
         run_ray(not_a_model, input_dir, tmp_path / "out.csv")
     assert ray.is_initialized() == was_running and not (tmp_path / "out.csv").exists()
+
+
+def test_ray_reads_file_names_that_are_not_utf8(job, photos, tmp_path, local_ray):
+    bundle, _ = job
+    root = tmp_path / "card"
+    root.mkdir()
+    data = photos["bird"][0].read_bytes()
+    for name, content in [(b"caf\xe9.png", data), (b"\xc9t\xe9.png", data[:300])]:
+        with open(os.fsencode(root) + b"/" + name, "wb") as file:
+            file.write(content)
+    output = tmp_path / "out.parquet"
+    report = run_ray(bundle, root, output, batch_size=2, actors=1)
+    assert (report.predicted, report.errors) == (2, 1)
+    rows = pq.read_table(output).to_pylist()
+    assert [r["path"] for r in rows] == ["caf\\xe9.png", "\\xc9t\\xe9.png"]
+    assert rows[0]["prediction"] and "is not a readable image" in rows[1]["error"]
+    assert run_ray(bundle, root, output, actors=1).skipped == 2

@@ -113,6 +113,32 @@ def test_csv_has_one_row_per_query_with_probabilities(folders, capsys):
     assert all(float(row["confidence"]) == float(row[row["prediction"]]) for row in rows)
 
 
+def test_csv_names_that_look_like_formulas_are_not_run_by_a_spreadsheet(
+    folders, capsys, monkeypatch
+):
+    """A class and a picture named like spreadsheet formulas are written as text."""
+    (folders.support / "bird").rename(folders.support / "=HYPERLINK(1)")
+    photo = next((folders.query / "flower").iterdir())
+    photo.rename(folders.query / "@SUM(1).png")
+    monkeypatch.chdir(folders.query)  # the path column holds the name as given
+    code, out, _ = run_cli(
+        capsys, "--support", folders.support, "--query", "@SUM(1).png", "--format", "csv"
+    )
+    assert code == 0
+    header, row = csv.reader(io.StringIO(out))
+    assert header == [
+        "path",
+        "prediction",
+        "confidence",
+        "unknown",
+        "error",
+        "'=HYPERLINK(1)",
+        "flower",
+        "fruit",
+    ]
+    assert row[0] == "'@SUM(1).png" and row[1] in ("'=HYPERLINK(1)", "flower", "fruit")
+
+
 @pytest.mark.parametrize(
     ("make_support", "message"),
     [

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fsl_app.files import (
     LeftOut,
+    from_spreadsheet_safe,
     iter_files,
     iter_image_files,
+    spreadsheet_safe,
+    utf8_text,
     write_atomically,
     write_atomically_with,
 )
@@ -61,3 +66,20 @@ def test_a_file_named_by_the_user_is_walked_even_when_not_an_image(tmp_path):
     assert list(iter_image_files(named)) == [named]
     with pytest.raises(FileNotFoundError):
         next(iter_files(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    "text", ["=HYPERLINK(1)", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'=x", "'quoted", "plain"]
+)
+def test_spreadsheet_cells_never_run_and_give_back_what_was_written(text):
+    cell = spreadsheet_safe(text)
+    assert cell == text if text == "plain" else cell == "'" + text
+    assert from_spreadsheet_safe(cell) == text
+    assert spreadsheet_safe(0.5) == 0.5 and spreadsheet_safe(None) is None
+
+
+def test_names_that_are_not_utf8_become_utf8_text_without_two_becoming_one():
+    names = [os.fsdecode(b"caf\xe9.jpg"), "caf\\xe9.jpg", "café.jpg", "a\\b.jpg"]
+    texts = [utf8_text(name) for name in names]
+    assert texts == ["caf\\xe9.jpg", "caf\\\\xe9.jpg", "café.jpg", "a\\\\b.jpg"]
+    assert all(text.encode("utf-8") for text in texts) and len(set(texts)) == len(names)

@@ -20,8 +20,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=(
             "Classify every image under a folder (at any depth) with a model file made by "
             "`export` or the app's Export page, into a CSV or Parquet file with the columns "
-            "path, prediction, confidence, unknown, error. Images already in the output are "
-            "skipped, so an interrupted run is finished by running the same command again. "
+            "path, prediction, confidence, unknown, error; path is where the image is under "
+            "the input folder (e.g. trip/IMG_0001.jpg; the file's name when the input is one "
+            "file). Images already in the output are skipped, so an interrupted run is "
+            "finished by running the same command again, with the folder written any way. "
             "Unreadable files get a row with their error and the run goes on."
         ),
     )

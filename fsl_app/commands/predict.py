@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fsl_app.backbones import DEFAULT_BACKBONE
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.errors import UnusableInputError
+from fsl_app.files import spreadsheet_safe
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 
@@ -179,13 +180,14 @@ def _print_json(results: Sequence[Result], classes: list[str]) -> None:
 
 
 def _print_csv(results: Sequence[Result], classes: list[str]) -> None:
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "prediction", "confidence", "unknown", "error", *classes])
+    """One row per image, the classes' probabilities as columns; safe to open in a spreadsheet
+    (a file or class name that would run as a formula gets a leading apostrophe)."""
+    rows = [["path", "prediction", "confidence", "unknown", "error", *classes]]
     for result in results:
         if _unreadable(result):
-            writer.writerow([result.name, "", "", "", result.reason, *[""] * len(classes)])
+            rows.append([result.name, "", "", "", result.reason, *[""] * len(classes)])
         else:
-            writer.writerow(
+            rows.append(
                 [
                     result.name,
                     result.prediction,
@@ -195,6 +197,7 @@ def _print_csv(results: Sequence[Result], classes: list[str]) -> None:
                     *(f"{result.probabilities[c]:.4f}" for c in classes),
                 ]
             )
+    csv.writer(sys.stdout).writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
 
 
 def _print_table(results: Sequence[Result], classes: list[str]) -> None:

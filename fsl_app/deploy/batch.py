@@ -18,13 +18,22 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from fsl_app.backbones import load_backbone
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
-from fsl_app.files import LeftOut, iter_image_files, write_atomically_with
+from fsl_app.errors import UnusableInputError
+from fsl_app.files import (
+    LeftOut,
+    from_spreadsheet_safe,
+    iter_image_files,
+    spreadsheet_safe,
+    utf8_text,
+    write_atomically_with,
+)
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -32,6 +41,7 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
 DEFAULT_CHUNK_BATCHES = 8
 
 Row = dict[str, object]
+T = TypeVar("T")
 
 
 class BundlePredictor:
@@ -43,15 +53,17 @@ class BundlePredictor:
         check_backbone(self.bundle, backbone)
         self.embedder = Embedder(backbone, device=device, batch_size=batch_size, cache=NoCache())
 
-    def predict(self, paths: Sequence[str]) -> list[Row]:
+    def predict(self, paths: Sequence[str], names: Sequence[str] | None = None) -> list[Row]:
+        """One row per path, in order; ``names`` (default: the paths) fill the path column."""
+        names = [str(p) for p in paths] if names is None else names
         embedded = self.embedder.embed([Path(p) for p in paths])
         rows: list[Row] = [{}] * len(paths)
         for index, message in embedded.errors:
-            rows[index] = _error_row(paths[index], message)
+            rows[index] = _error_row(names[index], message)
         predictions = self.bundle.classifier.predict_pictures(
             embedded.embeddings,
             ids=embedded.ids,
-            names=[str(paths[i]) for i in embedded.indices],
+            names=[names[i] for i in embedded.indices],
         )
         for index, prediction in zip(embedded.indices, predictions, strict=True):
             rows[index] = {
@@ -70,7 +82,7 @@ def _error_row(path: str, message: str) -> Row:
         "prediction": "",
         "confidence": np.nan,
         "unknown": None,
-        "error": message,
+        "error": utf8_text(message),  # it quotes the file's name
     }
 
 
@@ -97,18 +109,31 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 class CsvJournal:
-    """The CSV output, appended chunk by chunk and flushed to disk after each."""
+    """The CSV output, appended chunk by chunk and flushed to disk after each.
 
-    def __init__(self, path: str | os.PathLike):
+    Its text is safe to open in a spreadsheet: a file or class name that would run as a formula
+    gets a leading apostrophe (:func:`~fsl_app.files.spreadsheet_safe`), taken off again when a
+    rerun reads which images are done. ``spreadsheet=False`` writes the text raw (the journal
+    of a Parquet output: Parquet is no spreadsheet format).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, spreadsheet: bool = True):
         self.path = Path(path)
+        self.cell = spreadsheet_safe if spreadsheet else _as_is
+        self.text = from_spreadsheet_safe if spreadsheet else _as_is
 
     def done(self) -> set[str]:
-        """Paths already in the output; a last line cut short by a kill is removed first."""
+        """Paths already in the output; a last line cut short by a kill is removed first.
+
+        Raises UnusableInputError, before anything is changed, when the file is not an output
+        of this command (another program's CSV, say).
+        """
         if not self.path.exists():
             return set()
+        self._check_header()
         _drop_partial_last_line(self.path)
         with self.path.open(newline="", encoding="utf-8") as file:
-            return {row["path"] for row in csv.DictReader(file)}
+            return {self.text(row["path"]) for row in csv.DictReader(file)}
 
     def append(self, rows: Iterable[Row]) -> None:
         new = not self.path.exists() or self.path.stat().st_size == 0
@@ -117,7 +142,8 @@ class CsvJournal:
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "confidence": _csv_number(row["confidence"])})
+            cells = {key: self.cell(value) for key, value in row.items()}
+            writer.writerow({**cells, "confidence": _csv_number(row["confidence"])})
         with self.path.open("a", newline="", encoding="utf-8") as file:
             file.write(buffer.getvalue())
             file.flush()
@@ -125,6 +151,19 @@ class CsvJournal:
 
     def finish(self) -> None:
         pass
+
+    def _check_header(self) -> None:
+        header = ",".join(COLUMNS).encode() + b"\n"
+        with self.path.open("rb") as file:
+            first = file.readline(len(header) + 1)
+        # An empty file, or a header cut short by a kill (it has no newline yet), is ours.
+        if first == header or (not first.endswith(b"\n") and header.startswith(first)):
+            return
+        try:
+            found = _other_columns(next(csv.reader([first.decode("utf-8")]), []))
+        except UnicodeDecodeError:
+            found = "it is not a UTF-8 text file"
+        raise _not_a_results_file(self.path, found)
 
 
 class ParquetJournal:
@@ -134,11 +173,16 @@ class ParquetJournal:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.journal = CsvJournal(self.path.with_name(self.path.name + ".partial.csv"))
+        self.journal = CsvJournal(
+            self.path.with_name(self.path.name + ".partial.csv"), spreadsheet=False
+        )
 
     def done(self) -> set[str]:
-        if self.path.exists() and not self.journal.path.exists():
-            self._parquet_to_journal()
+        """As :meth:`CsvJournal.done`; also refuses a Parquet file with other columns."""
+        if self.path.exists():
+            self._check_schema()
+            if not self.journal.path.exists():
+                self._parquet_to_journal()
         return self.journal.done()
 
     def append(self, rows: Iterable[Row]) -> None:
@@ -166,6 +210,20 @@ class ParquetJournal:
         write_atomically_with(self.path, write)
         self.journal.path.unlink()
 
+    def _check_schema(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(self.path)
+        except (pa.ArrowException, OSError):
+            found = "it is not a Parquet file"
+        else:
+            if schema.equals(arrow_schema(), check_metadata=False):
+                return
+            found = _other_columns(schema.names)
+        raise _not_a_results_file(self.path, found)
+
     def _parquet_to_journal(self) -> None:
         import pyarrow.parquet as pq
 
@@ -186,6 +244,47 @@ class BatchReport:
     errors: int
     left_out: LeftOut = field(default_factory=LeftOut)  # files under the input that are not images
 
+    @property
+    def todo(self) -> int:
+        return self.total - self.skipped
+
+    def add(self, rows: Sequence[Row]) -> None:
+        self.predicted += len(rows)
+        self.errors += sum(1 for row in rows if row["error"])
+
+
+def relative_path(path: Path, root: Path) -> str:
+    """The path column: where the image is under the input folder, ``/`` between folders.
+
+    So the same folder given another way (relative or absolute, ``./``, a trailing slash)
+    names every image the same and a rerun finds it done. When the input is one file, its name.
+    A name that is not UTF-8 is written losslessly as UTF-8 text (:func:`utf8_text`).
+    """
+    return utf8_text(path.name if path == root else path.relative_to(root).as_posix())
+
+
+def walk(
+    input_dir: str | os.PathLike, left_out: LeftOut | None = None
+) -> Iterator[tuple[str, Path]]:
+    """Each image under ``input_dir`` as (its path column, its path), in the folder's order."""
+    root = Path(input_dir)
+    for path in iter_image_files(root, left_out):
+        yield relative_path(path, root), path
+
+
+def start_run(
+    input_dir: str | os.PathLike, output: str | os.PathLike
+) -> tuple[CsvJournal | ParquetJournal, set[str], BatchReport]:
+    """The output's journal, the images already in it, and the report so far (one walk that
+    counts the images: the progress bar's total; the folder is never listed whole)."""
+    journal = open_journal(output)
+    done = _as_relative_paths(journal.done(), Path(input_dir))
+    report = BatchReport(total=0, skipped=0, predicted=0, errors=0)
+    for name, _ in walk(input_dir, report.left_out):
+        report.total += 1
+        report.skipped += name in done
+    return journal, done, report
+
 
 def run_local(
     predictor: BundlePredictor,
@@ -201,33 +300,42 @@ def run_local(
     ``progress(done, todo)`` follows the images of this run. ``stop_after`` (tests and demos)
     ends the run after that many images, as an interruption would.
     """
-    journal = open_journal(output)
-    done = journal.done()
-    # One walk to count (the progress bar's total), one to read: the folder is never listed whole.
-    total = skipped = 0
-    left_out = LeftOut()
-    for path in iter_image_files(input_dir, left_out):
-        total += 1
-        skipped += str(path) in done
-    todo = total - skipped
+    journal, done, report = start_run(input_dir, output)
     chunk_size = chunk_size or predictor.embedder.batch_size * DEFAULT_CHUNK_BATCHES
-    report = BatchReport(total=total, skipped=skipped, predicted=0, errors=0, left_out=left_out)
-    pending = (str(p) for p in iter_image_files(input_dir) if str(p) not in done)
+    pending = ((name, path) for name, path in walk(input_dir) if name not in done)
     for chunk in _chunks(pending, chunk_size):
-        rows = predictor.predict(chunk)
+        rows = predictor.predict([str(path) for _, path in chunk], [name for name, _ in chunk])
         journal.append(rows)
-        report.predicted += len(rows)
-        report.errors += sum(1 for row in rows if row["error"])
+        report.add(rows)
         if progress is not None:
-            progress(report.predicted, todo)
+            progress(report.predicted, report.todo)
         if stop_after is not None and report.predicted >= stop_after:
             return report
     journal.finish()
     return report
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _as_relative_paths(done: set[str], root: Path) -> set[str]:
+    """``done`` with the rows of earlier versions, which held the path as walked (absolute, or
+    relative to the folder the command ran in), as paths relative to ``root``.
+
+    A relative row is taken for an old one only when it names a file under ``root`` from this
+    folder and none from ``root``: a wrong guess predicts an image again, never skips one.
+    """
+    root = Path(os.path.abspath(root))
+    relative = set()
+    for path in done:
+        absolute = Path(os.path.abspath(path))
+        if absolute.is_relative_to(root) and (
+            os.path.isabs(path) or not os.path.lexists(root / path)
+        ):
+            path = relative_path(absolute, root)
+        relative.add(path)
+    return relative
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -237,8 +345,25 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _as_is(value: T) -> T:
+    return value
+
+
 def _csv_number(value: object) -> object:
     return "" if isinstance(value, float) and np.isnan(value) else value
+
+
+def _other_columns(columns: Sequence[str]) -> str:
+    shown = ", ".join(columns[:8]) + (", ..." if len(columns) > 8 else "")
+    return f"its columns are {shown or 'none'}, not {', '.join(COLUMNS)}"
+
+
+def _not_a_results_file(path: Path, found: str) -> UnusableInputError:
+    """The refusal of an output file that holds something else: it is left untouched."""
+    return UnusableInputError(
+        f"'{path}' is not a results file of batch-predict ({found}), so it was left as it is. "
+        "Give --output a new file name, or move that file away."
+    )
 
 
 def _drop_partial_last_line(path: Path) -> None:

@@ -25,10 +25,10 @@ from fsl_app.deploy.batch import (
     BatchReport,
     BundlePredictor,
     arrow_schema,
-    open_journal,
+    start_run,
+    walk,
 )
 from fsl_app.deploy.bundle import load_bundle
-from fsl_app.files import LeftOut, iter_image_files
 
 
 # Rows as the local engine makes them: confidence NaN and unknown null on an error row.
@@ -52,35 +52,30 @@ def run_ray(
     """
     load_bundle(bundle_path)  # a missing or bad model file fails here, as with `local`
     data = Path(bundle_path).read_bytes()
-    journal = open_journal(output)
-    done = journal.done()
+    journal, done, report = start_run(input_dir, output)
     # The pending paths are listed on the driver and handed to Ray whole: a few hundred bytes
     # an image (about 0.3 GB a million, on the driver and again in Ray's object store), fine
     # for millions of images. The images themselves are only ever opened by the actors.
-    total = 0
-    pending: list[str] = []
-    left_out = LeftOut()
-    for path in iter_image_files(input_dir, left_out):
-        total += 1
-        if str(path) not in done:
-            pending.append(str(path))
-    report = BatchReport(
-        total=total, skipped=total - len(pending), predicted=0, errors=0, left_out=left_out
-    )
+    # A path travels as bytes: a file name that is not UTF-8 is no Arrow string.
+    pending = [
+        {"name": name, "file": os.fsencode(path)}
+        for name, path in walk(input_dir)
+        if name not in done
+    ]
     if pending:
         with _ray_session(address):
             for rows in _predicted_batches(data, pending, batch_size=batch_size, actors=actors):
                 journal.append(rows)
-                report.predicted += len(rows)
-                report.errors += sum(1 for row in rows if row["error"])
+                report.add(rows)
                 if progress is not None:
-                    progress(report.predicted, len(pending))
+                    progress(report.predicted, report.todo)
     journal.finish()
     return report
 
 
 class _BundleActor:
-    """One model per actor: ``__call__`` maps a batch of paths to the output columns."""
+    """One model per actor: ``__call__`` maps a batch of images (``file``, the path to read,
+    and ``name``, the path column) to the output columns."""
 
     def __init__(self, bundle, batch_size: int):
         import ray
@@ -90,12 +85,14 @@ class _BundleActor:
         self.predictor = BundlePredictor(load_bundle(bundle), device="auto", batch_size=batch_size)
 
     def __call__(self, batch: dict):
-        rows = self.predictor.predict([str(path) for path in batch["path"]])
+        rows = self.predictor.predict(
+            [os.fsdecode(path) for path in batch["file"]], [str(name) for name in batch["name"]]
+        )
         return _table(rows)
 
 
 def _predicted_batches(
-    data: bytes, pending: list[str], *, batch_size: int, actors: int | None
+    data: bytes, pending: list[dict], *, batch_size: int, actors: int | None
 ) -> Iterator[list[dict]]:
     """Rows of ``pending``, in order, a batch at a time as the actors finish them."""
     import ray
@@ -114,9 +111,7 @@ def _predicted_batches(
     # Blocks of one local chunk (fewer rows if that keeps every actor busy): each block's rows
     # reach the journal together, so a killed run loses at most a chunk per actor.
     chunk = max(batch_size, min(batch_size * DEFAULT_CHUNK_BATCHES, -(-len(pending) // actors)))
-    dataset = ray.data.from_items(
-        [{"path": path} for path in pending], override_num_blocks=-(-len(pending) // chunk)
-    )
+    dataset = ray.data.from_items(pending, override_num_blocks=-(-len(pending) // chunk))
     # Rows come back in the order of the folder, as with the local engine; our own progress
     # bar replaces Ray Data's.
     dataset.context.execution_options.preserve_order = True

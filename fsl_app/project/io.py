@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fsl_app.files import spreadsheet_safe
 from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
 from fsl_app.project.store import ProjectImage, Rejected, Store, StoreError, check_name
 
@@ -127,20 +128,14 @@ def image_table(
 def table_csv(rows: Sequence[Mapping[str, object]]) -> str:
     """CSV of :func:`image_table` rows, safe to open in a spreadsheet.
 
-    A file or class name starting with ``=``, ``+``, ``-`` or ``@`` would be run as a formula
-    by spreadsheet programs (OWASP's "CSV injection"); such text gets a leading apostrophe.
+    A file or class name that a spreadsheet program would run as a formula gets a leading
+    apostrophe (:func:`fsl_app.files.spreadsheet_safe`).
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
-
-
-def _spreadsheet_safe(value: object) -> object:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def table_json(rows: Sequence[Mapping[str, object]]) -> str:
