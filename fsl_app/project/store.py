@@ -1072,9 +1072,15 @@ def _insert_image(
     return ProjectImage(upload.sha256, upload.name, class_name, added, upload.width, upload.height)
 
 
+# Shorter side of the decode that checks an upload: larger than any thumbnail or backbone input.
+UPLOAD_CHECK_SIDE = 512
+
+
 def _checked_upload(name: str, data: bytes) -> _Upload:
     """Refuse anything load_image refuses; otherwise note what the store keeps about the file."""
-    loaded = load_image(data, name=name)
+    # Checking a picture needs every byte decoded, not every pixel kept: a bounded decode (JPEG
+    # at a reduced scale) refuses the same files at a fraction of the memory of a full one.
+    loaded = load_image(data, name=name, min_side=UPLOAD_CHECK_SIDE)
     width, height = loaded.original_size
     # load_image hands back converted pixels; the file's format is read from its header again,
     # which is safe now that the whole file has been decoded once.
