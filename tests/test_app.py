@@ -193,10 +193,14 @@ def test_demo_project_runs_every_page(data_dir):
     at.button(key="demo").click().run()
     assert not at.exception
     assert any(s.value.startswith("Open project: Demo") for s in at.subheader)
+    # The projects list says how many examples each class has.
+    assert f"Examples: bird {DEMO_EXAMPLES_PER_CLASS} · flower {DEMO_EXAMPLES_PER_CLASS}" in texts(
+        at
+    )
     go(at, "1_Classes")
     assert [t.label for t in at.tabs][:2] == [
         f"bird ({DEMO_EXAMPLES_PER_CLASS})",
-        f"fish ({DEMO_EXAMPLES_PER_CLASS})",
+        f"flower ({DEMO_EXAMPLES_PER_CLASS})",
     ]
     go(at, "2_Predict")
     assert [m.label for m in at.metric][:4] == [
@@ -265,14 +269,14 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     archive = at.session_state["dataset_zip"][1]
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         folders = {Path(name).parts[0] for name in opened.namelist()}
-    assert folders == {"bird", "fish", "flower", "fruit", "vegetable"}
+    assert folders == {"bird", "flower", "fruit", "road sign", "tool"}
 
     # The bundle classifies new pictures from the command line.
     from fsl_app.cli import main
 
-    query = photos["fish"][-1]
+    query = photos["bird"][-1]
     assert main(["predict", "--bundle", str(bundle), "--query", str(query), "--format", "csv"]) == 0
-    assert ",fish," in capsys.readouterr().out
+    assert ",bird," in capsys.readouterr().out
 
     # The ZIP, imported into a new empty project, gives back the classes and examples.
     at.switch_page("pages/0_Projects.py").run()
@@ -281,11 +285,11 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     at.file_uploader[0].set_value([("demo.zip", archive, "application/zip")])
     at.run()
     assert not at.exception
-    assert any("Imported: 15 images added" in shown(s.value) for s in at.success)
+    assert any("Imported: 20 images added" in shown(s.value) for s in at.success)
     with Store(data_dir) as store:
         copy = next(p for p in store.list_projects() if p.name == "Copy")
         counts = {c.name: c.n_examples for c in store.list_classes(copy.id)}
-    assert counts == dict.fromkeys(["bird", "fish", "flower", "fruit", "vegetable"], 3)
+    assert counts == dict.fromkeys(["bird", "flower", "fruit", "road sign", "tool"], 4)
     # A file that is not a ZIP is refused and the project keeps what it had.
     at.file_uploader[0].set_value([("broken.zip", b"PK\x03\x04 broken", "application/zip")])
     at.run()
