@@ -203,12 +203,25 @@ def test_demo_project_runs_every_page(data_dir):
         f"flower ({DEMO_EXAMPLES_PER_CLASS})",
     ]
     go(at, "2_Predict")
-    assert [m.label for m in at.metric][:4] == [
+    # One tile per badge, named as the cards name them.
+    assert [m.label for m in at.metric][:6] == [
         "Pictures to sort",
         "Sure",
+        "Fairly sure",
         "Unsure",
         "None of these",
+        "Marked none of these",
     ]
+    # "None of these classes" on a card marks the picture; its card then says so, and
+    # "Not none of these" takes the mark back.
+    none_key = next(b.key for b in at.button if b.key and b.key.startswith("none_"))
+    prefix = none_key.removeprefix("none_")
+    at.button(key=none_key).click().run()
+    assert not at.exception
+    assert [m.value for m in at.metric][5] == "1"
+    assert any("marked by you" in t.value for t in at.text)
+    at.button(key=f"unmark_{prefix}").click().run()
+    assert not at.exception and [m.value for m in at.metric][5] == "0"
     go(at, "3_Embedding_map")
     assert at.get("plotly_chart")
     for layout in ("pca", "umap"):
