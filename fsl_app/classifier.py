@@ -11,7 +11,7 @@ saving it needs nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +25,14 @@ from fsl_app.learners.base import softmax
 from fsl_app.trust.calibration import MAX_FOLDS, calibrate_temperature
 from fsl_app.trust.explanations import explain
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS, OpenSetDetector
-from fsl_app.trust.uncertainty import entropy
 
 # Calibrated confidence below which a prediction is shown as unsure, and at or above which it
 # is shown as sure; in between it is "fairly sure". Calibrated, so "sure" is right about 8 in 10.
 SURE_CONFIDENCE = 0.8
 UNSURE_CONFIDENCE = 0.5
-BADGES = ("sure", "fairly sure", "unsure", "none of these")
+# "marked none of these": the user said so; the model's guess is not shown as an answer.
+BADGES = ("sure", "fairly sure", "unsure", "none of these", "marked none of these")
+MARKED = "marked none of these"
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,12 @@ class Prediction:
 
     ``prediction`` is the most probable class (when ``unknown``, the class it is closest to);
     ``confidence`` its calibrated probability; ``probabilities`` every class's; ``uncertainty``
-    the normalised entropy of those (0: certain, 1: no idea); ``badge`` one of :data:`BADGES`;
-    ``explanation`` a sentence, ``neighbours`` the ids of the examples of the predicted class
-    nearest to it and ``runner_up`` the next most probable class. ``label`` is the picture's
-    own class when it is an example.
+    is ``1 - confidence``, the calibrated chance that the class shown is wrong (one number a
+    person reads one way: an entropy over all classes said 0.92 "no idea" beside a 53% answer);
+    ``badge`` one of :data:`BADGES`; ``explanation`` a sentence, ``neighbours`` the ids of the
+    examples of the predicted class nearest to it and ``runner_up`` the next most probable
+    class. ``label`` is the picture's own class when it is an example; ``marked`` says the user
+    marked it "none of these classes" (then ``unknown`` too, whatever the model thinks).
     """
 
     id: str
@@ -82,10 +85,13 @@ class Prediction:
     explanation: str
     neighbours: list[str]
     runner_up: str | None
+    marked: bool = False
 
     @property
     def verdict(self) -> str:
         """The answer in words: the class, or "none of these" with the closest class."""
+        if self.marked:
+            return "none of these (marked by you)"
         return f"none of these (closest: {self.prediction})" if self.unknown else self.prediction
 
 
@@ -118,8 +124,15 @@ class CalibratedClassifier:
         self.params = params
 
     def fit(
-        self, support: ArrayLike, labels: Sequence, *, ids: Sequence[str] | None = None
+        self,
+        support: ArrayLike,
+        labels: Sequence,
+        *,
+        ids: Sequence[str] | None = None,
+        negatives: ArrayLike | None = None,
     ) -> CalibratedClassifier:
+        """Fit on the examples ``support`` (n_support, dim) of classes ``labels`` (n_support,);
+        ``negatives`` (n_negatives, dim) are pictures the user marked "none of these"."""
         self._keep_examples(support, labels, ids)
         self.learner_ = self._make_learner().fit(self.support_, self.labels_)
         self.classes_ = self.learner_.classes_
@@ -128,7 +141,9 @@ class CalibratedClassifier:
             self._make_learner, self.support_, self.labels_, max_folds=max_folds
         )
         self.temperature_ = temperature.value
-        self.open_set_ = OpenSetDetector(self.strictness).fit(self.support_, self.labels_)
+        self.open_set_ = OpenSetDetector(self.strictness).fit(
+            self.support_, self.labels_, negatives=negatives
+        )
         self.threshold_ = self.open_set_.threshold_
         open_set_note = (
             '"None of these" is switched off: every image gets one of your classes.'
@@ -175,12 +190,11 @@ class CalibratedClassifier:
         """Calibrated predictions for ``query`` of shape (n_query, dim), as arrays."""
         self._check_fitted()
         logits = self.learner_.decision_function(query)
-        distance = self.open_set_.distance(query)
         return CalibratedPredictions(
             classes=self.classes_,
             probabilities=softmax(logits / self.temperature_),
-            distance=distance,
-            unknown=distance > self.threshold_,
+            distance=self.open_set_.distance(query),
+            unknown=self.open_set_.is_unknown(query),
         )
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:
@@ -198,11 +212,13 @@ class CalibratedClassifier:
         ids: Sequence[str],
         names: Sequence[str],
         labels: Sequence[str | None] | None = None,
+        none_of_these: Collection[str] = (),
     ) -> list[Prediction]:
         """One :class:`Prediction` per row of ``embeddings`` (n, dim), in that order.
 
         ``ids`` and ``names`` (n,) identify the pictures; ``labels`` (n,) are their own
-        classes when they are examples (default: none is).
+        classes when they are examples (default: none is); the ids in ``none_of_these`` are
+        pictures the user marked so, and their records say so.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if len(embeddings) == 0:
@@ -212,11 +228,11 @@ class CalibratedClassifier:
         explanations = explain(
             self.support_, self.labels_, embeddings, predicted.probabilities, classes
         )
-        spread = entropy(predicted.probabilities)
         records = []
         for j, why in enumerate(explanations):
             confidence = float(predicted.confidence[j])
-            unknown = bool(predicted.unknown[j])
+            marked = ids[j] in none_of_these
+            unknown = marked or bool(predicted.unknown[j])
             prediction = str(predicted.prediction[j])
             records.append(
                 Prediction(
@@ -230,13 +246,14 @@ class CalibratedClassifier:
                         c: float(p)
                         for c, p in zip(classes, predicted.probabilities[j], strict=True)
                     },
-                    uncertainty=float(spread[j]),
-                    badge=badge(confidence, unknown),
-                    explanation=_explanation_text(why.text, unknown, prediction),
+                    uncertainty=1 - confidence,
+                    badge=MARKED if marked else badge(confidence, unknown),
+                    explanation=_explanation_text(why.text, unknown, prediction, marked),
                     neighbours=[]
                     if self.ids_ is None
                     else [self.ids_[n.index] for n in why.neighbours],
                     runner_up=why.runner_up,
+                    marked=marked,
                 )
             )
         return records
@@ -310,7 +327,12 @@ def fit_classifier(
     # checkpoint by it, here and wherever a saved model is loaded.
     params = {"backbone": embedded.backbone, **dict(params or {})} if embedded.backbone else params
     model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
-    return model.fit(support[order], [labels[i] for i in order], ids=[ids[i] for i in order])
+    return model.fit(
+        support[order],
+        [labels[i] for i in order],
+        ids=[ids[i] for i in order],
+        negatives=embedded.negatives(),
+    )
 
 
 def predict_set(
@@ -326,6 +348,7 @@ def predict_set(
         ids=[embedded.ids[i] for i in rows],
         names=[embedded.names[i] for i in rows],
         labels=[embedded.labels[i] for i in rows],
+        none_of_these=embedded.none_of_these,
     )
 
 
@@ -340,7 +363,12 @@ def badge(confidence: float, unknown: bool) -> str:
     return "unsure"
 
 
-def _explanation_text(text: str, unknown: bool, prediction: str) -> str:
+def _explanation_text(text: str, unknown: bool, prediction: str, marked: bool) -> str:
+    if marked:
+        return (
+            "You marked it as none of these classes; the app learns from it what is foreign "
+            f"(the class it looks closest to is '{prediction}')."
+        )
     if not unknown:
         return text
     return (

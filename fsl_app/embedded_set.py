@@ -47,7 +47,9 @@ class EmbeddedSet:
     order, also those without a usable example yet; ``unreadable`` the pictures left out;
     ``backbone`` the name of the image model that made the embeddings (learners with
     meta-learned checkpoints look theirs up by it); ``left_out`` the files in the folders
-    given that are not images, counted rather than reported one by one.
+    given that are not images, counted rather than reported one by one;
+    ``none_of_these`` the ids of unlabeled pictures the user marked "none of these classes"
+    (they stay pictures to sort, shown as marked, and teach "none of these" what is foreign).
     """
 
     ids: list[str]
@@ -58,6 +60,7 @@ class EmbeddedSet:
     unreadable: list[Unreadable] = field(default_factory=list)
     backbone: str | None = None
     left_out: LeftOut = field(default_factory=LeftOut)
+    none_of_these: frozenset[str] = frozenset()
 
     @property
     def labeled(self) -> np.ndarray:
@@ -72,6 +75,16 @@ class EmbeddedSet:
             [str(self.labels[i]) for i in rows],
             [self.ids[i] for i in rows],
         )
+
+    def negatives(self) -> np.ndarray:
+        """Embeddings of the pictures marked "none of these", (n_marked, dim), by id: the same
+        marks give the same model wherever the set comes from."""
+        marked = sorted(
+            (image_id, i)
+            for i, (image_id, label) in enumerate(zip(self.ids, self.labels, strict=True))
+            if label is None and image_id in self.none_of_these
+        )
+        return self.embeddings[[i for _, i in marked]]
 
     @property
     def example_ids(self) -> list[str]:
@@ -170,6 +183,7 @@ def embed_project(
         classes=[c.name for c in store.list_classes(project_id)],
         unreadable=unreadable,
         backbone=embedder.backbone.name,
+        none_of_these=frozenset(store.none_of_these(project_id)),
     )
 
 

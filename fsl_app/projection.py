@@ -16,7 +16,7 @@ import hashlib
 import html
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -107,7 +107,9 @@ class MapPoints:
     """What each row of a map is: ids and names of images, roles and classes.
 
     ``label`` is the class a person gave (None for unlabeled queries);
-    ``prediction`` is the class the learner gives (for prototypes, their class).
+    ``prediction`` is the class the learner gives (for prototypes, their class; "none of
+    these" for a picture the user marked so); ``confidences`` the calibrated probability of
+    each query's prediction (None where there is none), as Predict shows it.
     """
 
     embeddings: np.ndarray  # (n, d)
@@ -116,6 +118,7 @@ class MapPoints:
     roles: list[str]
     labels: list[str | None]
     predictions: list[str | None]
+    confidences: list[float | None] = field(default_factory=list)
 
 
 def map_points(
@@ -130,10 +133,12 @@ def map_points(
     query_names: Sequence[str] | None = None,
     example_predictions: Sequence[str | None] | None = None,
     suggested_ids: Sequence[str] = (),
+    query_confidences: Sequence[float | None] = (),
 ) -> MapPoints:
     """Examples, queries and one prototype (class mean) per class, stacked for one map.
 
-    Queries whose id is in ``suggested_ids`` take the role "suggested".
+    Queries whose id is in ``suggested_ids`` take the role "suggested";
+    ``query_confidences`` (default: none known) go into their hover text.
     """
     example_embeddings = np.asarray(example_embeddings, dtype=np.float32)
     dim = example_embeddings.shape[1]
@@ -164,6 +169,11 @@ def map_points(
             *(example_predictions or example_labels),
             *query_predictions,
             *classes,
+        ],
+        confidences=[
+            *([None] * len(example_embeddings)),
+            *(query_confidences or [None] * len(query_embeddings)),
+            *([None] * len(classes)),
         ],
     )
 
@@ -268,7 +278,9 @@ def _hover_text(points: MapPoints, i: int) -> str:
         return f"centre of class '{html.escape(str(points.labels[i]))}'"
     if role == "example":
         return f"{name}<br>example of '{html.escape(str(points.labels[i]))}'"
-    return f"{name}<br>{role}; looks like '{html.escape(str(points.predictions[i]))}'"
+    confidence = points.confidences[i] if points.confidences else None
+    sure = "" if confidence is None else f" ({confidence:.0%})"
+    return f"{name}<br>{role}; looks like '{html.escape(str(points.predictions[i]))}'{sure}"
 
 
 def _palette(classes: Sequence[str]) -> dict[str, str]:

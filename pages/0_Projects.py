@@ -36,6 +36,10 @@ with left:
         is_open = project is not None and item.id == project.id
         marker = "▶ " if is_open else ""
         row[0].text(f"{marker}{item.name} · {len(counts)} classes · {n_images} images")
+        if counts:
+            row[0].caption(
+                "Examples: " + " · ".join(f"{plain(c.name)} {c.n_examples}" for c in counts)
+            )
         if row[1].button("Open", key=f"open_{item.id}", disabled=is_open):
             select_project(item.id)
             st.rerun()
@@ -52,7 +56,7 @@ with right:
             else:
                 select_project(created.id)
                 st.rerun()
-    st.write("Or start from real photos of birds, fish, flowers, fruit and vegetables:")
+    st.write("Or start from real photos of birds, flowers, fruit, road signs and tools:")
     if st.button("Open the demo project", key="demo"):
         try:
             with st.spinner("Copying the demo photos…"):

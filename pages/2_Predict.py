@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.classifier import predict_set
+from fsl_app.classifier import BADGES, predict_set
 from fsl_app.project.io import image_table, table_csv
 from fsl_app.project.store import StoreError
 from fsl_app.ui.session import classifier_or_none, project_page
@@ -14,6 +14,7 @@ from fsl_app.ui.widgets import (
     clear_upload,
     flash,
     plain,
+    runner_up_text,
     show_badge,
     show_thumbnail,
     upload_key,
@@ -56,12 +57,11 @@ if not embedded.unlabeled_ids:
 predictions = predict_set(classifier, embedded)
 
 classes = [str(c) for c in classifier.classes_]
-n_unknown = sum(p.unknown for p in predictions)
-summary = st.columns(4)
+# One tile per badge, named as the cards name it.
+summary = st.columns(1 + len(BADGES))
 summary[0].metric("Pictures to sort", len(predictions))
-summary[1].metric("Sure", sum(p.badge == "sure" for p in predictions))
-summary[2].metric("Unsure", sum(p.badge in ("unsure", "fairly sure") for p in predictions))
-summary[3].metric("None of these", n_unknown)
+for tile, name in zip(summary[1:], BADGES, strict=True):
+    tile.metric(name.capitalize(), sum(p.badge == name for p in predictions))
 st.caption(
     'Confidence is tuned on your own examples: of the pictures shown as "80% sure", about 8 in '
     '10 should be right. "None of these" means the picture is unlike the examples of every class.'
@@ -83,6 +83,7 @@ st.download_button(
         image_table(
             store.list_images(project.id, labeled=False),
             {p.id: p for p in predictions},
+            embedded.none_of_these,
         )
     ),
     file_name=f"{project.name}-predictions.csv",
@@ -104,7 +105,9 @@ for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
             st.markdown("**Looks like:**")
             st.text(prediction.verdict)
             show_badge(prediction)
-            st.caption(f"uncertainty {prediction.uncertainty:.2f} (0 = certain, 1 = no idea)")
+            runner_up = runner_up_text(prediction)
+            if runner_up:
+                st.caption(plain(runner_up))
             accept, correct = st.columns(2)
             if accept.button(
                 f"✓ Yes, {plain(prediction.prediction)}",
@@ -132,6 +135,15 @@ for prediction in shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]:
             if choice is not None:
                 store.label(project.id, [prediction.id], choice)
                 flash([("success", f"'{prediction.name}' is now an example of {choice}.")])
+                st.rerun()
+            if prediction.marked:
+                if st.button("Not none of these", key=f"unmark_{key}"):
+                    store.unmark_none_of_these(project.id, [prediction.id])
+                    flash([("info", f"'{prediction.name}' is a picture to sort again.")])
+                    st.rerun()
+            elif st.button("None of these classes", key=f"none_{key}"):
+                store.mark_none_of_these(project.id, [prediction.id])
+                flash([("info", f"'{prediction.name}' is marked as none of these classes.")])
                 st.rerun()
         with why:
             st.caption(plain(prediction.explanation))

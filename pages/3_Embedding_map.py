@@ -7,7 +7,7 @@ import streamlit as st
 
 from fsl_app import projection
 from fsl_app.active import suggest
-from fsl_app.classifier import predict_set
+from fsl_app.classifier import MARKED, predict_set
 from fsl_app.projection import map_figure, map_points, selected_ids
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import flash, show_thumbnail
@@ -53,7 +53,10 @@ points = map_points(
     example_ids,
     example_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if label],
     query_embeddings=embedded.embeddings[~labeled],
-    query_predictions=[p.prediction for p in predictions] or [None] * len(pool_ids),
+    # A picture the user marked "none of these" is shown as such, not as a class guess.
+    query_predictions=[MARKED if p.marked else p.prediction for p in predictions]
+    or [None] * len(pool_ids),
+    query_confidences=[None if p.marked else p.confidence for p in predictions],
     query_ids=pool_ids,
     query_names=[n for n, label in zip(embedded.names, embedded.labels, strict=True) if not label],
     example_predictions=example_predictions,

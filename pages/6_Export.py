@@ -62,7 +62,7 @@ st.subheader("Labels and predictions")
 predictions = {}
 if classifier is not None:
     predictions = {p.id: p for p in predict_set(classifier, embedded, embedded.ids)}
-rows = image_table(store.list_images(project.id), predictions)
+rows = image_table(store.list_images(project.id), predictions, embedded.none_of_these)
 csv_column, json_column = st.columns(2)
 csv_column.download_button(
     "Download as CSV", table_csv(rows), file_name=f"{file_stem}.csv", mime="text/csv"

@@ -193,18 +193,35 @@ def test_demo_project_runs_every_page(data_dir):
     at.button(key="demo").click().run()
     assert not at.exception
     assert any(s.value.startswith("Open project: Demo") for s in at.subheader)
+    # The projects list says how many examples each class has.
+    assert f"Examples: bird {DEMO_EXAMPLES_PER_CLASS} · flower {DEMO_EXAMPLES_PER_CLASS}" in texts(
+        at
+    )
     go(at, "1_Classes")
     assert [t.label for t in at.tabs][:2] == [
         f"bird ({DEMO_EXAMPLES_PER_CLASS})",
-        f"fish ({DEMO_EXAMPLES_PER_CLASS})",
+        f"flower ({DEMO_EXAMPLES_PER_CLASS})",
     ]
     go(at, "2_Predict")
-    assert [m.label for m in at.metric][:4] == [
+    # One tile per badge, named as the cards name them.
+    assert [m.label for m in at.metric][:6] == [
         "Pictures to sort",
         "Sure",
+        "Fairly sure",
         "Unsure",
         "None of these",
+        "Marked none of these",
     ]
+    # "None of these classes" on a card marks the picture; its card then says so, and
+    # "Not none of these" takes the mark back.
+    none_key = next(b.key for b in at.button if b.key and b.key.startswith("none_"))
+    prefix = none_key.removeprefix("none_")
+    at.button(key=none_key).click().run()
+    assert not at.exception
+    assert [m.value for m in at.metric][5] == "1"
+    assert any("marked by you" in t.value for t in at.text)
+    at.button(key=f"unmark_{prefix}").click().run()
+    assert not at.exception and [m.value for m in at.metric][5] == "0"
     go(at, "3_Embedding_map")
     assert at.get("plotly_chart")
     for layout in ("pca", "umap"):
@@ -265,14 +282,14 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     archive = at.session_state["dataset_zip"][1]
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         folders = {Path(name).parts[0] for name in opened.namelist()}
-    assert folders == {"bird", "fish", "flower", "fruit", "vegetable"}
+    assert folders == {"bird", "flower", "fruit", "road sign", "tool"}
 
     # The bundle classifies new pictures from the command line.
     from fsl_app.cli import main
 
-    query = photos["fish"][-1]
+    query = photos["bird"][-1]
     assert main(["predict", "--bundle", str(bundle), "--query", str(query), "--format", "csv"]) == 0
-    assert ",fish," in capsys.readouterr().out
+    assert ",bird," in capsys.readouterr().out
 
     # The ZIP, imported into a new empty project, gives back the classes and examples.
     at.switch_page("pages/0_Projects.py").run()
@@ -281,11 +298,11 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     at.file_uploader[0].set_value([("demo.zip", archive, "application/zip")])
     at.run()
     assert not at.exception
-    assert any("Imported: 15 images added" in shown(s.value) for s in at.success)
+    assert any("Imported: 20 images added" in shown(s.value) for s in at.success)
     with Store(data_dir) as store:
         copy = next(p for p in store.list_projects() if p.name == "Copy")
         counts = {c.name: c.n_examples for c in store.list_classes(copy.id)}
-    assert counts == dict.fromkeys(["bird", "fish", "flower", "fruit", "vegetable"], 3)
+    assert counts == dict.fromkeys(["bird", "flower", "fruit", "road sign", "tool"], 4)
     # A file that is not a ZIP is refused and the project keeps what it had.
     at.file_uploader[0].set_value([("broken.zip", b"PK\x03\x04 broken", "application/zip")])
     at.run()

@@ -134,3 +134,16 @@ def test_csv_and_the_predict_command_give_the_same_probabilities(demo, backbone,
             assert row["confidence"] == pytest.approx(prediction.confidence, abs=1e-6)
             assert row["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-6)
             assert row["unknown"] == prediction.unknown
+
+
+def test_the_embedding_maps_hover_quotes_the_same_confidence(demo):
+    at = open_page(demo.project.id, "3_Embedding_map")
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    quoted = 0
+    for trace in figure["data"]:
+        for image_id, hover in zip(trace["customdata"], trace["hovertext"], strict=True):
+            prediction = demo.predictions.get(image_id)
+            if prediction is not None:
+                assert hover.endswith(f"'{prediction.prediction}' ({prediction.confidence:.0%})")
+                quoted += 1
+    assert quoted == len(demo.predictions)

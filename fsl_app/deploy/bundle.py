@@ -96,6 +96,8 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         "temperature": np.asarray(classifier.temperature_, dtype=np.float64),
         "open_set.prototypes": np.ascontiguousarray(open_set.prototypes_, dtype=np.float64),
         "open_set.threshold": np.asarray(open_set.threshold_, dtype=np.float64),
+        # The pictures marked "none of these", as the detector keeps them (power-normalised).
+        "open_set.negatives": np.ascontiguousarray(open_set.negatives_, dtype=np.float64),
     }
     metadata = {
         "format": FORMAT_NAME,
@@ -262,6 +264,8 @@ def _rebuild(
         threshold=threshold,
         strictness=strictness,
         reason=json.loads(metadata["open_set_reason"]),
+        # A model file from before "none of these" pictures were kept has none.
+        negatives=tensors.get("open_set.negatives"),
     )
     classifier = CalibratedClassifier.from_fitted_state(
         learner,

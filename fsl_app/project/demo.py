@@ -7,14 +7,16 @@ page has something to show at once: predictions, the map, suggestions and an eva
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fsl_app.datasets import TUXPAINT_STAMPS, tuxpaint_photos
+from fsl_app.datasets import DEMO_CLASSES, TUXPAINT_STAMPS, tuxpaint_photos
 from fsl_app.project.store import Project, Store, StoreError
 
-DEMO_PROJECT_NAME = "Demo: birds, fish, flowers, fruit, vegetables"
-DEMO_EXAMPLES_PER_CLASS = 3
+DEMO_PROJECT_NAME = "Demo: birds, flowers, fruit, road signs, tools"
+DEMO_EXAMPLES_PER_CLASS = 4
 DEMO_UNLABELED_PER_CLASS = 8
 
 
@@ -32,19 +34,50 @@ def create_demo_project(
     A name already taken gets a number ("… (2)"). FileNotFoundError, with the command that
     installs them, when the photos are not on this machine.
     """
-    photos = tuxpaint_photos(root=root)
-    rng = np.random.default_rng(seed)
+    draw = draw_demo(
+        tuxpaint_photos(DEMO_CLASSES, root=root),
+        examples_per_class=examples_per_class,
+        unlabeled_per_class=unlabeled_per_class,
+        seed=seed,
+    )
     project = store.create_project(_free_name(store, name))
-    unlabeled = []
-    for class_name, files in photos.items():
-        chosen = [files[i] for i in rng.permutation(len(files))]
-        examples = chosen[:examples_per_class]
-        unlabeled.extend(chosen[examples_per_class : examples_per_class + unlabeled_per_class])
+    for class_name, examples in draw.examples.items():
         store.add_class(project.id, class_name)
         store.add_images(project.id, [(p.name, p.read_bytes()) for p in examples], class_name)
-    order = rng.permutation(len(unlabeled))
-    store.add_images(project.id, [(unlabeled[i].name, unlabeled[i].read_bytes()) for i in order])
+    store.add_images(project.id, [(p.name, p.read_bytes()) for p in draw.unlabeled])
     return store.get_project(project.id)
+
+
+@dataclass(frozen=True)
+class DemoDraw:
+    """The demo's photos: ``examples`` per class, and the ``unlabeled`` pool in a shuffled
+    order, with ``truth`` the class each unlabeled photo was drawn from (same order)."""
+
+    examples: dict[str, list[Path]]
+    unlabeled: list[Path]
+    truth: list[str]
+
+
+def draw_demo(
+    photos: dict[str, list[Path]],
+    *,
+    examples_per_class: int = DEMO_EXAMPLES_PER_CLASS,
+    unlabeled_per_class: int = DEMO_UNLABELED_PER_CLASS,
+    seed: int = 0,
+) -> DemoDraw:
+    """Which photos of each class are examples and which are left to sort, drawn with ``seed``:
+    the demo project and its benchmark (``benchmarks/demo.py``) draw the same way."""
+    rng = np.random.default_rng(seed)
+    examples, pool = {}, []
+    for class_name, files in photos.items():
+        chosen = [files[i] for i in rng.permutation(len(files))]
+        examples[class_name] = chosen[:examples_per_class]
+        pool.extend(
+            (p, class_name)
+            for p in chosen[examples_per_class : examples_per_class + unlabeled_per_class]
+        )
+    order = rng.permutation(len(pool))
+    return DemoDraw(examples, [pool[i][0] for i in order], [pool[i][1] for i in order])
 
 
 def _free_name(store: Store, name: str) -> str:

@@ -11,15 +11,19 @@ import csv
 import io
 import json
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fsl_app.files import spreadsheet_safe
+from fsl_app.images import image_sha256
 from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
 from fsl_app.project.store import ProjectImage, Rejected, Store, StoreError, check_name
 
 TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
+# The label of a picture the user marked "none of these classes": in a table's label column
+# and as a dataset ZIP's folder, which import maps back to the mark.
+NONE_OF_THESE = "none of these"
 
 
 @dataclass
@@ -49,7 +53,8 @@ def import_dataset_zip(store: Store, project_id: int, data: bytes) -> ImportRepo
     fails; nothing is added then. Pictures that are not usable images are refused one by one.
     """
     with DatasetZip(data) as dataset:
-        for name in dataset.class_names:
+        class_names = [n for n in dataset.class_names if n.casefold() != NONE_OF_THESE]
+        for name in class_names:
             try:
                 check_name("class", name)
             except StoreError as err:
@@ -58,9 +63,10 @@ def import_dataset_zip(store: Store, project_id: int, data: bytes) -> ImportRepo
                     f"The folder '{_shown(name)}' cannot be a class: {message[0].lower()}"
                     f"{message[1:]} Rename the folder, make the ZIP again and upload it."
                 ) from None
-        files = ((image.class_name, image.name, image.data) for image in dataset.images())
-        added = store.add_dataset(project_id, dataset.class_names, files)
+        marked: list[str] = []
+        added = store.add_dataset(project_id, class_names, _marks_taken(dataset.images(), marked))
         skipped = list(dataset.problems)
+    store.mark_none_of_these(project_id, marked)
     return ImportReport(
         classes_created=added.classes_created,
         added=len(added.added),
@@ -70,6 +76,19 @@ def import_dataset_zip(store: Store, project_id: int, data: bytes) -> ImportRepo
     )
 
 
+def _marks_taken(
+    images: Iterable[ZipImage], marked: list[str]
+) -> Iterator[tuple[str | None, str, bytes]]:
+    """(class, name, bytes) of each image; those in the "none of these" folder come unlabeled
+    and their hashes go into ``marked``."""
+    for image in images:
+        if image.class_name is not None and image.class_name.casefold() == NONE_OF_THESE:
+            marked.append(image_sha256(image.data))
+            yield None, image.name, image.data
+        else:
+            yield image.class_name, image.name, image.data
+
+
 def _shown(name: str, limit: int = 40) -> str:
     """A name as a sentence can quote it: invisible characters as '?', a long one cut short."""
     visible = "".join("?" if unicodedata.category(c) == "Cc" else c for c in name)
@@ -77,10 +96,21 @@ def _shown(name: str, limit: int = 40) -> str:
 
 
 def export_dataset_zip(store: Store, project_id: int, *, include_unlabeled: bool = False) -> bytes:
-    """The project's labeled images as ``class/name`` in a ZIP (unlabeled under ``unlabeled/``)."""
-    images = store.list_images(project_id, labeled=None if include_unlabeled else True)
+    """The project's labeled images as ``class/name`` in a ZIP (unlabeled under ``unlabeled/``,
+    those marked "none of these" under ``none of these/``)."""
+    marked = set(store.none_of_these(project_id))
+    images = [
+        image
+        for image in store.list_images(project_id)
+        if include_unlabeled or image.class_name is not None or image.sha256 in marked
+    ]
     return imagefolder_zip(
-        ZipImage(image.class_name, image.name, store.image_bytes(image.sha256)) for image in images
+        ZipImage(
+            NONE_OF_THESE if image.sha256 in marked else image.class_name,
+            image.name,
+            store.image_bytes(image.sha256),
+        )
+        for image in images
     )
 
 
@@ -102,12 +132,15 @@ class TablePrediction(Protocol):
 
 
 def image_table(
-    images: Sequence[ProjectImage], predictions: Mapping[str, TablePrediction]
+    images: Sequence[ProjectImage],
+    predictions: Mapping[str, TablePrediction],
+    none_of_these: Collection[str] = (),
 ) -> list[dict[str, object]]:
     """One row per image: its name, hash, label and the model's prediction (blank if none).
 
     ``predictions`` maps an image's sha256 to any object with ``prediction``, ``confidence``
-    and ``unknown`` attributes (see :class:`TablePrediction`).
+    and ``unknown`` attributes (see :class:`TablePrediction`); images whose sha256 is in
+    ``none_of_these`` were marked so by the user: their label is "none of these".
     """
     rows = []
     for image in images:
@@ -116,7 +149,7 @@ def image_table(
             {
                 "name": image.name,
                 "sha256": image.sha256,
-                "label": image.class_name or "",
+                "label": NONE_OF_THESE if image.sha256 in none_of_these else image.class_name or "",
                 "prediction": "" if predicted is None else predicted.prediction,
                 "confidence": "" if predicted is None else round(predicted.confidence, 4),
                 "unknown": "" if predicted is None else bool(predicted.unknown),

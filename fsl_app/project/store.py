@@ -729,6 +729,15 @@ class Store:
                 (project_id, _json_list(sha256s)),
             ).rowcount
 
+    def unmark_none_of_these(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Take back "none of these" for these images; returns how many were marked."""
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM none_of_these"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
     def none_of_these(self, project_id: int) -> list[str]:
         """The images marked as belonging to no class, by sha256, in the project's order."""
         rows = self._fetch(

@@ -57,15 +57,21 @@ class OpenSetDetector:
     17% / 27% / 56%, 5 shots 4% / 23% / 37% / 71%. Strictness 1.1 gives 10%
     / 39% / 64% / 92% at 5 shots, 0.9 gives 1% / 10% / 15% / 41%.
 
+    ``negatives`` are pictures the user marked "none of these": a query nearer to one of
+    them than to its nearest class is unknown too, whatever the threshold says.
+
     After ``fit``: ``classes_`` (n_classes,), ``prototypes_`` (n_classes, dim),
-    ``threshold_``, ``reason_`` (None when the threshold is fitted).
+    ``negatives_`` (n_negatives, dim), ``threshold_``, ``reason_`` (None when the threshold
+    is fitted).
     """
 
     def __init__(self, strictness: float = DEFAULT_STRICTNESS, quantile: float = DEFAULT_QUANTILE):
         self.strictness = strictness
         self.quantile = quantile
 
-    def fit(self, support: ArrayLike, labels: Sequence) -> OpenSetDetector:
+    def fit(
+        self, support: ArrayLike, labels: Sequence, *, negatives: ArrayLike | None = None
+    ) -> OpenSetDetector:
         if self.strictness < 0:
             raise ValueError("strictness must be 0 (off) or a positive number; 1 is the default.")
         from fsl_app.learners.base import as_embeddings  # torch: not when only reading constants
@@ -84,6 +90,7 @@ class OpenSetDetector:
         np.add.at(sums, targets, features)
         counts = np.bincount(targets, minlength=n_classes)
         self.prototypes_ = _unit_rows(sums)
+        self.negatives_ = _negatives(negatives, features.shape[1])
         held_out = counts[targets] >= 2
         self.reason_ = None
         if held_out.any():
@@ -110,18 +117,21 @@ class OpenSetDetector:
         threshold: float,
         strictness: float = DEFAULT_STRICTNESS,
         reason: str | None = None,
+        negatives: ArrayLike | None = None,
     ) -> OpenSetDetector:
         """A detector with the state ``fit`` learned, e.g. read back from a saved model.
 
         ``classes`` (n_classes,), ``prototypes`` (n_classes, dim) and
         ``threshold`` are taken as given, not recomputed, so a restored
-        detector flags exactly what the fitted one did.
+        detector flags exactly what the fitted one did; ``negatives``
+        (n_negatives, dim) are the fitted ``negatives_``.
         """
         detector = cls(strictness)
         detector.classes_ = np.asarray(classes)
         detector.prototypes_ = np.asarray(prototypes, dtype=np.float64)
         detector.threshold_ = float(threshold)
         detector.reason_ = reason
+        detector.negatives_ = _negatives(negatives, detector.prototypes_.shape[1], normalize=False)
         return detector
 
     def distance(self, query: ArrayLike) -> np.ndarray:
@@ -141,8 +151,29 @@ class OpenSetDetector:
         return 1 - (power_normalize(query) @ self.prototypes_.T).max(axis=1)
 
     def is_unknown(self, query: ArrayLike) -> np.ndarray:
-        """True for each query farther than ``threshold_`` from every class, shape (n_query,)."""
-        return self.distance(query) > self.threshold_
+        """True for each query farther than ``threshold_`` from every class, or nearer to a
+        picture marked "none of these" than to its nearest class, of shape (n_query,)."""
+        distance = self.distance(query)
+        unknown = distance > self.threshold_
+        if len(self.negatives_) and self.strictness > 0:
+            from fsl_app.learners.base import as_embeddings
+
+            features = power_normalize(as_embeddings(query, "query").numpy())
+            unknown |= 1 - (features @ self.negatives_.T).max(axis=1) < distance
+        return unknown
+
+
+def _negatives(negatives: ArrayLike | None, dim: int, *, normalize: bool = True) -> np.ndarray:
+    """The marked pictures' embeddings as (n_negatives, dim), power-normalised when fitting."""
+    if negatives is None or len(negatives) == 0:
+        return np.zeros((0, dim))
+    negatives = np.asarray(negatives, dtype=np.float64)
+    if negatives.ndim != 2 or negatives.shape[1] != dim:
+        raise ValueError(
+            f"'None of these' pictures need {dim}-dimensional embeddings like the examples; "
+            f"got shape {negatives.shape}."
+        )
+    return power_normalize(negatives) if normalize else negatives
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

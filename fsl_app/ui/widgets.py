@@ -14,7 +14,13 @@ from fsl_app.project.store import AddReport, Store, StoreError
 
 THUMBNAIL_SIDE = 192
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-BADGE_COLOURS = {"sure": "green", "fairly sure": "blue", "unsure": "orange", "none of these": "red"}
+BADGE_COLOURS = {
+    "sure": "green",
+    "fairly sure": "blue",
+    "unsure": "orange",
+    "none of these": "red",
+    "marked none of these": "violet",
+}
 
 
 @st.cache_data(show_spinner=False, max_entries=5000)
@@ -57,13 +63,22 @@ def show_thumbnail(store: Store, sha256: str, caption: str | None = None, width:
 
 def show_badge(prediction: Prediction) -> None:
     label = (
-        f"none of these (closest: {prediction.prediction})"
+        prediction.verdict
         if prediction.unknown
         else f"{prediction.badge}: {prediction.confidence:.0%}"
     )
     # st.badge escapes square brackets itself: escaping them here too would show a backslash.
     label = plain(label).replace("\\[", "[").replace("\\]", "]")
     st.badge(label, color=BADGE_COLOURS[prediction.badge])
+
+
+def runner_up_text(prediction: Prediction) -> str | None:
+    """The next most probable class and its calibrated probability, on the scale the badge
+    shows: how close the answer came to being another class."""
+    if prediction.runner_up is None or prediction.marked:
+        return None
+    chance = prediction.probabilities[prediction.runner_up]
+    return f"next most likely: {prediction.runner_up} ({chance:.0%})"
 
 
 def add_report_messages(report: AddReport, where: str) -> list[tuple[str, str]]:
