@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +30,22 @@ if TYPE_CHECKING:  # torch and timm take seconds to import: only where a model i
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 PRETRAINED_DIR_ENV = "FSL_APP_PRETRAINED"
 _PROJECT_PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+# Streamlit runs each session's page on its own thread, and timm's package imports are circular
+# (timm.data and timm.models import each other): two threads importing timm for the first time
+# at once can each meet the other's half-made module ("partially initialized module
+# 'timm.data'"). Imported lazily (the command line's --help must not wait for it), so once,
+# under a lock.
+_TIMM_IMPORT = threading.Lock()
+
+
+def import_timm() -> Any:
+    """The ``timm`` package with ``timm.data`` loaded, imported once under a lock."""
+    with _TIMM_IMPORT:
+        import timm
+        import timm.data
+
+    return timm
 
 
 class BackboneError(RuntimeError):
@@ -122,7 +139,7 @@ class Backbone:
     @cached_property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """timm's eval transform for this model: resize, centre crop, normalise."""
-        import timm.data
+        timm = import_timm()
 
         return timm.data.create_transform(**self.data_config, is_training=False)
 
@@ -161,7 +178,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
     """
     if name in WHEEL_BACKBONES:
         return _wheel_backbone(name, WHEEL_BACKBONES[name])
-    import timm.data
+    timm = import_timm()
 
     if not _is_timm_model(name):
         raise BackboneError(
@@ -180,7 +197,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
 
 
 def _is_timm_model(name: str) -> bool:
-    import timm
+    timm = import_timm()
 
     return name in timm.list_models()
 
@@ -192,7 +209,7 @@ def _wheel_backbone(name: str, weights: WheelWeights) -> Backbone:
     building the model and loading the weights, seconds) and timm's preprocessing config for
     ``name``, which is what the built model would report (checked when it is built).
     """
-    import timm.data
+    timm = import_timm()
     from timm.models import get_pretrained_cfg
 
     try:
@@ -219,7 +236,7 @@ def _wheel_backbone(name: str, weights: WheelWeights) -> Backbone:
 
 
 def _model_from_wheel(name: str, path: Path) -> nn.Module:
-    import timm
+    timm = import_timm()
     import torch
 
     wheel_state = torch.load(path, map_location="cpu", weights_only=True)
@@ -259,7 +276,7 @@ def _rename_by_position(
 
 
 def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
-    import timm
+    timm = import_timm()
     from safetensors.torch import load_file
 
     try:
@@ -299,7 +316,7 @@ def _load_from_hub(name: str, local_file: Path) -> tuple[nn.Module, str, str]:
         f"timm.create_model('{name}', pretrained=True) on a machine with internet), "
         "or connect to the internet so timm can download them."
     )
-    import timm
+    timm = import_timm()
 
     probe = timm.create_model(name, pretrained=False)
     cfg = probe.pretrained_cfg

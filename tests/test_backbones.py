@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +122,36 @@ def test_local_weights_for_another_model_are_refused(tmp_path, monkeypatch):
     save_file(other.state_dict(), tmp_path / "test_efficientnet.safetensors")
     with pytest.raises(BackboneError, match="does not hold weights"):
         load_backbone("test_efficientnet")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_pages_on_several_threads_can_load_the_backbone_at_once():
+    """Streamlit runs each session's page on its own thread; timm's package imports are
+    circular, so the first imports of timm from two threads at once must not meet each other's
+    half-made module (seen in the app: "partially initialized module 'timm.data'")."""
+    script = """
+import threading
+from fsl_app.backbones import load_backbone
+barrier = threading.Barrier(4)
+errors = []
+def load():
+    barrier.wait()
+    try:
+        load_backbone().embedding_dim
+    except Exception as err:
+        errors.append(repr(err))
+threads = [threading.Thread(target=load) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
-import timm
 from safetensors import SafetensorError
 
 from fsl_app import __version__
-from fsl_app.backbones import Backbone
+from fsl_app.backbones import Backbone, import_timm
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.files import write_atomically
 from fsl_app.learners import LEARNERS, NotFittedError, learner_entry
@@ -165,7 +164,7 @@ def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = 
     except SafetensorError:
         raise BundleError(f"{label} is damaged or cut short: export the model again.") from None
     backbone = metadata.get("backbone", "")
-    if not timm.is_model(backbone):
+    if not import_timm().is_model(backbone):
         raise BundleError(
             f"{label} was made with the backbone '{backbone}', which this version of fsl_app "
             "does not know."
