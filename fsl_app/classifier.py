@@ -118,8 +118,18 @@ class CalibratedClassifier:
         self.params = params
 
     def fit(
-        self, support: ArrayLike, labels: Sequence, *, ids: Sequence[str] | None = None
+        self,
+        support: ArrayLike,
+        labels: Sequence,
+        *,
+        ids: Sequence[str] | None = None,
+        negatives: ArrayLike | None = None,
     ) -> CalibratedClassifier:
+        """Fit on ``support`` (n_support, dim) and ``labels`` (n_support,).
+
+        ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are none
+        of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
+        """
         self._keep_examples(support, labels, ids)
         self.learner_ = self._make_learner().fit(self.support_, self.labels_)
         self.classes_ = self.learner_.classes_
@@ -128,7 +138,9 @@ class CalibratedClassifier:
             self._make_learner, self.support_, self.labels_, max_folds=max_folds
         )
         self.temperature_ = temperature.value
-        self.open_set_ = OpenSetDetector(self.strictness).fit(self.support_, self.labels_)
+        self.open_set_ = OpenSetDetector(self.strictness).fit(
+            self.support_, self.labels_, negatives
+        )
         self.threshold_ = self.open_set_.threshold_
         open_set_note = (
             '"None of these" is switched off: every image gets one of your classes.'
@@ -175,12 +187,11 @@ class CalibratedClassifier:
         """Calibrated predictions for ``query`` of shape (n_query, dim), as arrays."""
         self._check_fitted()
         logits = self.learner_.decision_function(query)
-        distance = self.open_set_.distance(query)
         return CalibratedPredictions(
             classes=self.classes_,
             probabilities=softmax(logits / self.temperature_),
-            distance=distance,
-            unknown=distance > self.threshold_,
+            distance=self.open_set_.distance(query),
+            unknown=self.open_set_.is_unknown(query),
         )
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:
