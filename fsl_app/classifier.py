@@ -40,7 +40,8 @@ class CalibratedPredictions:
 
     ``probabilities`` (n, n_classes) are calibrated; ``distance`` (n,) is the
     cosine distance to the nearest class prototype and ``unknown`` (n,) marks
-    queries beyond the threshold: "none of these". ``prediction`` is the most
+    queries beyond the threshold, or nearer to a picture marked "none of these"
+    than to every class: "none of these". ``prediction`` is the most
     probable class even when unknown, so a user sees what it was closest to.
     """
 
