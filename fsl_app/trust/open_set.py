@@ -61,9 +61,9 @@ class OpenSetDetector:
     none of the classes, move the decision: a query nearer to one of them than
     to every class mean is unknown whatever its distance. Three such pictures of
     other things (``benchmarks/open_set.py``) raised the share of other things
-    flagged from 35% to 77% at 1 shot and from 46% to 67% at 5 shots; the cost
+    flagged from 35% to 77% at 1 shot and from 46% to 68% at 5 shots; the cost
     falls on 1 shot, where a class is one picture: photos of the known classes
-    flagged went from 9% to 20% (6% to 6% at 5 shots).
+    flagged went from 9% to 20% (5.9% to 6.5% at 5 shots).
 
     A background of generic images (clip art) was measured in place of or beside
     the threshold and did not help on this backbone: the distance relative to the
