@@ -41,7 +41,8 @@ class CalibratedPredictions:
 
     ``probabilities`` (n, n_classes) are calibrated; ``distance`` (n,) is the
     cosine distance to the nearest class prototype and ``unknown`` (n,) marks
-    queries beyond the threshold: "none of these". ``prediction`` is the most
+    queries beyond the threshold, or nearer to a picture marked "none of these"
+    than to every class: "none of these". ``prediction`` is the most
     probable class even when unknown, so a user sees what it was closest to.
     """
 
@@ -131,8 +132,11 @@ class CalibratedClassifier:
         ids: Sequence[str] | None = None,
         negatives: ArrayLike | None = None,
     ) -> CalibratedClassifier:
-        """Fit on the examples ``support`` (n_support, dim) of classes ``labels`` (n_support,);
-        ``negatives`` (n_negatives, dim) are pictures the user marked "none of these"."""
+        """Fit on ``support`` (n_support, dim) and ``labels`` (n_support,).
+
+        ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are none
+        of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
+        """
         self._keep_examples(support, labels, ids)
         self.learner_ = self._make_learner().fit(self.support_, self.labels_)
         self.classes_ = self.learner_.classes_

@@ -213,3 +213,23 @@ def test_foreign_images_are_flagged_far_more_often_than_photos_of_the_classes(re
         flagged_foreign.append(model.predict_calibrated(foreign).unknown.mean())
     assert np.mean(in_class) < 0.15
     assert np.mean(flagged_foreign) > max(0.3, 3 * np.mean(in_class))
+
+
+@pytest.mark.slow
+def test_pictures_marked_none_of_these_flag_their_kind_and_keep_the_classes(real):
+    """Fashion-MNIST pictures given as negatives: other Fashion-MNIST pictures are flagged."""
+    features, labels, foreign = real
+    fashion, digits = foreign[:30], foreign[30:]
+    episode = sample_episodes(labels, ways=3, shots=4, queries=5, n_episodes=1, seed=3)[0]
+    support, support_labels = features[episode.support], labels[episode.support]
+    plain = CalibratedClassifier().fit(support, support_labels)
+    told = CalibratedClassifier().fit(support, support_labels, negatives=fashion[::3])
+    held_out = np.delete(fashion, np.s_[::3], axis=0)
+    before, after = (m.predict_calibrated(held_out).unknown for m in (plain, told))
+    assert after.sum() > before.sum() and after[before].all()
+    known = features[episode.query]
+    assert told.predict_calibrated(known).unknown.mean() <= 0.15
+    # Digits were not given: their answers depend on the threshold alone, as before.
+    assert (told.open_set_.distance(digits) == plain.open_set_.distance(digits)).all()
+    off = CalibratedClassifier(strictness=0).fit(support, support_labels, negatives=fashion)
+    assert not off.predict_calibrated(held_out).unknown.any()

@@ -89,6 +89,27 @@ def test_strictness_and_its_threshold_are_kept(strictness, backbone, embedded):
     )
 
 
+def test_none_of_these_pictures_are_kept_and_old_bundles_without_them_load(backbone, embedded):
+    # Two of the flowers told as "none of these" for a bird-and-fruit model.
+    keep = [i for i, label in enumerate(embedded.labels) if label != "flower"]
+    flowers = embedded.support[[i for i, label in enumerate(embedded.labels) if label == "flower"]]
+    support, labels = embedded.support[keep], [embedded.labels[i] for i in keep]
+    live = CalibratedClassifier().fit(support, labels, negatives=flowers[:2])
+    data = bundle_bytes(live, backbone=backbone)
+    restored = load_bundle(data).classifier
+    np.testing.assert_array_equal(restored.open_set_.negatives_, live.open_set_.negatives_)
+    np.testing.assert_array_equal(
+        restored.predict_calibrated(embedded.query).unknown,
+        live.predict_calibrated(embedded.query).unknown,
+    )
+    # A bundle saved before negatives existed has no such tensor: it loads with none.
+    tensors = safetensors.numpy.load(data)
+    del tensors["open_set.negatives"]
+    metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    old = load_bundle(safetensors.numpy.save(tensors, metadata=metadata)).classifier
+    assert len(old.open_set_.negatives_) == 0
+
+
 def test_one_example_per_class_keeps_the_calibration_notes(backbone, embedded):
     first = [embedded.labels.index(c) for c in ("bird", "flower", "fruit")]
     support, labels = embedded.support[first], [embedded.labels[i] for i in first]

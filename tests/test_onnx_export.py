@@ -66,10 +66,12 @@ def real(backbone, photos) -> Photos:
         )
 
 
-def _bundle(backbone, real: Photos, learner: str, strictness: float = 1.0, **params) -> Bundle:
+def _bundle(
+    backbone, real: Photos, learner: str, strictness: float = 1.0, negatives=None, **params
+) -> Bundle:
     """A bundle as the app saves it and reads it back."""
     model = CalibratedClassifier(learner, strictness=strictness, **params)
-    model.fit(real.support, real.labels)
+    model.fit(real.support, real.labels, negatives=negatives)
     data = bundle_bytes(model, backbone=backbone)
     return load_bundle(data)
 
@@ -143,6 +145,15 @@ def test_strictness_zero_is_never_unknown(backbone, real, tmp_path):
     pixels = torch.cat([real.pixels, noise])
     assert not model.predict(pixels.numpy())["unknown"].any()
     assert model.metadata["threshold"] is None
+    _assert_same_answers(model, bundle, real)
+
+
+@pytest.mark.slow
+def test_pictures_marked_none_of_these_are_unknown_in_the_graph_too(backbone, real, tmp_path):
+    # The fish, told as "none of these": the graph flags it as the classifier does.
+    bundle = _bundle(backbone, real, "protonet", negatives=real.queries[3:4])
+    model = OnnxModel(export_onnx(bundle, backbone, tmp_path / "told.onnx"))
+    assert model.predict(real.pixels[3:4].numpy())["unknown"].all()
     _assert_same_answers(model, bundle, real)
 
 

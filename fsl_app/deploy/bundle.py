@@ -4,10 +4,10 @@ A bundle is a safetensors file, never a pickle, so opening one cannot run code.
 Its tensors hold the numbers: the support embeddings with their label indices,
 on which the learner is refitted (learners fit deterministically, so the
 prototypes or the adapted head come back), and the calibration as it was
-fitted (temperature, "none of these" prototypes and threshold), never
-recalibrated on load. Its metadata holds the names: format and version,
-backbone name and id, learner and parameters, classes in column order,
-strictness, notes, creation time and app version.
+fitted (temperature, "none of these" prototypes, threshold and the pictures a
+person said are none of these), never recalibrated on load. Its metadata holds
+the names: format and version, backbone name and id, learner and parameters,
+classes in column order, strictness, notes, creation time and app version.
 
 Embeddings mean something only for the backbone that made them, so a bundle
 names the backbone's id and :func:`check_backbone` refuses any other.
@@ -255,7 +255,8 @@ def _rebuild(
         raise ValueError(f"its 'none of these' threshold is {threshold}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"its temperature is {temperature}")
-    if not (np.isfinite(support).all() and np.isfinite(tensors["open_set.prototypes"]).all()):
+    finite = (support, tensors["open_set.prototypes"], tensors.get("open_set.negatives", support))
+    if not all(np.isfinite(array).all() for array in finite):
         raise ValueError("it holds numbers that are not finite")
     open_set = OpenSetDetector.from_fitted_state(
         classes=np.asarray(classes),

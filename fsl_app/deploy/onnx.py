@@ -230,7 +230,8 @@ class _Head(nn.Module):
     Mirrors :meth:`CalibratedClassifier.predict`, in float64 where it is:
     the softmax of the logits over the temperature, and the open-set
     detector's distance (power normalisation, cosine to the nearest
-    prototype) against its threshold, infinite when strictness is 0.
+    prototype) against its threshold, infinite when strictness is 0, and
+    nearer to a "none of these" picture than to every prototype when it has any.
     """
 
     def __init__(self, bundle: Bundle, logits: nn.Module):
@@ -243,6 +244,13 @@ class _Head(nn.Module):
         prototypes = torch.as_tensor(classifier.open_set_.prototypes_, dtype=torch.float64)
         self.register_buffer("prototypes", prototypes)
         self.register_buffer("threshold", torch.tensor(classifier.threshold_, dtype=torch.float64))
+        open_set = classifier.open_set_
+        # An empty matrix has no maximum: the graph gets the comparison only when it is needed.
+        self.negatives = (
+            torch.as_tensor(open_set.negatives_, dtype=torch.float64)
+            if len(open_set.negatives_) and classifier.strictness > 0
+            else None
+        )
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.logits(embedding).double()
@@ -251,7 +259,10 @@ class _Head(nn.Module):
         # fsl_app.trust.open_set.power_normalize: signed square root, then unit rows.
         features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
         distance = 1 - (features @ self.prototypes.T).amax(dim=1)
-        return probabilities.float(), distance.float(), distance > self.threshold
+        unknown = distance > self.threshold
+        if self.negatives is not None:
+            unknown = unknown | (1 - (features @ self.negatives.T).amax(dim=1) < distance)
+        return probabilities.float(), distance.float(), unknown
 
 
 class _Embed(nn.Module):
