@@ -1,0 +1,32 @@
+"""The app's cached classifier is refitted whenever what it was fitted on changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fsl_app.embedded_set import EmbeddedSet
+from fsl_app.ui.resources import fitted_classifier
+
+
+def test_marking_a_picture_none_of_these_refits_the_cached_classifier(tux_embeddings):
+    """The marked pictures are the open-set detector's negatives: a classifier cached without
+    them would keep answering as if nothing had been marked."""
+    rows = np.r_[0:4, 36:40, 4:6]  # 4 birds, 4 fish as examples; two more birds to sort
+    labels = [str(tux_embeddings.labels[i]) for i in rows[:8]] + [None, None]
+    ids = [f"picture-{i}" for i in rows]
+    embedded = EmbeddedSet(
+        ids=ids,
+        names=ids,
+        labels=labels,
+        embeddings=tux_embeddings.features[rows],
+        classes=sorted(set(labels[:8])),
+    )
+    before = fitted_classifier(embedded, backbone_key="test", learner="protonet", strictness=1.0)
+    marked = replace(embedded, none_of_these=frozenset({ids[-1]}))
+    after = fitted_classifier(marked, backbone_key="test", learner="protonet", strictness=1.0)
+    assert len(before.open_set_.negatives_) == 0
+    assert len(after.open_set_.negatives_) == 1
+    again = fitted_classifier(marked, backbone_key="test", learner="protonet", strictness=1.0)
+    assert again is after  # nothing changed: the cached one
