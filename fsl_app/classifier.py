@@ -118,14 +118,26 @@ class CalibratedClassifier:
         self.params = params
 
     def fit(
-        self, support: ArrayLike, labels: Sequence, *, ids: Sequence[str] | None = None
+        self,
+        support: ArrayLike,
+        labels: Sequence,
+        *,
+        ids: Sequence[str] | None = None,
+        unlabeled: ArrayLike | None = None,
     ) -> CalibratedClassifier:
+        """Fit on ``support`` (n_support, dim) and ``labels``; ``unlabeled`` (n_unlabeled, dim),
+        the pictures still to sort, go to the learner and to calibration's refits (a
+        semi-supervised learner learns from them; the others ignore them)."""
         self._keep_examples(support, labels, ids)
-        self.learner_ = self._make_learner().fit(self.support_, self.labels_)
+        self.learner_ = self._make_learner().fit(self.support_, self.labels_, unlabeled=unlabeled)
         self.classes_ = self.learner_.classes_
         max_folds = getattr(type(self.learner_), "calibration_folds", MAX_FOLDS)
         temperature = calibrate_temperature(
-            self._make_learner, self.support_, self.labels_, max_folds=max_folds
+            self._make_learner,
+            self.support_,
+            self.labels_,
+            max_folds=max_folds,
+            unlabeled=unlabeled,
         )
         self.temperature_ = temperature.value
         self.open_set_ = OpenSetDetector(self.strictness).fit(self.support_, self.labels_)
@@ -277,8 +289,10 @@ class _Tempered:
         self.learner = learner
         self.temperature = temperature
 
-    def fit(self, support: ArrayLike, labels: Sequence) -> _Tempered:
-        self.learner.fit(support, labels)
+    def fit(
+        self, support: ArrayLike, labels: Sequence, unlabeled: ArrayLike | None = None
+    ) -> _Tempered:
+        self.learner.fit(support, labels, unlabeled=unlabeled)
         self.classes_ = self.learner.classes_
         return self
 
@@ -310,7 +324,12 @@ def fit_classifier(
     # checkpoint by it, here and wherever a saved model is loaded.
     params = {"backbone": embedded.backbone, **dict(params or {})} if embedded.backbone else params
     model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
-    return model.fit(support[order], [labels[i] for i in order], ids=[ids[i] for i in order])
+    return model.fit(
+        support[order],
+        [labels[i] for i in order],
+        ids=[ids[i] for i in order],
+        unlabeled=embedded.embeddings[~embedded.labeled],
+    )
 
 
 def predict_set(

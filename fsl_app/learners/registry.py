@@ -77,8 +77,16 @@ LEARNERS: dict[str, LearnerEntry] = {
         LearnerEntry(
             "protonet",
             "Class centres (ProtoNet)",
-            "compares each picture with the average of each class's examples; fast, the default",
+            "compares each picture with the average of each class's examples; fast",
             "fsl_app.learners.protonet:ProtoNet",
+            onnx_exportable=True,
+        ),
+        LearnerEntry(
+            "soft_kmeans",
+            "Class centres that learn from your pictures (soft k-means)",
+            "like class centres, then moves each centre towards the pictures still to sort "
+            "that look like it; the default",
+            "fsl_app.learners.soft_kmeans:SoftKMeans",
             onnx_exportable=True,
         ),
         LearnerEntry(
@@ -123,7 +131,7 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
     )
 }
-DEFAULT_LEARNER = "protonet"
+DEFAULT_LEARNER = "soft_kmeans"
 
 
 def _imported(path: str) -> Any:
