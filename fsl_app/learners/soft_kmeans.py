@@ -58,8 +58,8 @@ class SoftKMeans(FewShotLearner):
         check_temperature(self.temperature)
         if len(unlabeled) > self.max_pool:
             generator = torch.Generator().manual_seed(self.random_state)
-            unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=generator)]
-            unlabeled = unlabeled[: self.max_pool]
+            keep = torch.randperm(len(unlabeled), generator=generator)[: self.max_pool]
+            unlabeled = unlabeled[keep]
         support, unlabeled = self._power(support), self._power(unlabeled)
         self.mean_ = torch.cat([support, unlabeled]).mean(dim=0)
         support, unlabeled = self._transform(support), self._transform(unlabeled)
