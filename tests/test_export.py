@@ -77,6 +77,23 @@ def test_a_loaded_bundle_predicts_exactly_like_the_live_classifier(learner, back
     assert bundle.classifier.temperature_ == live.temperature_
 
 
+def test_a_semi_supervised_model_comes_back_with_the_pool_it_learned_from(backbone, embedded):
+    """The default learner refines its class centres on the pictures still to sort: the model
+    file keeps that pool (at most MAX_UNLABELED of them), so it answers as it did when saved."""
+    live = CalibratedClassifier("soft_kmeans").fit(
+        embedded.support, embedded.labels, unlabeled=embedded.query
+    )
+    restored = load_bundle(saved(live, backbone, embedded)).classifier
+    np.testing.assert_array_equal(restored.unlabeled_, live.unlabeled_)
+    expected, got = (
+        live.predict_calibrated(embedded.query),
+        restored.predict_calibrated(embedded.query),
+    )
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-6)
+    inductive = CalibratedClassifier("soft_kmeans").fit(embedded.support, embedded.labels)
+    assert not np.allclose(inductive.predict_proba(embedded.query), expected.probabilities)
+
+
 @pytest.mark.parametrize("strictness", [0.0, 1.1])
 def test_strictness_and_its_threshold_are_kept(strictness, backbone, embedded):
     live = fitted(embedded, strictness=strictness)

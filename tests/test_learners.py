@@ -370,3 +370,49 @@ def test_learner_notes_reach_the_classifier(tmp_path, monkeypatch):
     model = CalibratedClassifier("relation", backbone="toy").fit(support, labels)
     assert model.notes[0] == model.learner_.notes_[0]
     assert "no meta-trained checkpoint for the backbone 'toy'" in model.notes[0]
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_every_learner_accepts_pictures_still_to_sort(name):
+    """The contract: ``fit(support, labels, unlabeled=None)``; none, empty or a pool all fit."""
+    support, labels = blobs()
+    pool, _ = blobs(n_per_class=4, seed=1)
+    for unlabeled in (None, pool[:0], pool[:1], pool):
+        proba = create_learner(name).fit(support, labels, unlabeled=unlabeled).predict_proba(pool)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="another backbone"):
+        create_learner(name).fit(support, labels, unlabeled=pool[:, :8])
+
+
+def tux_pool(tux_embeddings, seed, distractors):
+    """A real 1-shot task on four of the photo classes, 5 pictures a class to sort; with
+    ``distractors``, that many photos of the fifth class join the pool, unscored."""
+    features, names = tux_embeddings.features, tux_embeddings.labels
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(names))
+    support, labels, query, truth = [], [], [], []
+    for c in classes[:4]:
+        rows = rng.permutation(np.flatnonzero(names == c))
+        support.append(rows[0])
+        labels.append(c)
+        query += list(rows[1:6])
+        truth += [c] * 5
+    extra = rng.permutation(np.flatnonzero(names == classes[4]))[:distractors]
+    pool = features[np.concatenate([query, extra]).astype(int)]
+    return features[support], np.asarray(labels), pool, features[query], np.asarray(truth)
+
+
+@pytest.mark.parametrize(("distractors", "margin"), [(0, 0.02), (10, -0.02)])
+def test_soft_kmeans_learns_from_the_pool_and_distractors_do_not_hurt(
+    tux_embeddings, distractors, margin
+):
+    """Seeded 1-shot real tasks: the pool helps a balanced task and does no harm with
+    photos of another class in it (the semi-supervised learner against itself without a
+    pool)."""
+    gains = []
+    for seed in range(10):
+        support, labels, pool, query, truth = tux_pool(tux_embeddings, seed, distractors)
+        inductive = create_learner("soft_kmeans").fit(support, labels).predict(query)
+        semi = create_learner("soft_kmeans").fit(support, labels, unlabeled=pool).predict(query)
+        gains.append((semi == truth).mean() - (inductive == truth).mean())
+    assert np.mean(gains) >= margin

@@ -97,6 +97,8 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         "open_set.threshold": np.asarray(open_set.threshold_, dtype=np.float64),
         # The pictures marked "none of these", as the detector keeps them (power-normalised).
         "open_set.negatives": np.ascontiguousarray(open_set.negatives_, dtype=np.float64),
+        # The pictures still to sort that a semi-supervised learner was fitted with.
+        "unlabeled": np.ascontiguousarray(classifier.unlabeled_, dtype=np.float32),
     }
     metadata = {
         "format": FORMAT_NAME,
@@ -255,7 +257,12 @@ def _rebuild(
         raise ValueError(f"its 'none of these' threshold is {threshold}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"its temperature is {temperature}")
-    finite = (support, tensors["open_set.prototypes"], tensors.get("open_set.negatives", support))
+    finite = (
+        support,
+        tensors["open_set.prototypes"],
+        tensors.get("open_set.negatives", support),
+        tensors.get("unlabeled", support),
+    )
     if not all(np.isfinite(array).all() for array in finite):
         raise ValueError("it holds numbers that are not finite")
     open_set = OpenSetDetector.from_fitted_state(
@@ -277,6 +284,8 @@ def _rebuild(
         open_set=open_set,
         notes=json.loads(metadata["notes"]),
         ids=json.loads(metadata.get("example_ids", "null")),
+        # A model file from before learners used the pictures still to sort has none.
+        unlabeled=tensors.get("unlabeled"),
     )
     if classifier.classes_.tolist() != classes:
         raise ValueError("its classes do not match its examples")

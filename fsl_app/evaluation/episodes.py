@@ -24,7 +24,9 @@ class Classifier(Protocol):
 
     classes_: np.ndarray
 
-    def fit(self, support: np.ndarray, labels: Sequence) -> Any: ...
+    def fit(
+        self, support: np.ndarray, labels: Sequence, *, unlabeled: np.ndarray | None = None
+    ) -> Any: ...
 
     def predict_proba(self, query: np.ndarray) -> np.ndarray: ...
 
@@ -99,13 +101,21 @@ def evaluate_learner(
     episodes: Sequence[Episode],
     *,
     name: str,
+    transductive: bool = True,
 ) -> EvaluationResult:
-    """Fit a fresh learner on each episode's support and score its queries."""
+    """Fit a fresh learner on each episode's support and score its queries.
+
+    The queries are passed as the pictures still to sort (``unlabeled``), as the app passes
+    its pool; ``transductive=False`` scores the learner inductively, without them.
+    """
     labels = np.asarray(labels)
     accuracies, probabilities, targets = [], [], []
     started = time.perf_counter()
     for episode in episodes:
-        learner = make_learner().fit(features[episode.support], labels[episode.support])
+        unlabeled = features[episode.query] if transductive else None
+        learner = make_learner().fit(
+            features[episode.support], labels[episode.support], unlabeled=unlabeled
+        )
         proba = learner.predict_proba(features[episode.query])
         truth = np.searchsorted(learner.classes_, labels[episode.query])
         accuracies.append(float((proba.argmax(axis=1) == truth).mean()))

@@ -30,6 +30,7 @@ _LAZY = {
     "ProtoNet": "fsl_app.learners.protonet",
     "RelationNet": "fsl_app.learners.relation",
     "SiameseNet": "fsl_app.learners.siamese",
+    "SoftKMeans": "fsl_app.learners.soft_kmeans",
 }
 
 
@@ -51,6 +52,7 @@ __all__ = [
     "ProtoNet",
     "RelationNet",
     "SiameseNet",
+    "SoftKMeans",
     "available_learners",
     "create_learner",
     "learner_entry",

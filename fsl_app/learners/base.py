@@ -36,8 +36,15 @@ class FewShotLearner(ABC):
     # from, or why none); the classifier passes them on, so the app and the CLI show them.
     notes_: list[str]
 
-    def fit(self, support: ArrayLike, labels: Sequence) -> FewShotLearner:
-        """Learn the classes from ``support`` of shape (n_support, dim) and their labels."""
+    def fit(
+        self, support: ArrayLike, labels: Sequence, unlabeled: ArrayLike | None = None
+    ) -> FewShotLearner:
+        """Learn the classes from ``support`` of shape (n_support, dim) and their labels.
+
+        ``unlabeled`` (n_unlabeled, dim), optional, holds embeddings of pictures still to
+        sort. Every learner accepts them; a semi-supervised learner learns from them too,
+        an inductive one ignores them.
+        """
         features = as_embeddings(support, "support")
         labels = np.asarray(labels)
         if labels.shape != (len(features),):
@@ -51,7 +58,8 @@ class FewShotLearner(ABC):
         self.classes_ = classes
         self.n_features_in_ = features.shape[1]
         self.notes_: list[str] = []
-        self._fit(features, torch.as_tensor(targets, dtype=torch.long))
+        pool = as_unlabeled(unlabeled, features.shape[1])
+        self._fit(features, torch.as_tensor(targets, dtype=torch.long), pool)
         return self
 
     def decision_function(self, query: ArrayLike) -> np.ndarray:
@@ -95,8 +103,11 @@ class FewShotLearner(ABC):
         return features
 
     @abstractmethod
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
-        """Learn from support of shape (n_support, dim) and targets in [0, n_classes)."""
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
+        """Learn from support of shape (n_support, dim) and targets in [0, n_classes).
+
+        ``unlabeled`` is of shape (n_unlabeled, dim), possibly (0, dim).
+        """
 
     @abstractmethod
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
@@ -165,4 +176,20 @@ def as_embeddings(array: ArrayLike, what: str) -> torch.Tensor:
         )
     if not torch.isfinite(features).all():
         raise ValueError(f"The {what} embeddings contain NaN or infinite values.")
+    return features
+
+
+def as_unlabeled(array: ArrayLike | None, dim: int) -> torch.Tensor:
+    """Pictures still to sort as a float32 tensor of shape (n, ``dim``); None or empty: (0, dim).
+
+    ValueError when they are not ``dim``-d (made with another backbone) or not finite.
+    """
+    if array is None or np.size(array) == 0:
+        return torch.zeros(0, dim)
+    features = as_embeddings(array, "unlabeled")
+    if features.shape[1] != dim:
+        raise ValueError(
+            f"The unlabeled embeddings have {features.shape[1]} dimensions but the support "
+            f"has {dim}; were they made with another backbone?"
+        )
     return features

@@ -55,7 +55,7 @@ class LinearProbe(FewShotLearner):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_normalization(self.normalize)
         self.mean_ = support.mean(dim=0)
         features = simpleshot_normalize(support, self.normalize, self.mean_).double().numpy()

@@ -215,7 +215,7 @@ class MAML(FewShotLearner):
         self.hidden = hidden
         self.seed = seed
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         found = usable_checkpoint(
             self,
             support.shape[1],

@@ -46,7 +46,7 @@ class MatchingNet(FewShotLearner):
         self.temperature = temperature
         self.normalize = normalize
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_normalization(self.normalize)
         check_temperature(self.temperature)
         self.mean_ = support.mean(dim=0)

@@ -125,7 +125,7 @@ class ProtoNet(FewShotLearner):
         self.normalize = normalize
         self.transductive_steps = transductive_steps
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         if self.metric not in ("euclidean", "cosine"):
             raise ValueError(f"Unknown metric '{self.metric}': use 'euclidean' or 'cosine'.")
         check_normalization(self.normalize)

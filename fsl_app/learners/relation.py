@@ -143,7 +143,7 @@ class RelationNet(FewShotLearner):
         self.missing_reason = missing_reason
         self.temperature = temperature
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)
         found = usable_checkpoint(
             self,

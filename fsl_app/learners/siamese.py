@@ -131,7 +131,7 @@ class SiameseNet(FewShotLearner):
         self.missing_reason = missing_reason
         self.temperature = temperature
 
-    def _fit(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+    def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)
         self.head_, self.scale_, self.bias_, self.checkpoint_ = self._verifier(
             support.shape[1], self.notes_

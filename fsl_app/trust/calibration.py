@@ -68,6 +68,7 @@ def held_out_predictions(
     min_class_size: int = MIN_CLASS_SIZE,
     max_folds: int = MAX_FOLDS,
     seed: int = 0,
+    unlabeled: ArrayLike | None = None,
 ) -> HeldOut:
     """Logits of support examples from learners fitted without them.
 
@@ -78,7 +79,8 @@ def held_out_predictions(
     (:func:`fsl_app.evaluation.folds.deal_folds`), so no fold takes a whole class. Row i of
     the result is example ``indices[i]``: logits (n_held_out, n_classes) and targets
     (n_held_out,) as indices into ``np.unique(labels)``; all empty when no class is that
-    large.
+    large. ``unlabeled`` (n_unlabeled, dim), the pictures still to sort, goes to every refit,
+    so a semi-supervised learner is scored as it will predict.
     """
     support = np.asarray(support)
     labels = np.asarray(labels)
@@ -87,7 +89,7 @@ def held_out_predictions(
     logits, indices = [], []
     for fold in range(folds.max(initial=-1) + 1):
         out = folds == fold
-        learner = make_learner().fit(support[~out], labels[~out])
+        learner = make_learner().fit(support[~out], labels[~out], unlabeled=unlabeled)
         logits.append(learner.decision_function(support[out]))
         indices.append(np.flatnonzero(out))
     if not logits:
@@ -130,6 +132,7 @@ def calibrate_temperature(
     labels: Sequence,
     *,
     max_folds: int = MAX_FOLDS,
+    unlabeled: ArrayLike | None = None,
 ) -> Temperature:
     """The temperature of the learner ``make_learner`` builds, fitted on ``support`` alone.
 
@@ -152,5 +155,7 @@ def calibrate_temperature(
             f"Confidence is not calibrated yet: give at least two classes {MIN_CLASS_SIZE} "
             "examples or more.",
         )
-    held = held_out_predictions(make_learner, support, labels, max_folds=max_folds)
+    held = held_out_predictions(
+        make_learner, support, labels, max_folds=max_folds, unlabeled=unlabeled
+    )
     return Temperature(fit_temperature(held.logits, held.targets), len(held.targets))

@@ -96,13 +96,19 @@ def fitted_classifier(
 
 
 def examples_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
-    """What a model fitted on the set's examples depends on: the embeddings' backbone, every
-    (id, label) of the examples, the classes and the pictures marked "none of these" (the
-    open-set detector's negatives: marking one must refit, or the other pictures' answers
-    would not move)."""
+    """What a model fitted on the set depends on: the embeddings' backbone, every (id, label)
+    of the examples, the classes, the pictures still to sort (a semi-supervised learner learns
+    from them) and those marked "none of these" (the open-set detector's negatives): any of
+    them changing must refit, or answers would not move."""
     labeled = tuple(
         (image_id, label)
         for image_id, label in zip(embedded.ids, embedded.labels, strict=True)
         if label is not None
     )
-    return (backbone_key, labeled, tuple(embedded.classes), tuple(sorted(embedded.none_of_these)))
+    return (
+        backbone_key,
+        labeled,
+        tuple(embedded.classes),
+        tuple(embedded.unlabeled_ids),
+        tuple(sorted(embedded.none_of_these)),
+    )

@@ -1,0 +1,197 @@
+"""The default learner against published few-shot methods, on the same embeddings and episodes,
+with the pools a real project has: balanced, imbalanced and holding pictures of other classes.
+
+Each episode is 5-way: ``shots`` examples per class and a pool of pictures still to sort.
+``balanced``: 5 pictures per class; ``imbalanced``: 25 pictures whose class proportions are drawn
+from Dirichlet(2) (as far as a class has pictures); ``distractors``: the balanced pool plus 5
+pictures of each of 3 classes outside the episode, which are in the pool but not scored.
+Every method sees the whole pool (transductive ones learn from it) and is scored on the same
+pictures of the same episodes. Peers come from easyfsl (``pip install --no-deps easyfsl``),
+which is a benchmark dependency only. Printed: accuracy (%) per cell, the 95% half-width of the
+default's, and the default's margin over the best peer.
+
+    python benchmarks/peers.py [--episodes 200] [--per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fsl_app.backbones import load_backbone  # noqa: E402
+from fsl_app.datasets import TUXPAINT_STAMPS, load_dataset  # noqa: E402
+from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
+from fsl_app.learners import DEFAULT_LEARNER, create_learner  # noqa: E402
+
+WAYS, QUERIES, DISTRACTOR_CLASSES = 5, 5, 3
+POOLS = ("balanced", "imbalanced", "distractors")
+# (support, targets, pool) -> predicted class index of each pool picture
+Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
+
+
+def tuxpaint_all(embedder: Embedder, min_photos: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Every Tux Paint stamp folder with at least ``min_photos`` photos (drawings left out)."""
+    groups = collections.defaultdict(list)
+    for path in sorted(TUXPAINT_STAMPS.rglob("*.png")):
+        if "cartoon" not in path.relative_to(TUXPAINT_STAMPS).parts:
+            groups[str(path.parent.relative_to(TUXPAINT_STAMPS))].append(path)
+    groups = {name: paths for name, paths in groups.items() if len(paths) >= min_photos}
+    paths = [p for ps in groups.values() for p in ps]
+    labels = [name for name, ps in groups.items() for _ in ps]
+    embedded = embedder.embed(paths)
+    return embedded.embeddings, np.asarray([labels[i] for i in embedded.indices])
+
+
+def fashion_mnist(embedder: Embedder, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    data = load_dataset("fashion-mnist-test", per_class=per_class)
+    embedded = embedder.embed(data.sources)
+    return embedded.embeddings, np.asarray([data.labels[i] for i in embedded.indices])
+
+
+def episodes(labels: np.ndarray, shots: int, pool: str, n: int, seed: int = 0) -> list[tuple]:
+    """``n`` (support, support targets, pool, pool targets; -1 = not scored) index tuples."""
+    rng = np.random.default_rng(seed)
+    names = np.unique(labels)
+    members = {c: np.flatnonzero(labels == c) for c in names}
+    eligible = [c for c in names if len(members[c]) >= shots + QUERIES]
+    out = []
+    for _ in range(n):
+        chosen = rng.choice(eligible, size=WAYS + DISTRACTOR_CLASSES, replace=False)
+        counts = np.full(WAYS, QUERIES)
+        if pool == "imbalanced":
+            counts = rng.multinomial(WAYS * QUERIES, rng.dirichlet(np.full(WAYS, 2.0)))
+        support, pool_rows, pool_targets = [], [], []
+        for k, c in enumerate(chosen[:WAYS]):
+            picks = rng.permutation(members[c])
+            support.append(picks[:shots])
+            rest = picks[shots:][: counts[k]]
+            pool_rows.append(rest)
+            pool_targets.append(np.full(len(rest), k))
+        if pool == "distractors":
+            for c in chosen[WAYS:]:
+                rest = rng.choice(members[c], size=QUERIES, replace=False)
+                pool_rows.append(rest)
+                pool_targets.append(np.full(QUERIES, -1))
+        support = np.concatenate(support)
+        targets = np.repeat(np.arange(WAYS), shots)
+        out.append((support, targets, np.concatenate(pool_rows), np.concatenate(pool_targets)))
+    return out
+
+
+def ours(name: str = DEFAULT_LEARNER, **params) -> Method:
+    def run(support, targets, pool):
+        learner = create_learner(name, **params).fit(support, targets.numpy(), unlabeled=pool)
+        return learner.predict_proba(pool).argmax(axis=1)
+
+    return run
+
+
+def easyfsl(cls_name: str, **params) -> Method:
+    def run(support, targets, pool):
+        import easyfsl.methods
+
+        method = getattr(easyfsl.methods, cls_name)(backbone=torch.nn.Identity(), **params)
+        method.process_support_set(support, targets)
+        with torch.no_grad() if cls_name not in ("TIM", "PTMAP") else torch.enable_grad():
+            scores = method(pool)
+        return scores.detach().argmax(dim=1).numpy()
+
+    return run
+
+
+def logistic(support, targets, pool) -> np.ndarray:
+    return ours("linear")(support, targets, pool)
+
+
+def methods() -> dict[str, Method]:
+    return {
+        f"default ({DEFAULT_LEARNER})": ours(),
+        "ProtoNet (easyfsl)": easyfsl("PrototypicalNetworks"),
+        "SimpleShot (easyfsl)": easyfsl("SimpleShot", feature_normalization=2),
+        "BD-CSPN (easyfsl)": easyfsl("BDCSPN"),
+        "LaplacianShot (easyfsl)": easyfsl("LaplacianShot"),
+        "TIM (easyfsl)": easyfsl("TIM"),
+        "PT-MAP (easyfsl, L2)": easyfsl("PTMAP", feature_normalization=2),
+        "centred-L2 nearest mean": ours("protonet", normalize="cl2"),
+        "L2 logistic regression": logistic,
+        "soft k-means (3 steps)": ours("protonet", transductive_steps=3),
+    }
+
+
+def accuracy(method: Method, features: np.ndarray, batch: list[tuple]) -> np.ndarray:
+    scores = []
+    for support, targets, pool, pool_targets in batch:
+        predicted = method(
+            torch.as_tensor(features[support]),
+            torch.as_tensor(targets),
+            torch.as_tensor(features[pool]),
+        )
+        scored = pool_targets >= 0
+        scores.append(float((predicted[scored] == pool_targets[scored]).mean()))
+    return np.asarray(scores)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images a class")
+    parser.add_argument("--only", nargs="*", help="method names to run (substring match)")
+    args = parser.parse_args()
+    embedder = Embedder(load_backbone(), cache=EmbeddingCache(default_cache_path()))
+    data = {
+        "Tux": tuxpaint_all(embedder),
+        "F-MNIST": fashion_mnist(embedder, args.per_class),
+    }
+    chosen = {
+        name: method
+        for name, method in methods().items()
+        if not args.only or name.startswith("default") or any(o in name for o in args.only)
+    }
+    cells = [(d, s, p) for d in data for s in (1, 5) for p in POOLS]
+    results: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+    seconds = dict.fromkeys(chosen, 0.0)
+    for dataset, shots, pool in cells:
+        features, labels = data[dataset]
+        batch = episodes(labels, shots, pool, args.episodes)
+        for name, method in chosen.items():
+            started = time.perf_counter()
+            results[name].append(accuracy(method, features, batch))
+            seconds[name] += time.perf_counter() - started
+    header = [f"{d} {s}-shot {p}" for d, s, p in cells]
+    print(f"{WAYS}-way, {args.episodes} episodes per cell, same episodes in a column; accuracy %")
+    print("| method | " + " | ".join(header) + " | mean | ms/episode |")
+    print("|---" * (len(header) + 3) + "|")
+    per_episode = 1000 / (args.episodes * len(cells))
+    for name, accs in results.items():
+        row = [f"{100 * a.mean():.1f}" for a in accs]
+        mean = 100 * np.mean([a.mean() for a in accs])
+        print(
+            f"| {name} | "
+            + " | ".join(row)
+            + f" | {mean:.1f} | {seconds[name] * per_episode:.0f} |"
+        )
+    default = next(iter(results))
+    margins, half_widths = [], []
+    for k in range(len(cells)):
+        best_peer = max(accs[k].mean() for name, accs in results.items() if name != default)
+        margins.append(100 * (results[default][k].mean() - best_peer))
+        half_widths.append(100 * 1.96 * results[default][k].std() / np.sqrt(args.episodes))
+    print("| default - best other | " + " | ".join(f"{m:+.1f}" for m in margins)
+          + f" | {np.mean(margins):+.1f} | |")  # fmt: skip
+    print("| default's 95% ± | " + " | ".join(f"{h:.1f}" for h in half_widths) + " | | |")
+    print(f"\nload average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
