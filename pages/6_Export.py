@@ -43,7 +43,7 @@ else:
         "your classes, the examples' embeddings, the calibration and the 'none of these' "
         "threshold. Use it on any machine with fsl_app:"
     )
-    st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --query FOLDER_OF_PICTURES")
+    st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --images FOLDER_OF_PICTURES")
     if st.button("Prepare the model file", key="prepare_bundle"):
         st.session_state["bundle"] = (
             state_now,
