@@ -271,7 +271,13 @@ class CalibratedClassifier:
                     },
                     uncertainty=1 - confidence,
                     badge=MARKED if marked else badge(confidence, unknown),
-                    explanation=_explanation_text(why.text, unknown, prediction, marked),
+                    explanation=_explanation_text(
+                        why.text,
+                        unknown,
+                        prediction,
+                        marked,
+                        beyond_threshold=bool(predicted.distance[j] > self.threshold_),
+                    ),
                     neighbours=[]
                     if self.ids_ is None
                     else [self.ids_[n.index] for n in why.neighbours],
@@ -404,7 +410,9 @@ def badge(confidence: float, unknown: bool) -> str:
     return "unsure"
 
 
-def _explanation_text(text: str, unknown: bool, prediction: str, marked: bool) -> str:
+def _explanation_text(
+    text: str, unknown: bool, prediction: str, marked: bool, *, beyond_threshold: bool
+) -> str:
     if marked:
         return (
             "You marked it as none of these classes; the app learns from it what is foreign "
@@ -412,6 +420,11 @@ def _explanation_text(text: str, unknown: bool, prediction: str, marked: bool) -
         )
     if not unknown:
         return text
+    if not beyond_threshold:  # a picture marked "none of these" decided it
+        return (
+            "Closer to a picture you marked 'none of these' than to the examples of any "
+            f"class; the closest class is '{prediction}'."
+        )
     return (
         f"Unlike the examples of every class; the closest is '{prediction}', but it is further "
         "from it than the examples of each class are from each other."

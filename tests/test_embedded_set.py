@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fsl_app.active import suggest
-from fsl_app.classifier import badge, fit_classifier, predict_set
+from fsl_app.classifier import CalibratedClassifier, badge, fit_classifier, predict_set
 from fsl_app.datasets import DEMO_CLASSES, tuxpaint_photos
 from fsl_app.embedded_set import embed_project, few_example_hints, readiness
 from fsl_app.embeddings import Embedder, EmbeddingCache
@@ -188,3 +188,24 @@ def test_uncertainty_reads_the_same_way_as_the_confidence(demo, embedder):
     for p in predict_set(fit_classifier(embedded), embedded):
         assert p.uncertainty == pytest.approx(1 - p.confidence)
         assert p.confidence >= p.probabilities[p.runner_up]
+
+
+def test_a_picture_flagged_by_a_marked_one_says_so(tux_embeddings):
+    """Flagged because it is nearer to a picture marked "none of these" than to any class,
+    not because it is far from every class: the explanation says which."""
+    features, labels = tux_embeddings.features, tux_embeddings.labels
+    birds, fish = np.flatnonzero(labels == "bird"), np.flatnonzero(labels == "fish")
+    flowers = np.flatnonzero(labels == "flower")
+    support = np.r_[birds[:5], fish[:5]]
+    model = CalibratedClassifier().fit(
+        features[support], labels[support], negatives=features[flowers[:5]]
+    )
+    query = features[flowers[5:15]]
+    records = model.predict_pictures(query, ids=list("abcdefghij"), names=list("abcdefghij"))
+    by_negative = [
+        r
+        for r, distance in zip(records, model.predict_calibrated(query).distance, strict=True)
+        if r.unknown and distance <= model.threshold_
+    ]
+    assert by_negative, "some flowers are flagged by the marked flowers alone"
+    assert all("marked 'none of these'" in r.explanation for r in by_negative)
