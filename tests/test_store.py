@@ -393,6 +393,20 @@ def test_bad_names_are_refused_with_a_reason(store, name, problem):
     assert store.list_classes(project.id) == []
 
 
+def test_none_of_these_is_no_class_name(store):
+    """It is the app's answer for pictures of no class (and their folder in an export): a
+    class of that name would be taken for the mark, so it is refused, in any case, but a
+    project may be called so."""
+    project = store.create_project("none of these")
+    store.add_class(project.id, "bird")
+    for name in ("none of these", "  None Of These "):
+        with pytest.raises(StoreError, match="the app's own answer for pictures of no class"):
+            store.add_class(project.id, name)
+        with pytest.raises(StoreError, match="give the class another name"):
+            store.rename_class(project.id, "bird", name)
+    assert [c.name for c in store.list_classes(project.id)] == ["bird"]
+
+
 def test_names_are_unique_ignoring_case_and_surrounding_spaces(store):
     birds = store.create_project("Birds")
     fish = store.create_project("  Fish  ")

@@ -18,12 +18,18 @@ from typing import Protocol
 from fsl_app.files import spreadsheet_safe
 from fsl_app.images import image_sha256
 from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
-from fsl_app.project.store import ProjectImage, Rejected, Store, StoreError, check_name
+from fsl_app.project.store import (
+    NONE_OF_THESE,
+    ProjectImage,
+    Rejected,
+    Store,
+    StoreError,
+    check_name,
+)
 
 TABLE_COLUMNS = ("name", "sha256", "label", "prediction", "confidence", "unknown")
 # The label of a picture the user marked "none of these classes": in a table's label column
 # and as a dataset ZIP's folder, which import maps back to the mark.
-NONE_OF_THESE = "none of these"
 
 
 @dataclass

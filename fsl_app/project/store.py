@@ -1107,11 +1107,22 @@ def _checked_upload(name: str, data: bytes) -> _Upload:
     )
 
 
+# What the app answers for a picture of no class, and the label of the pictures the user marked
+# so (in tables and exported folders): never a class of its own, or the two would be one.
+NONE_OF_THESE = "none of these"
+
+
 def check_name(kind: str, name: str) -> str:
     """A project or class name as it will be kept: trimmed, checked, otherwise as typed."""
     cleaned = name.strip()
     if not cleaned:
         raise StoreError(f"The {kind} name is empty; type a name.")
+    if kind == "class" and cleaned.casefold() == NONE_OF_THESE:
+        raise StoreError(
+            f"'{cleaned}' is the app's own answer for pictures of no class; give the class "
+            "another name (to mark pictures as none of your classes, use 'None of these "
+            "classes' on Predict or Label next)."
+        )
     if len(cleaned) > MAX_NAME_LENGTH:
         raise StoreError(
             f"The {kind} name is too long ({len(cleaned)} characters); "
