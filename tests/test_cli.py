@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,25 @@ def test_help_documents_the_predict_command():
     for option in ("--support", "--query", "--backbone", "--learner", "--format", "--device"):
         assert option in done.stdout
     assert "--strictness" in done.stdout and "none of these" in done.stdout
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_not_a_crash(folders, tmp_path):
+    """A Latin-1 name from an old camera card: the report goes to a UTF-8 terminal or pipe,
+    which cannot hold it raw (a real process, so stdout's encoding is the real one)."""
+    images = tmp_path / "new"
+    images.mkdir()
+    photo = next(folders.query.rglob("*.png")).read_bytes()
+    with open(os.fsencode(images) + b"/caf\xe9.png", "wb") as file:
+        file.write(photo)
+    for output in ("json", "csv", "table"):
+        done = subprocess.run(
+            [sys.executable, "-m", "fsl_app", "predict", "--examples", str(folders.support),
+             "--images", str(images), "--format", output],
+            capture_output=True, cwd=Path(__file__).resolve().parent.parent, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        text = done.stdout.decode("utf-8")  # strict: all of it is UTF-8
+        if output == "json":
+            assert json.loads(text)[0]["path"].endswith("caf\\xe9.png")
+        else:
+            assert "caf\\xe9.png" in text

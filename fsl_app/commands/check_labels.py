@@ -8,6 +8,7 @@ import json
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.commands.predict import add_examples_option, print_table, report_examples
 from fsl_app.errors import UnusableInputError
+from fsl_app.files import utf8_text
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.label_check import DEFAULT_MIN_SCORE
 
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
         embedded = embed_folders(embedder, args.examples, progress=progress_bar)
     report_examples(embedded.unreadable, [embedded.left_out.note()])
     support, labels, _ = embedded.examples()
-    paths = [name for name, label in zip(embedded.names, embedded.labels, strict=True) if label]
+    paths = [
+        utf8_text(name)
+        for name, label in zip(embedded.names, embedded.labels, strict=True)
+        if label
+    ]
     if len(set(labels)) < 2:
         raise UnusableInputError("Checking labels needs two classes with readable examples.")
     suspects = find_mislabeled(support, labels, learner=args.learner, min_score=args.min_score)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from fsl_app.backbones import DEFAULT_BACKBONE
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
 from fsl_app.errors import UnusableInputError
-from fsl_app.files import spreadsheet_safe
+from fsl_app.files import spreadsheet_safe, utf8_text
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 
@@ -164,11 +164,11 @@ def _print_json(results: Sequence[Result], classes: list[str]) -> None:
     rows = []
     for result in results:
         if _unreadable(result):
-            rows.append({"path": result.name, "error": result.reason})
+            rows.append({"path": utf8_text(result.name), "error": utf8_text(result.reason)})
         else:
             rows.append(
                 {
-                    "path": result.name,
+                    "path": utf8_text(result.name),
                     "prediction": result.prediction,
                     "confidence": result.confidence,
                     "unknown": result.unknown,
@@ -185,11 +185,13 @@ def _print_csv(results: Sequence[Result], classes: list[str]) -> None:
     rows = [["path", "prediction", "confidence", "unknown", "error", *classes]]
     for result in results:
         if _unreadable(result):
-            rows.append([result.name, "", "", "", result.reason, *[""] * len(classes)])
+            rows.append(
+                [utf8_text(result.name), "", "", "", utf8_text(result.reason), *[""] * len(classes)]
+            )
         else:
             rows.append(
                 [
-                    result.name,
+                    utf8_text(result.name),
                     result.prediction,
                     f"{result.confidence:.4f}",
                     str(result.unknown).lower(),
@@ -204,7 +206,7 @@ def _print_table(results: Sequence[Result], classes: list[str]) -> None:
     header = ["path", "prediction", "confidence", *classes]
     rows = [
         [
-            result.name,
+            utf8_text(result.name),
             result.verdict,
             f"{result.confidence:.1%}",
             *(f"{result.probabilities[c]:.1%}" for c in classes),

@@ -18,6 +18,7 @@ from fsl_app.commands.predict import (
     report_examples,
 )
 from fsl_app.errors import UnusableInputError
+from fsl_app.files import utf8_text
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if with_examples >= 2:
         classifier = fit_classifier(_without_empty_classes(embedded), learner=args.learner)
     suggestions = suggest(embedded, classifier, k=args.k, strategy=args.strategy, seed=args.seed)
-    paths = [embedded.names[row] for row, _ in suggestions]
+    paths = [utf8_text(embedded.names[row]) for row, _ in suggestions]
     ranked = [s for _, s in suggestions]
     if args.format == "json":
         _print_json(ranked, paths)
