@@ -213,11 +213,12 @@ class CalibratedClassifier:
         """Calibrated predictions for ``query`` of shape (n_query, dim), as arrays."""
         self._check_fitted()
         logits = self.learner_.decision_function(query)
+        distance, unknown = self.open_set_.assess(query)
         return CalibratedPredictions(
             classes=self.classes_,
             probabilities=softmax(logits / self.temperature_),
-            distance=self.open_set_.distance(query),
-            unknown=self.open_set_.is_unknown(query),
+            distance=distance,
+            unknown=unknown,
         )
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:
@@ -371,13 +372,13 @@ def fit_classifier(
     order = sorted(range(len(ids)), key=lambda i: (labels[i], ids[i]))
     # The image model goes with the learner's parameters: a meta-trained learner looks up its
     # checkpoint by it, here and wherever a saved model is loaded.
-    params = {"backbone": embedded.backbone, **dict(params or {})} if embedded.backbone else params
-    model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
+    backbone = {"backbone": embedded.backbone} if embedded.backbone else {}
+    model = CalibratedClassifier(learner, strictness=strictness, **backbone, **dict(params or {}))
     return model.fit(
         support[order],
         [labels[i] for i in order],
         ids=[ids[i] for i in order],
-        unlabeled=embedded.embeddings[~embedded.labeled],
+        unlabeled=embedded.pool(),
         negatives=embedded.negatives(),
     )
 

@@ -79,12 +79,21 @@ class EmbeddedSet:
     def negatives(self) -> np.ndarray:
         """Embeddings of the pictures marked "none of these", (n_marked, dim), by id: the same
         marks give the same model wherever the set comes from."""
-        marked = sorted(
+        return self._unlabeled_by_id(marked=True)
+
+    def pool(self) -> np.ndarray:
+        """Embeddings of the pictures still to sort that a semi-supervised learner may learn
+        from, (n, dim), by id: not those marked "none of these" (they belong to no class), and
+        in one order, so the same pictures give the same model wherever the set comes from."""
+        return self._unlabeled_by_id(marked=False)
+
+    def _unlabeled_by_id(self, *, marked: bool) -> np.ndarray:
+        rows = sorted(
             (image_id, i)
             for i, (image_id, label) in enumerate(zip(self.ids, self.labels, strict=True))
-            if label is None and image_id in self.none_of_these
+            if label is None and (image_id in self.none_of_these) == marked
         )
-        return self.embeddings[[i for _, i in marked]]
+        return self.embeddings[[i for _, i in rows]]
 
     @property
     def example_ids(self) -> list[str]:

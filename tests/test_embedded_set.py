@@ -12,7 +12,7 @@ import pytest
 from fsl_app.active import suggest
 from fsl_app.classifier import CalibratedClassifier, badge, fit_classifier, predict_set
 from fsl_app.datasets import DEMO_CLASSES, tuxpaint_photos
-from fsl_app.embedded_set import embed_project, few_example_hints, readiness
+from fsl_app.embedded_set import EmbeddedSet, embed_project, few_example_hints, readiness
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.held_out import evaluate_held_out
 from fsl_app.project.demo import (
@@ -209,3 +209,20 @@ def test_a_picture_flagged_by_a_marked_one_says_so(tux_embeddings):
     ]
     assert by_negative, "some flowers are flagged by the marked flowers alone"
     assert all("marked 'none of these'" in r.explanation for r in by_negative)
+
+
+def test_the_pool_leaves_out_marked_pictures_and_has_one_order():
+    """A picture marked "none of these" belongs to no class: it is a negative, never part of
+    the pool a semi-supervised learner refines its classes on; and the same pictures give
+    the same pool whatever order they came in."""
+    embeddings = np.arange(12, dtype=np.float32).reshape(4, 3)
+    embedded = EmbeddedSet(
+        ids=["d", "a", "c", "b"],
+        names=["d", "a", "c", "b"],
+        labels=[None, "bird", None, None],
+        embeddings=embeddings,
+        classes=["bird"],
+        none_of_these=frozenset({"c"}),
+    )
+    np.testing.assert_array_equal(embedded.pool(), embeddings[[3, 0]])  # b, d
+    np.testing.assert_array_equal(embedded.negatives(), embeddings[[2]])

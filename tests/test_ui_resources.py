@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from fsl_app.embedded_set import EmbeddedSet
-from fsl_app.ui.resources import fitted_classifier
+from fsl_app.ui.resources import examples_key, fit_key, fitted_classifier
 
 
 def test_marking_a_picture_none_of_these_refits_the_cached_classifier(tux_embeddings):
@@ -30,3 +30,27 @@ def test_marking_a_picture_none_of_these_refits_the_cached_classifier(tux_embedd
     assert len(after.open_set_.negatives_) == 1
     again = fitted_classifier(marked, backbone_key="test", learner="protonet", strictness=1.0)
     assert again is after  # nothing changed: the cached one
+
+
+def test_pictures_to_sort_refit_the_classifier_but_not_the_judgment_of_the_examples():
+    """A new picture to sort changes what a semi-supervised classifier learns from, so its
+    key; the held-out accuracy and the label check judge the examples alone and keep theirs
+    (they are the slow ones: a refit per example)."""
+    embedded = EmbeddedSet(
+        ids=["a", "b", "c"],
+        names=["a", "b", "c"],
+        labels=["bird", "fish", None],
+        embeddings=np.eye(3, dtype=np.float32),
+        classes=["bird", "fish"],
+    )
+    more = replace(
+        embedded,
+        ids=[*embedded.ids, "d"],
+        names=[*embedded.names, "d"],
+        labels=[*embedded.labels, None],
+        embeddings=np.eye(4, 3, dtype=np.float32),
+    )
+    assert examples_key(more, "b") == examples_key(embedded, "b")
+    assert fit_key(more, "b") != fit_key(embedded, "b")
+    marked = replace(embedded, none_of_these=frozenset({"c"}))
+    assert fit_key(marked, "b") != fit_key(embedded, "b")

@@ -147,17 +147,22 @@ class OpenSetDetector:
 
     def distance(self, query: ArrayLike) -> np.ndarray:
         """Cosine distance of each query to its nearest prototype, of shape (n_query,)."""
-        return 1 - (self._normalized(query) @ self.prototypes_.T).max(axis=1)
+        return self.assess(query)[0]
 
     def is_unknown(self, query: ArrayLike) -> np.ndarray:
         """True for each query farther than ``threshold_`` from every class, or nearer to a
         negative than to every class, of shape (n_query,); never when strictness is 0."""
+        return self.assess(query)[1]
+
+    def assess(self, query: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`distance`, :meth:`is_unknown`) of ``query`` from one normalisation of it:
+        the classifier needs both for every picture it predicts."""
         features = self._normalized(query)
         distance = 1 - (features @ self.prototypes_.T).max(axis=1)
         unknown = distance > self.threshold_
         if len(self.negatives_) and self.strictness > 0:
             unknown |= 1 - (features @ self.negatives_.T).max(axis=1) < distance
-        return unknown
+        return distance, unknown
 
     def _normalized(self, query: ArrayLike) -> np.ndarray:
         if not hasattr(self, "prototypes_"):

@@ -85,10 +85,11 @@ def fitted_classifier(
     strictness: float,
     params: Mapping[str, Any] | None = None,
 ) -> CalibratedClassifier:
-    """The project's classifier, refitted only when its examples or settings change."""
+    """The project's classifier, refitted only when what it is fitted on (:func:`fit_key`)
+    or its settings change."""
     return _fitted(
         embedded,
-        examples_key(embedded, backbone_key),
+        fit_key(embedded, backbone_key),
         learner,
         strictness,
         json.dumps(dict(params or {}), sort_keys=True),
@@ -96,19 +97,24 @@ def fitted_classifier(
 
 
 def examples_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
-    """What a model fitted on the set depends on: the embeddings' backbone, every (id, label)
-    of the examples, the classes, the pictures still to sort (a semi-supervised learner learns
-    from them) and those marked "none of these" (the open-set detector's negatives): any of
-    them changing must refit, or answers would not move."""
+    """What a judgment of the examples alone depends on (held-out accuracy, suspect labels):
+    the embeddings' backbone, every (id, label) of the examples and the classes. Pictures
+    still to sort do not change it, so uploading them recomputes nothing of that."""
     labeled = tuple(
         (image_id, label)
         for image_id, label in zip(embedded.ids, embedded.labels, strict=True)
         if label is not None
     )
+    return (backbone_key, labeled, tuple(embedded.classes))
+
+
+def fit_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
+    """What the fitted classifier depends on: :func:`examples_key`, the pictures still to sort
+    (a semi-supervised learner learns from them) and those marked "none of these" (the
+    open-set detector's negatives): any of them changing must refit, or answers would not
+    move."""
     return (
-        backbone_key,
-        labeled,
-        tuple(embedded.classes),
+        *examples_key(embedded, backbone_key),
         tuple(embedded.unlabeled_ids),
         tuple(sorted(embedded.none_of_these)),
     )
