@@ -129,9 +129,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_pages_on_several_threads_can_load_the_backbone_at_once():
-    """Streamlit runs each session's page on its own thread; timm's package imports are
-    circular, so the first imports of timm from two threads at once must not meet each other's
-    half-made module (seen in the app: "partially initialized module 'timm.data'")."""
+    """Streamlit runs each session's page on its own thread, and timm's package imports are
+    circular: four threads load the backbone at once, timm imported for the first time.
+
+    Seen once in the app ("partially initialized module 'timm.data'"); this run does not
+    reproduce that race on the old code every time, so it guards the locked import
+    (backbones.import_timm) rather than proving the fix."""
     script = """
 import threading
 from fsl_app.backbones import load_backbone
