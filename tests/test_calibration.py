@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from toy_data import gaussian_blobs
@@ -233,3 +235,31 @@ def test_pictures_marked_none_of_these_flag_their_kind_and_keep_the_classes(real
     assert (told.open_set_.distance(digits) == plain.open_set_.distance(digits)).all()
     off = CalibratedClassifier(strictness=0).fit(support, support_labels, negatives=fashion)
     assert not off.predict_calibrated(held_out).unknown.any()
+
+
+def test_a_photo_of_another_category_is_none_of_these_and_strictness_only_adds(tux_embeddings):
+    """A project of birds, fish and flowers with 4 real photos each: photos of fruit are
+    answered "none of these", its own photos are not, and a higher strictness flags every
+    picture a lower one did, and more (with pictures marked none of these too)."""
+    features, labels = tux_embeddings.features, tux_embeddings.labels
+    rng = np.random.default_rng(0)
+    support, known = [], []
+    for name in ("bird", "fish", "flower"):
+        rows = rng.permutation(np.flatnonzero(labels == name))
+        support += list(rows[:4])
+        known += list(rows[4:])
+    fruit = features[labels == "fruit"]
+    vegetables = features[labels == "vegetable"]
+    plain = OpenSetDetector().fit(features[support], labels[support])
+    assert plain.is_unknown(fruit).mean() >= 0.6
+    assert plain.is_unknown(features[known]).mean() <= 0.05
+    for negatives in (None, vegetables[:3]):
+        flagged = [
+            OpenSetDetector(strictness)
+            .fit(features[support], labels[support], negatives=negatives)
+            .is_unknown(np.concatenate([features[known], fruit, vegetables[3:]]))
+            for strictness in (0.5, 1.0, 1.5, 2.0)
+        ]
+        for lower, higher in pairwise(flagged):
+            assert (higher >= lower).all()
+        assert flagged[-1].sum() > flagged[0].sum()
