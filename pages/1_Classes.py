@@ -106,9 +106,9 @@ def class_card(item: ProjectClass) -> None:
             pages = max(1, -(-len(images) // PAGE_SIZE))
             number = st.pagination(pages, key=f"{key}_page") if pages > 1 else 1
             shown = images[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
-            columns = st.columns(6)
+            columns = st.columns(4)
             for i, image in enumerate(shown):
-                with columns[i % 6]:
+                with columns[i % 4]:
                     show_thumbnail(store, image.sha256, image.name, width=96)
                     if st.button("Remove", key=f"remove_{item.id}_{image.sha256[:16]}"):
                         store.remove_images(project.id, [image.sha256])
@@ -193,14 +193,13 @@ def preview(name: str, data: bytes, uploader: str, classifier) -> None:
     probability_bars(prediction, embedded.in_class_order(list(prediction.probabilities)))
     st.caption(plain(prediction.explanation))
     st.caption("Add this picture to a class as an example:")
-    buttons = st.columns(min(len(classes), 3))
-    for i, item in enumerate(classes):
-        button = buttons[i % len(buttons)].button(
+    buttons = st.container(horizontal=True)  # as wide as their names, wrapping
+    for item in classes:
+        if buttons.button(
             f"Add to {plain(item.name)}",
             key=f"{uploader}_add_{item.id}",
             type="primary" if item.name == prediction.prediction else "secondary",
-        )
-        if button:
+        ):
             add_files([(name, data)], item.name, uploader)
 
 
