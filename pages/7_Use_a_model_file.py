@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 
 import streamlit as st
 
@@ -31,7 +32,11 @@ if isinstance(opened, str):
 bundle = opened.bundle
 classes = f"{count_of(len(bundle.classes), 'class', 'classes')}: {', '.join(bundle.classes)}"
 st.success(plain(f"'{model_file.name}' sorts pictures into {classes}."))
-st.caption(plain(f"Saved {bundle.created} by fsl_app {bundle.app_version}."))
+try:
+    saved = datetime.fromisoformat(bundle.created).strftime("on %d %B %Y, %H:%M UTC")
+except ValueError:  # a file that does not say when it was saved
+    saved = "at a time it does not say"
+st.caption(plain(f"Saved {saved} by fsl_app {bundle.app_version}."))
 
 files_column, folder_column = st.columns(2)
 files = files_column.file_uploader(
@@ -73,7 +78,7 @@ st.dataframe(
             + base64.b64encode(thumbnail_of(data[p.id], 96) or b"").decode(),
             "name": p.name,
             "class": p.verdict,
-            "confidence": p.confidence,
+            "confidence": round(100 * p.confidence),
             "how sure": p.badge,
         }
         for p in predictions
@@ -81,7 +86,7 @@ st.dataframe(
     column_config={
         "picture": st.column_config.ImageColumn("picture"),
         "confidence": st.column_config.ProgressColumn(
-            "confidence", format="percent", min_value=0.0, max_value=1.0
+            "confidence", format="%d%%", min_value=0, max_value=100
         ),
     },
     hide_index=True,

@@ -139,7 +139,7 @@ def test_a_model_file_sorts_pictures_in_the_app_without_a_project(data_dir, phot
     table = at.dataframe[0].value
     assert list(table["name"]) == [p.name for p in pictures]
     assert list(table["class"]) == ["bird", "fruit"]
-    assert ((table["confidence"] > 0.5) & (table["confidence"] <= 1)).all()
+    assert ((table["confidence"] > 50) & (table["confidence"] <= 100)).all()  # percent
     assert "'notes.png' was left out" in texts(at)
     assert at.get("download_button")
 
