@@ -18,6 +18,12 @@ PAGES = [
     st.Page("pages/4_Label_next.py", title="Label next", icon="🎯", url_path="label-next"),
     st.Page("pages/5_Evaluate.py", title="Evaluate", icon="📏", url_path="evaluate"),
     st.Page("pages/6_Export.py", title="Export", icon="📦", url_path="export"),
+    st.Page(
+        "pages/7_Use_a_model_file.py",
+        title="Use a model file",
+        icon=":material/file_open:",
+        url_path="model-file",
+    ),
 ]
 
 tune_allocator()  # a faster forward pass on the CPU; see fsl_app/allocator.py

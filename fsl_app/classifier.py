@@ -22,21 +22,21 @@ from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
+from fsl_app.trust.badges import (  # noqa: F401  (re-exported beside the records they label)
+    BADGES,
+    MARKED,
+    SURE_CONFIDENCE,
+    UNSURE_CONFIDENCE,
+    badge,
+)
 from fsl_app.trust.calibration import MAX_FOLDS, calibrate_temperature
 from fsl_app.trust.explanations import explain
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS, OpenSetDetector
 
-# Calibrated confidence below which a prediction is shown as unsure, and at or above which it
-# is shown as sure; in between it is "fairly sure". Calibrated, so "sure" is right about 8 in 10.
-SURE_CONFIDENCE = 0.8
-UNSURE_CONFIDENCE = 0.5
-# "marked none of these": the user said so; the model's guess is not shown as an answer.
 # Pictures still to sort that a fit learns from, at most: a semi-supervised learner refines its
 # class centres as well from 500 as from 10,000 (measured: the soft k-means default's own cap),
 # and every refit, calibration fold and saved model stays small.
 MAX_UNLABELED = 500
-BADGES = ("sure", "fairly sure", "unsure", "none of these", "marked none of these")
-MARKED = "marked none of these"
 
 
 @dataclass(frozen=True)
@@ -398,17 +398,6 @@ def predict_set(
         labels=[embedded.labels[i] for i in rows],
         none_of_these=embedded.none_of_these,
     )
-
-
-def badge(confidence: float, unknown: bool) -> str:
-    """The word a person reads beside a prediction, one of :data:`BADGES`."""
-    if unknown:
-        return "none of these"
-    if confidence >= SURE_CONFIDENCE:
-        return "sure"
-    if confidence >= UNSURE_CONFIDENCE:
-        return "fairly sure"
-    return "unsure"
 
 
 def _explanation_text(

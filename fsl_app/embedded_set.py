@@ -120,6 +120,12 @@ class EmbeddedSet:
         """Why no classifier can be fitted yet, as sentences to act on; empty when it can."""
         return readiness(self.class_counts())
 
+    def in_class_order(self, names: Sequence[str]) -> list[str]:
+        """``names`` in the order of the user's classes (:attr:`classes`), the one order every
+        button, menu and bar shows them in; names of no class come last, alphabetically."""
+        position = {name: i for i, name in enumerate(self.classes)}
+        return sorted(names, key=lambda n: (position.get(n, len(position)), n.casefold(), n))
+
 
 def readiness(class_counts: dict[str, int]) -> list[str]:
     """Why the classes cannot be told apart yet, as sentences to act on; empty when they can.
@@ -193,6 +199,31 @@ def embed_project(
         unreadable=unreadable,
         backbone=embedder.backbone.name,
         none_of_these=frozenset(store.none_of_these(project_id)),
+    )
+
+
+# --- From uploads ----------------------------------------------------------------------------
+
+
+def embed_uploads(
+    embedder: Embedder,
+    files: Sequence[tuple[str, bytes]],
+    *,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedSet:
+    """Pictures given as (name, bytes), e.g. from a browser, as pictures to sort: kept nowhere,
+    only embedded (through the embedder's cache). Unreadable ones are in ``unreadable``."""
+    embedded = embedder.embed(
+        [data for _, data in files], names=[n for n, _ in files], progress=progress
+    )
+    return EmbeddedSet(
+        ids=embedded.ids,
+        names=[files[i][0] for i in embedded.indices],
+        labels=[None] * len(embedded.ids),
+        embeddings=embedded.embeddings,
+        classes=[],
+        unreadable=[Unreadable(files[i][0], why, False) for i, why in embedded.errors],
+        backbone=embedder.backbone.name,
     )
 
 

@@ -12,7 +12,13 @@ import pytest
 from fsl_app.active import suggest
 from fsl_app.classifier import CalibratedClassifier, badge, fit_classifier, predict_set
 from fsl_app.datasets import DEMO_CLASSES, tuxpaint_photos
-from fsl_app.embedded_set import EmbeddedSet, embed_project, few_example_hints, readiness
+from fsl_app.embedded_set import (
+    EmbeddedSet,
+    embed_project,
+    embed_uploads,
+    few_example_hints,
+    readiness,
+)
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.held_out import evaluate_held_out
 from fsl_app.project.demo import (
@@ -226,3 +232,37 @@ def test_the_pool_leaves_out_marked_pictures_and_has_one_order():
     )
     np.testing.assert_array_equal(embedded.pool(), embeddings[[3, 0]])  # b, d
     np.testing.assert_array_equal(embedded.negatives(), embeddings[[2]])
+
+
+def test_uploads_not_kept_get_the_same_prediction_as_in_the_project(demo, embedder):
+    store, project = demo
+    embedded = embed_project(store, project.id, embedder)
+    classifier = fit_classifier(embedded)
+    picture = store.list_images(project.id, labeled=False)[0]
+    tested = embed_uploads(
+        embedder,
+        [("shot.png", store.image_bytes(picture.sha256)), ("notes.png", b"not a picture")],
+    )
+    assert [u.name for u in tested.unreadable] == ["notes.png"]
+    assert tested.names == ["shot.png"] and tested.labels == [None]
+    # The one classify path: the same picture, the same numbers, stored or only tested.
+    (tried,) = predict_set(classifier, tested)
+    (stored,) = predict_set(classifier, embedded, [picture.sha256])
+    assert tried.prediction == stored.prediction and tried.badge == stored.badge
+    assert tried.probabilities == pytest.approx(stored.probabilities)
+    assert len(store.list_images(project.id)) == len(embedded.ids)  # nothing was added
+
+
+def test_classes_come_in_the_users_order_everywhere():
+    # Made in this order: "tool" first. A classifier's columns are alphabetical; the buttons,
+    # menus and bars show the order the user made, and names of no class come last.
+    made = EmbeddedSet(
+        ids=[], names=[], labels=[], embeddings=np.zeros((0, 4)), classes=["tool", "bird", "fig"]
+    )
+    assert made.in_class_order(["bird", "Zebra", "fig", "tool", "apple"]) == [
+        "tool",
+        "bird",
+        "fig",
+        "apple",
+        "Zebra",
+    ]

@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_MIN_SCORE,
         metavar="P",
         help="flag an example when another class gets at least this probability "
-        f"(default {DEFAULT_MIN_SCORE})",
+        f"(default {DEFAULT_MIN_SCORE}, the 'sure' badge's threshold)",
     )
     parser.add_argument(
         "--learner", default=DEFAULT_LEARNER, choices=available_learners(), help="few-shot learner"
@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(
             ["path", "label", "looks like", "score"],
-            [[r["path"], r["label"], r["suspected"], f"{r['score']:.2f}"] for r in rows],
+            [[r["path"], r["label"], r["suspected"], f"{r['score']:.0%}"] for r in rows],
         )
     return 0

@@ -23,6 +23,7 @@ from typing import TypeVar
 import numpy as np
 
 from fsl_app.backbones import load_backbone
+from fsl_app.classifier import Prediction
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
 from fsl_app.embeddings import Embedder, NoCache
 from fsl_app.errors import UnusableInputError
@@ -59,24 +60,30 @@ class BundlePredictor:
         embedded = self.embedder.embed([Path(p) for p in paths])
         rows: list[Row] = [{}] * len(paths)
         for index, message in embedded.errors:
-            rows[index] = _error_row(names[index], message)
+            rows[index] = error_row(names[index], message)
         predictions = self.bundle.classifier.predict_pictures(
             embedded.embeddings,
             ids=embedded.ids,
             names=[names[i] for i in embedded.indices],
         )
         for index, prediction in zip(embedded.indices, predictions, strict=True):
-            rows[index] = {
-                "path": prediction.name,
-                "prediction": prediction.prediction,
-                "confidence": prediction.confidence,
-                "unknown": prediction.unknown,
-                "error": "",
-            }
+            rows[index] = prediction_row(prediction)
         return rows
 
 
-def _error_row(path: str, message: str) -> Row:
+def prediction_row(prediction: Prediction) -> Row:
+    """A picture's output row (:data:`COLUMNS`): the same columns here and in the app."""
+    return {
+        "path": prediction.name,
+        "prediction": prediction.prediction,
+        "confidence": prediction.confidence,
+        "unknown": prediction.unknown,
+        "error": "",
+    }
+
+
+def error_row(path: str, message: str) -> Row:
+    """The output row of a picture that could not be read, with why."""
     return {
         "path": str(path),
         "prediction": "",

@@ -164,14 +164,15 @@ def image_table(
     return rows
 
 
-def table_csv(rows: Sequence[Mapping[str, object]]) -> str:
-    """CSV of :func:`image_table` rows, safe to open in a spreadsheet.
+def table_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """CSV of :func:`image_table` rows (or other rows of ``columns``), safe to open in a
+    spreadsheet.
 
     A file or class name that a spreadsheet program would run as a formula gets a leading
     apostrophe (:func:`fsl_app.files.spreadsheet_safe`).
     """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()

@@ -3,6 +3,8 @@ or settings change."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import streamlit as st
 
 from fsl_app.embedded_set import EmbeddedSet
@@ -45,9 +47,13 @@ def _suspects(_embedded: EmbeddedSet, key: tuple, learner: str) -> list[SuspectL
 
 
 def label_suspects(
-    embedded: EmbeddedSet, settings: ProjectSettings
+    embedded: EmbeddedSet, settings: ProjectSettings, decided: Collection[str] = ()
 ) -> list[tuple[str, SuspectLabel]]:
-    """Labeled images that look like another class, as (image id, suspect), most suspect first."""
+    """Labeled images that look like another class, as (image id, suspect), most suspect first.
+
+    Images in ``decided`` (the store's confirmed labels: examples the user moved or kept after
+    a suggestion) are left out; they still help judge the others.
+    """
     suspects = _suspects(embedded, examples_key(embedded, settings.backbone), settings.learner)
     example_ids = embedded.example_ids
-    return [(example_ids[s.index], s) for s in suspects]
+    return [(example_ids[s.index], s) for s in suspects if example_ids[s.index] not in decided]

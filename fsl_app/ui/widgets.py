@@ -26,9 +26,23 @@ BADGE_COLOURS = {
 @st.cache_data(show_spinner=False, max_entries=5000)
 def _thumbnail(_store: Store, root: str, sha256: str, side: int) -> bytes | None:
     try:
+        data = _store.image_bytes(sha256)
+    except StoreError:
+        return None
+    return _square_jpeg(data, side)
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail_of(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A small JPEG of a picture that is not stored (an upload), None if it is no picture."""
+    return _square_jpeg(data, side)
+
+
+def _square_jpeg(data: bytes, side: int) -> bytes | None:
+    try:
         # Decoded no bigger than a thumbnail needs (see load_image's min_side).
-        picture = load_image(_store.image_bytes(sha256), min_side=side).image
-    except (StoreError, ImageLoadError):
+        picture = load_image(data, min_side=side).image
+    except ImageLoadError:
         return None
     # Square, the picture whole in the middle: a grid of them lines up.
     picture = ImageOps.pad(picture, (side, side), Image.Resampling.LANCZOS, color="white")
@@ -127,3 +141,16 @@ def upload_key(name: str) -> str:
 
 def clear_upload(name: str) -> None:
     st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
+
+
+def count_of(n: int, word: str, plural: str | None = None) -> str:
+    """``n`` and the word, singular for one: "1 picture", "3 pictures"."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def probability_bars(prediction: Prediction, classes: list[str]) -> None:
+    """One bar per class, in ``classes``' order, with its calibrated probability in percent:
+    the numbers behind the prediction's badge, never computed another way."""
+    for name in classes:
+        chance = prediction.probabilities.get(name, 0.0)
+        st.progress(min(max(chance, 0.0), 1.0), text=f"{plain(name)}: {chance:.0%}")

@@ -1,0 +1,27 @@
+"""The word a person reads beside a calibrated confidence: sure, fairly sure, unsure.
+
+Light on purpose (no torch): the command line's parser reads :data:`SURE_CONFIDENCE` as the
+label check's default, and the label check suggests a move only when the model would call it
+"sure".
+"""
+
+from __future__ import annotations
+
+# Calibrated confidence below which a prediction is shown as unsure, and at or above which it
+# is shown as sure; in between it is "fairly sure". Calibrated, so "sure" is right about 8 in 10.
+SURE_CONFIDENCE = 0.8
+UNSURE_CONFIDENCE = 0.5
+BADGES = ("sure", "fairly sure", "unsure", "none of these", "marked none of these")
+# "marked none of these": the user said so; the model's guess is not shown as an answer.
+MARKED = "marked none of these"
+
+
+def badge(confidence: float, unknown: bool) -> str:
+    """The word a person reads beside a prediction, one of :data:`BADGES`."""
+    if unknown:
+        return "none of these"
+    if confidence >= SURE_CONFIDENCE:
+        return "sure"
+    if confidence >= UNSURE_CONFIDENCE:
+        return "fairly sure"
+    return "unsure"
