@@ -127,3 +127,8 @@ def upload_key(name: str) -> str:
 
 def clear_upload(name: str) -> None:
     st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural when ``n`` is not 1: "1 picture", "3 pictures", "0 classes"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
