@@ -25,10 +25,11 @@ _thread: threading.Thread | None = None
 
 
 def _warm_up() -> None:
-    # Calibration, typical pictures to label next, the map's fast layout.
+    # Calibration, typical pictures to label next, the linear learner, the map's fast layout.
     import scipy.optimize  # noqa: F401
     import sklearn.cluster
     import sklearn.decomposition
+    import sklearn.linear_model
     import sklearn.neighbors  # noqa: F401
 
     from fsl_app.active import rank
