@@ -113,8 +113,11 @@ def visible_outside_advanced(node) -> list[str]:
     if isinstance(node, Block):
         children = node.children.values()
         return [text for child in children for text in visible_outside_advanced(child)]
-    said = [str(getattr(node, attribute, "")) for attribute in ("value", "label", "body")]
-    said.extend(str(option) for option in getattr(node, "options", []) or [])
+    options = getattr(node, "options", None)
+    if options:  # a picker shows its options as formatted, never its raw value
+        said = [str(node.label), *map(str, options)]
+    else:
+        said = [str(getattr(node, attribute, "")) for attribute in ("value", "label", "body")]
     return [shown(text) for text in said]
 
 
