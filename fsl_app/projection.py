@@ -43,12 +43,19 @@ ROLE_WORDS = {
     "prototype": "class centre",
     "suggested": "label next",
 }
-_SYMBOLS = {"example": "circle", "query": "diamond-open", "prototype": "square", "suggested": "x"}
+# Not "x" or "star": a 3-D scatter draws its markers as font glyphs, and without a font that
+# has them they show as empty boxes (seen in Debian's chromium).
+_SYMBOLS = {
+    "example": "circle",
+    "query": "diamond-open",
+    "prototype": "square",
+    "suggested": "circle-open",
+}
 SYMBOL_WORDS = {
     "example": "dots",
     "query": "open diamonds",
     "prototype": "big squares",
-    "suggested": "crosses",
+    "suggested": "big rings",
 }
 _SIZES = {"example": 9, "query": 9, "prototype": 18, "suggested": 13}
 _umap_compiled = False  # numba compiles UMAP's kernels on its first use in a process

@@ -127,7 +127,7 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
         points.first.wait_for()  # plotly draws after the page's script has finished
         assert points.count() == 10 + 1 + 2, "examples, the query and two class centres"
         # The only unlabeled picture is the query, and with nothing else to pick it is the
-        # suggestion: a cross in the bird colour, as it is predicted bird.
+        # suggestion: a ring in the bird colour, as it is predicted bird.
         _click_point_of_trace(page, "bird · label next")
         wait_text(page, "1 picture selected", 30_000)
         wait_idle(page, SLOW_MS)

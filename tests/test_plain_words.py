@@ -99,7 +99,7 @@ def test_map_markers_and_legend_agree_in_2d_and_3d(dims):
         "example": "circle",
         "to sort": "diamond-open",
         "class centre": "square",
-        "label next": "x",
+        "label next": "circle-open",
     }
     if dims == 3:  # meaningless axis numbers and names would be cut at the edges
         for axis in ("xaxis", "yaxis", "zaxis"):
