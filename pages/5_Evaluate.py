@@ -144,7 +144,10 @@ if st.button("Compare all of them", key="compare", icon=":material/compare_arrow
             table.dataframe(
                 pd.DataFrame(rows),
                 hide_index=True,
-                column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
+                column_config={
+                    "how it learns": st.column_config.TextColumn(width="large"),
+                    "accuracy": st.column_config.NumberColumn(format="percent"),
+                },
             )
         if done < len(learners):
             following = LEARNERS[learners[done]].display_name
