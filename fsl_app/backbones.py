@@ -79,6 +79,40 @@ WHEEL_BACKBONES: dict[str, WheelWeights] = {
 }
 
 
+@dataclass(frozen=True)
+class BackboneWords:
+    """What the app calls an image model: plain words by default, the timm name for experts."""
+
+    display_name: str
+    description: str
+
+    @property
+    def label(self) -> str:
+        """Display name and description in one line, for a picker."""
+        return f"{self.display_name}: {self.description}"
+
+
+# Plain words for the backbones a user can pick offline; any other one is named by its id.
+BACKBONE_WORDS: dict[str, BackboneWords] = {
+    "tf_efficientnet_lite0": BackboneWords(
+        "Fast image model",
+        "reads a picture in about 20 ms on a CPU and works offline; the default",
+    ),
+    "tf_efficientnet_lite2": BackboneWords(
+        "Larger image model",
+        "a bigger model of the same family: sometimes more accurate, about twice as slow; "
+        "works offline",
+    ),
+}
+
+
+def backbone_words(name: str) -> BackboneWords:
+    """The words the app shows for backbone ``name`` (its id for one with no entry)."""
+    return BACKBONE_WORDS.get(
+        name, BackboneWords(f"Image model '{name}'", "from a weight file or the internet")
+    )
+
+
 @dataclass
 class Backbone:
     """A timm model in eval mode with its own preprocessing.

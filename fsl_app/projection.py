@@ -28,11 +28,37 @@ METHODS: dict[str, str] = {
     "tsne": "t-SNE: shows local neighbourhoods; distances between groups mean little",
     "umap": "UMAP: local neighbourhoods and some global layout",
 }
+# What the app calls each layout, in plain words (METHODS keeps the technical names).
+LAYOUT_WORDS: dict[str, str] = {
+    "pca": "fast",
+    "tsne": "detailed",
+    "umap": "detailed, another way (about a minute the first time)",
+}
 ROLES = ("example", "query", "prototype", "suggested")
-_SYMBOLS = {"example": "circle", "query": "diamond-open", "prototype": "star", "suggested": "x"}
-# 3-D scatters know fewer symbols: the prototype becomes a (larger) square.
-_SYMBOLS_3D = {**_SYMBOLS, "prototype": "square"}
+# Each role in the legend and in the page's words, and its marker: symbols that 2-D and 3-D
+# scatters both draw, so the map, its legend and the words under it agree in both views.
+ROLE_WORDS = {
+    "example": "example",
+    "query": "to sort",
+    "prototype": "class centre",
+    "suggested": "label next",
+}
+# Not "x" or "star": a 3-D scatter draws its markers as font glyphs, and without a font that
+# has them they show as empty boxes (seen in Debian's chromium).
+_SYMBOLS = {
+    "example": "circle",
+    "query": "diamond-open",
+    "prototype": "square",
+    "suggested": "circle-open",
+}
+SYMBOL_WORDS = {
+    "example": "dots",
+    "query": "open diamonds",
+    "prototype": "big squares",
+    "suggested": "big rings",
+}
 _SIZES = {"example": 9, "query": 9, "prototype": 18, "suggested": 13}
+_umap_compiled = False  # numba compiles UMAP's kernels on its first use in a process
 _PRE_PCA_DIMS = 50
 _CACHE_SIZE = 32
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -42,6 +68,7 @@ def map_coordinates(
     features: np.ndarray, method: Method = "pca", dims: int = 2, seed: int = 0
 ) -> np.ndarray:
     """Coordinates of shape (n, dims) for ``features`` of shape (n, d); cached, deterministic."""
+    global _umap_compiled
     if method not in METHODS:
         raise ValueError(f"Unknown projection '{method}'. Choose one of: {', '.join(METHODS)}.")
     if dims not in (2, 3):
@@ -52,10 +79,17 @@ def map_coordinates(
         _cache.move_to_end(key)
         return _cache[key].copy()
     coords = _lay_out(features, method, dims, seed)
+    _umap_compiled = _umap_compiled or method == "umap"
     _cache[key] = coords
     if len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return coords.copy()
+
+
+def slow_first_time(method: str) -> bool:
+    """Whether ``method`` has a one-off cost still to pay in this process (UMAP: numba
+    compiles its kernels, tens of seconds on a 2-core CPU), so a page can say so first."""
+    return method == "umap" and not _umap_compiled
 
 
 def clear_cache() -> None:
@@ -221,7 +255,7 @@ def map_figure(
             common = {
                 "mode": "markers",
                 # Class names are typed by users, and plotly renders some HTML in legends.
-                "name": f"{html.escape(colour_class)} · {role}",
+                "name": f"{html.escape(colour_class)} · {ROLE_WORDS[role]}",
                 "legendgroup": colour_class,
                 "customdata": [points.ids[i] for i in rows],
                 "hovertext": hover,
@@ -230,7 +264,6 @@ def map_figure(
             }
             if dims == 3:
                 marker["size"] = max(3, marker["size"] // 2)
-                marker["symbol"] = _SYMBOLS_3D[role]
                 figure.add_trace(
                     go.Scatter3d(x=coords[rows, 0], y=coords[rows, 1], z=coords[rows, 2], **common)
                 )
@@ -238,7 +271,7 @@ def map_figure(
                 figure.add_trace(go.Scatter(x=coords[rows, 0], y=coords[rows, 1], **common))
     figure.update_layout(
         title=title,
-        legend_title_text="class · role",
+        legend_title_text="class · kind of point",
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         # 2-D: no dragmode, so Streamlit lets a click select a point (it turns click selection
         # off while the lasso is the drag tool); the lasso is one click away in the toolbar.
@@ -248,6 +281,9 @@ def map_figure(
     if dims == 2:
         figure.update_xaxes(showticklabels=False, title=None)
         figure.update_yaxes(showticklabels=False, title=None, scaleanchor="x")
+    else:  # the axes of a layout mean nothing: no numbers or names to cut off at the edges
+        hidden = {"showticklabels": False, "title": {"text": ""}}
+        figure.update_layout(scene={"xaxis": hidden, "yaxis": hidden, "zaxis": hidden})
     return figure
 
 
@@ -280,7 +316,10 @@ def _hover_text(points: MapPoints, i: int) -> str:
         return f"{name}<br>example of '{html.escape(str(points.labels[i]))}'"
     confidence = points.confidences[i] if points.confidences else None
     sure = "" if confidence is None else f" ({confidence:.0%})"
-    return f"{name}<br>{role}; looks like '{html.escape(str(points.predictions[i]))}'{sure}"
+    return (
+        f"{name}<br>{ROLE_WORDS[role]}; looks like "
+        f"'{html.escape(str(points.predictions[i]))}'{sure}"
+    )
 
 
 def _palette(classes: Sequence[str]) -> dict[str, str]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
+from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones, backbone_words
 from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
-from fsl_app.project.demo import create_demo_project
+from fsl_app.project.demo import open_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
+from fsl_app.ui import icons
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
-from fsl_app.ui.widgets import plain
+from fsl_app.ui.widgets import counted, plain
+
+JUST_DELETED_KEY = "_just_deleted_project"
 
 st.title("Teach the computer new image classes")
 st.write(
@@ -28,14 +31,17 @@ left, right = st.columns([2, 1])
 with left:
     st.subheader("Your projects")
     if not projects:
-        st.info("No projects yet: create one below, or try the demo.")
+        st.info("No projects yet: make one under **New project**, or open the demo.")
     for item in projects:
         counts = store.list_classes(item.id)
         n_images = len(store.list_images(item.id))
         row = st.columns([4, 1])
         is_open = project is not None and item.id == project.id
-        marker = "▶ " if is_open else ""
-        row[0].text(f"{marker}{item.name} · {len(counts)} classes · {n_images} images")
+        row[0].markdown(
+            (f"{icons.PROJECTS} **open:** " if is_open else "")
+            + f"{plain(item.name)} · {counted(len(counts), 'class', 'classes')}"
+            f" · {counted(n_images, 'picture')}"
+        )
         if counts:
             row[0].caption(
                 "Examples: " + " · ".join(f"{plain(c.name)} {c.n_examples}" for c in counts)
@@ -57,17 +63,35 @@ with right:
                 select_project(created.id)
                 st.rerun()
     st.write("Or start from real photos of birds, flowers, fruit, road signs and tools:")
-    if st.button("Open the demo project", key="demo"):
+    if st.button("Open the demo project", key="demo", icon=":material/photo_library:"):
         try:
             with st.spinner("Copying the demo photos…"):
-                demo = create_demo_project(store)
+                demo = open_demo_project(store)
         except (FileNotFoundError, StoreError) as err:
             st.error(plain(f"The demo cannot be made here: {err}"))
         else:
             select_project(demo.id)
             st.rerun()
 
+just_deleted = st.session_state.get(JUST_DELETED_KEY)
 trash = store.list_trash()
+if just_deleted is not None and project is None:  # until another project is opened
+    deleted = next((t for t in trash if t.kind == "project" and t.id == just_deleted), None)
+    if deleted is not None:
+        message, undo = st.columns([4, 1])
+        message.success(
+            f"Deleted '{plain(deleted.name)}'. It stays under 'Recently deleted' below for "
+            f"{TRASH_DAYS} days."
+        )
+        if undo.button("Restore it", key="undo_delete", icon=":material/undo:"):
+            try:
+                store.restore(deleted)
+            except StoreError as err:
+                st.error(plain(str(err)))
+            else:
+                st.session_state.pop(JUST_DELETED_KEY, None)
+                select_project(deleted.id)
+                st.rerun()
 if trash:
     with st.expander(f"Recently deleted ({len(trash)})"):
         st.caption(f"Deleted projects and classes stay here {TRASH_DAYS} days, then go for good.")
@@ -75,7 +99,8 @@ if trash:
             row = st.columns([4, 1])
             where = "project" if item.kind == "project" else f"class in {item.project_name}"
             row[0].text(
-                f"{item.name} ({where}) · {item.n_images} images · kept until {item.purged_after}"
+                f"{item.name} ({where}) · {counted(item.n_images, 'picture')}"
+                f" · kept until {item.purged_after}"
             )
             if row[1].button("Restore", key=f"restore_{item.kind}_{item.id}"):
                 try:
@@ -91,7 +116,7 @@ if project is None:
 st.divider()
 st.subheader(f"Open project: {plain(project.name)}")
 settings = ProjectSettings.of(project)
-st.page_link("pages/1_Classes.py", label="Next: define your classes", icon="🏷️")
+st.page_link("pages/1_Classes.py", label="Next: define your classes", icon=icons.CLASSES)
 
 with st.expander("Rename or delete this project"):
     renamed = st.text_input("New name", value=project.name, key="rename_value")
@@ -103,7 +128,7 @@ with st.expander("Rename or delete this project"):
         else:
             st.rerun()
     if not st.session_state.get("confirm_delete_project"):
-        if st.button("Delete this project…", key="delete"):
+        if st.button("Delete this project…", key="delete", icon=":material/delete:"):
             st.session_state["confirm_delete_project"] = True
             st.rerun()
     else:
@@ -114,6 +139,7 @@ with st.expander("Rename or delete this project"):
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="delete_yes"):
             store.delete_project(project.id)
+            st.session_state[JUST_DELETED_KEY] = project.id
             select_project(None)
             st.session_state["confirm_delete_project"] = False
             st.rerun()
@@ -145,16 +171,17 @@ with st.form("model_settings"):
         "Image model (reads each picture once)",
         backbones,
         index=backbones.index(settings.backbone) if settings.backbone in backbones else 0,
-        help=f"{DEFAULT_BACKBONE} is fast and works offline. Changing it reads every image again.",
+        format_func=lambda name: backbone_words(name).label,
+        help="Changing it reads every picture again.",
     )
     learner = st.selectbox(
-        "Few-shot learner (learns your classes from the examples)",
+        "How it learns your classes from the examples",
         learners,
         index=learners.index(settings.learner) if settings.learner in learners else 0,
         format_func=lambda name: LEARNERS[name].label,
     )
     strictness = st.slider(
-        '"None of these" strictness',
+        'How readily it answers "none of these"',
         min_value=0.0,
         max_value=1.5,
         value=float(settings.strictness),
@@ -172,5 +199,19 @@ with st.form("model_settings"):
         st.success("Saved. Every page now uses these settings.")
 if settings.learner != DEFAULT_LEARNER:
     st.caption(
-        f"This project uses '{settings.learner}' instead of the default '{DEFAULT_LEARNER}'."
+        f"This project learns with '{LEARNERS[settings.learner].display_name}' instead of the "
+        f"default '{LEARNERS[DEFAULT_LEARNER].display_name}'."
+    )
+with st.expander("Advanced: the technical names", icon=":material/science:"):
+    st.markdown(
+        f"**Image model** (a pretrained [timm](https://github.com/huggingface/pytorch-image-models)"
+        f" backbone; the default is `{DEFAULT_BACKBONE}`):\n\n"
+        + "\n".join(f"- {backbone_words(b).display_name}: `{b}`" for b in backbones)
+        + "\n\n**How it learns** (the few-shot learner, over the image model's embeddings):\n\n"
+        + "\n".join(
+            f"- {entry.display_name}: {entry.technical_name} (`{name}`)"
+            for name, entry in LEARNERS.items()
+        )
+        + "\n\n**None of these**: an open-set detector; the strictness scales its distance "
+        "threshold."
     )

@@ -15,7 +15,7 @@ from fsl_app.ui.session import classifier_or_none, load_embedded, project_page
 from fsl_app.ui.widgets import (
     add_report_messages,
     clear_upload,
-    count_of,
+    counted,
     flash,
     plain,
     probability_bars,
@@ -77,7 +77,7 @@ def class_card(item: ProjectClass) -> None:
     key = f"class_{item.id}"
     with st.container(border=True):
         st.markdown(f"#### {plain(item.name)}")
-        st.caption(count_of(item.n_examples, "example"))
+        st.caption(counted(item.n_examples, "example"))
         files_column, folder_column = st.columns(2)
         files = files_column.file_uploader(
             f"Drop example pictures of '{plain(item.name)}' here (many at once is fine)",
@@ -134,7 +134,7 @@ def rename_or_delete(item: ProjectClass, key: str) -> None:
             st.rerun()
         return
     st.warning(
-        f"Delete the class '{plain(item.name)}'? Its {count_of(item.n_examples, 'picture')}:"
+        f"Delete the class '{plain(item.name)}'? Its {counted(item.n_examples, 'picture')}:"
     )
     keep, drop, cancel = st.columns(3)
     if keep.button("Keep them as unlabeled", key=f"{key}_delete_keep"):

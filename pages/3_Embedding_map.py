@@ -1,5 +1,5 @@
-"""Embedding map: every picture as a point, similar pictures close together; click or lasso to
-label."""
+"""Map of pictures (the embedding map): every picture as a point, similar pictures close
+together; click or lasso to label."""
 
 from __future__ import annotations
 
@@ -8,34 +8,56 @@ import streamlit as st
 from fsl_app import projection
 from fsl_app.active import suggest
 from fsl_app.classifier import MARKED, predict_set
-from fsl_app.projection import map_figure, map_points, selected_ids
+from fsl_app.projection import (
+    LAYOUT_WORDS,
+    METHODS,
+    SYMBOL_WORDS,
+    map_figure,
+    map_points,
+    selected_ids,
+    slow_first_time,
+)
+from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
-from fsl_app.ui.widgets import flash, show_thumbnail
+from fsl_app.ui.widgets import counted, flash, show_thumbnail
 
-METHODS = {"pca": "PCA (instant)", "tsne": "t-SNE (clusters)", "umap": "UMAP (clusters, fast)"}
 MAX_SHOWN_SELECTED = 12
 
 page = project_page(
-    "Embedding map",
-    "Each point is a picture; pictures the model finds alike are close together. Dots are your "
-    "examples, open diamonds the pictures to sort, big stars the class centres, crosses the "
-    "pictures suggested for labeling. Click a point to see it; to label several at once, pick "
-    "the lasso in the map's toolbar (top right) and draw around them.",
+    "Map of pictures",
+    "Each point is a picture; pictures the model finds alike are close together. "
+    f"{SYMBOL_WORDS['example'].capitalize()} are your examples, {SYMBOL_WORDS['query']} the "
+    f"pictures to sort, {SYMBOL_WORDS['prototype']} the class centres (the average of a "
+    f"class's examples), {SYMBOL_WORDS['suggested']} the pictures to label next. Click a point "
+    "to see it; to label several at once, pick the lasso in the map's toolbar (top right) and "
+    "draw around them.",
 )
 store, project, settings = page.store, page.project, page.settings
 embedded = page.embedded
 labeled = embedded.labeled
 if not labeled.any():
     st.info("Add example pictures to a class first; the map shows them with the other pictures.")
-    st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
+    st.page_link("pages/1_Classes.py", label="Go to Classes", icon=icons.CLASSES)
     st.stop()
 
 controls = st.columns(3)
-method = controls[0].selectbox("Layout", list(METHODS), format_func=METHODS.get)
+method = controls[0].selectbox(
+    "Layout", list(LAYOUT_WORDS), format_func=LAYOUT_WORDS.get, key="map_layout"
+)
 dims = controls[1].radio("View", [2, 3], format_func=lambda d: f"{d}-D", horizontal=True)
 color_by = controls[2].radio(
-    "Colour", ["class", "prediction"], format_func=str.capitalize, horizontal=True
+    "Colour by",
+    ["class", "prediction"],
+    format_func={"class": "the class you gave", "prediction": "the model's guess"}.get,
+    horizontal=True,
 )
+with st.expander("Advanced: how the map is made", icon=":material/science:"):
+    st.markdown(
+        "Each picture is an embedding (the image model's 1,280 numbers), drawn in "
+        f"{dims}-D by a projection:\n\n"
+        + "\n".join(f"- {LAYOUT_WORDS[m]}: {METHODS[m]}" for m in LAYOUT_WORDS)
+        + "\n\nEmbeddings are L2-normalised first; t-SNE and UMAP start from a 50-D PCA."
+    )
 
 classifier = classifier_or_none(page, explain=False)
 pool_ids = embedded.unlabeled_ids
@@ -65,8 +87,17 @@ points = map_points(
 if len(points.embeddings) < 3:
     st.info("The map needs at least three pictures.")
     st.stop()
-with st.spinner("Laying out the map…"):
-    coords = projection.map_coordinates(points.embeddings, method=method, dims=dims)
+if slow_first_time(method):
+    with st.status(
+        "Preparing this layout for its first use since the app started: about a minute on a "
+        "2-core computer. Later maps take a second; the fast layout is ready at once.",
+        expanded=True,
+    ) as preparing:
+        coords = projection.map_coordinates(points.embeddings, method=method, dims=dims)
+        preparing.update(label="Layout ready.", state="complete", expanded=False)
+else:
+    with st.spinner(f"Laying out {counted(len(points.embeddings), 'point')}…"):
+        coords = projection.map_coordinates(points.embeddings, method=method, dims=dims)
 names = dict(zip(embedded.ids, embedded.names, strict=True))
 labels_by_id = dict(zip(embedded.ids, embedded.labels, strict=True))
 classes = [c.name for c in store.list_classes(project.id)]
@@ -87,7 +118,7 @@ def map_with_selection() -> None:
     if not picked:
         st.caption("Nothing selected yet.")
         return
-    st.subheader(f"{len(picked)} selected")
+    st.subheader(f"{counted(len(picked), 'picture')} selected")
     columns = st.columns(6)
     for i, image_id in enumerate(picked[:MAX_SHOWN_SELECTED]):
         with columns[i % 6]:
@@ -98,11 +129,11 @@ def map_with_selection() -> None:
     target = st.selectbox("Label the selected pictures as", classes, index=None, key="map_label")
     if st.button("Label them", disabled=target is None, type="primary"):
         moved = store.label(project.id, picked, target)
-        flash([("success", f"{moved} picture{'s' if moved != 1 else ''} labeled as {target}.")])
+        flash([("success", f"{counted(moved, 'picture')} labeled as {target}.")])
         st.rerun()
     if st.button("Make them unlabeled again"):
         store.label(project.id, picked, None)
-        flash([("info", f"{len(picked)} pictures are unlabeled now.")])
+        flash([("info", f"{counted(len(picked), 'picture')} unlabeled now.")])
         st.rerun()
 
 

@@ -3,46 +3,50 @@ confidence is; learners compared on this project."""
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fsl_app.learners import available_learners
-from fsl_app.ui.evaluation import held_out_evaluation
+from fsl_app.learners import LEARNERS, available_learners
+from fsl_app.ui import icons
+from fsl_app.ui.evaluation import compare_learners, held_out_evaluation
 from fsl_app.ui.session import project_page
-from fsl_app.ui.widgets import plain, show_thumbnail
+from fsl_app.ui.widgets import counted, plain, show_thumbnail
 
 page = project_page(
     "Evaluate",
-    "Each labeled picture is predicted by a model trained on all the other labeled pictures, "
-    "so these numbers describe pictures the model had not seen.",
+    "How often the model is right on pictures it has not seen: each labeled picture is "
+    "predicted by a model that did not learn from it.",
 )
 store, settings, embedded = page.store, page.settings, page.embedded
 evaluation, problem = held_out_evaluation(embedded, settings)
 if evaluation is None:
     st.info(plain(problem))
-    st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
+    st.page_link("pages/1_Classes.py", label="Go to Classes", icon=icons.CLASSES)
     st.stop()
 
+verdict, verdict_sentence = evaluation.confidence_verdict()
 overall = st.columns(3)
-overall[0].metric(
-    "Accuracy",
-    f"{evaluation.accuracy:.0%}",
-    f"95% interval {evaluation.low:.0%}–{evaluation.high:.0%}",
-    delta_color="off",
+overall[0].metric("Accuracy", f"{evaluation.accuracy:.0%}")
+# An interval is a range, not a gain: a caption, never a metric's (green, arrowed) delta.
+overall[0].caption(
+    f"Likely between {evaluation.low:.0%} and {evaluation.high:.0%} (95% interval): "
+    "more examples narrow it."
 )
 overall[1].metric("Pictures tested", f"{evaluation.correct} right of {evaluation.n}")
-overall[2].metric(
-    "Calibration error",
-    f"{evaluation.ece:.2f}",
-    "0 = confidence means what it says",
-    delta_color="off",
-)
-st.caption(f"Method: {evaluation.method}. {evaluation.summary()}.")
+overall[2].metric("Its confidence", verdict)
+overall[2].caption(verdict_sentence)
+st.caption(f"How: {evaluation.method_words}.")
 for note in evaluation.notes:
     st.info(plain(note))  # names classes
+with st.expander("Details", icon=":material/science:"):
+    st.markdown(
+        f"- Method: {evaluation.method}, learner "
+        f"{LEARNERS[settings.learner].technical_name} (`{settings.learner}`)\n"
+        f"- {plain(evaluation.summary())}\n"
+        f"- Calibration error (ECE): {evaluation.ece:.3f} (0 = confidence means exactly what "
+        "it says; the average gap between confidence and how often it is right)"
+    )
 
 per_class, confusion = st.columns(2)
 with per_class:
@@ -58,8 +62,11 @@ with per_class:
         column_config={"accuracy": st.column_config.ProgressColumn(format="percent")},
     )
 with confusion:
-    st.subheader("Confusion matrix")
-    st.caption("Rows: the true class. Columns: what the model said. Click a cell to see them.")
+    st.subheader("What it mixes up")
+    st.caption(
+        "Rows: the true class. Columns: what the model said (a confusion matrix). Click a cell "
+        "to see those pictures."
+    )
     matrix = pd.DataFrame(
         evaluation.confusion, index=evaluation.classes, columns=evaluation.classes
     )
@@ -71,7 +78,8 @@ if cells:
     predicted_class = str(column)
     ids = evaluation.images(true_class, predicted_class)
     st.write(
-        f"**{len(ids)}** pictures of '{plain(true_class)}' predicted as '{plain(predicted_class)}':"
+        f"**{counted(len(ids), 'picture')}** of '{plain(true_class)}' predicted as "
+        f"'{plain(predicted_class)}':"
     )
     names = dict(zip(embedded.ids, embedded.names, strict=True))
     columns = st.columns(6)
@@ -87,7 +95,7 @@ reliability = go.Figure(
             x=[(b.low + b.high) / 2 for b in bins],
             y=[b.accuracy for b in bins],
             width=[(b.high - b.low) * 0.9 for b in bins],
-            text=[f"{b.count} pictures" for b in bins],
+            text=[counted(b.count, "picture") for b in bins],
             name="how often right",
         ),
         go.Scatter(
@@ -104,26 +112,50 @@ reliability.update_layout(
 st.plotly_chart(reliability, key="reliability")
 st.caption("Bars close to the dashed line: '80% sure' is right about 8 times in 10.")
 
-st.subheader("Compare learners on this project")
-if st.button("Compare all learners", key="compare"):
-    rows = []
-    for learner in available_learners():
-        started = time.perf_counter()
-        result, problem = held_out_evaluation(embedded, settings, learner=learner)
-        if result is None:
-            continue
-        rows.append(
-            {
-                "learner": learner + (" (in use)" if learner == settings.learner else ""),
-                "accuracy": result.accuracy,
-                "95% interval": f"{result.low:.0%}–{result.high:.0%}",
-                "calibration error": round(result.ece, 3),
-                "seconds": round(time.perf_counter() - started, 1),
-            }
-        )
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        column_config={"accuracy": st.column_config.NumberColumn(format="percent")},
-    )
-    st.caption("Change the learner on the Projects page. Intervals that overlap: no clear winner.")
+st.subheader("Compare the ways of learning on this project")
+st.caption(
+    "Each way of learning is measured like the one in use. Results show one by one as each is done."
+)
+if st.button("Compare all of them", key="compare", icon=":material/compare_arrows:"):
+    learners = available_learners()
+    progress = st.progress(0.0, text=f"Measuring '{LEARNERS[learners[0]].display_name}'…")
+    table = st.empty()
+    rows, details = [], []
+    for done, (learner, result, seconds) in enumerate(compare_learners(embedded, settings), 1):
+        entry = LEARNERS[learner]
+        if result is not None:
+            rows.append(
+                {
+                    "how it learns": entry.display_name
+                    + (" (in use)" if learner == settings.learner else ""),
+                    "accuracy": result.accuracy,
+                    "likely between": f"{result.low:.0%} and {result.high:.0%}",
+                    "its confidence": result.confidence_verdict()[0],
+                    "seconds": round(seconds, 1),
+                }
+            )
+            details.append(
+                {
+                    "learner": f"{entry.technical_name} ({learner})",
+                    "method": result.method,
+                    "calibration error (ECE)": round(result.ece, 3),
+                }
+            )
+            table.dataframe(
+                pd.DataFrame(rows),
+                hide_index=True,
+                column_config={
+                    "how it learns": st.column_config.TextColumn(width="large"),
+                    "accuracy": st.column_config.NumberColumn(format="percent"),
+                },
+            )
+        if done < len(learners):
+            following = LEARNERS[learners[done]].display_name
+            progress.progress(
+                done / len(learners),
+                text=f"Measured {done} of {len(learners)}; now '{following}'…",
+            )
+    progress.empty()
+    st.caption("Change how it learns on the Projects page. Ranges that overlap: no clear winner.")
+    with st.expander("Advanced: technical names and calibration", icon=":material/science:"):
+        st.dataframe(pd.DataFrame(details), hide_index=True)

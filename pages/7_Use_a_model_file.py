@@ -13,7 +13,7 @@ from fsl_app.embedded_set import embed_uploads
 from fsl_app.images import image_sha256
 from fsl_app.project.io import table_csv
 from fsl_app.ui.model_file import open_model_file
-from fsl_app.ui.widgets import count_of, plain, thumbnail_of
+from fsl_app.ui.widgets import counted, plain, thumbnail_of
 
 st.title("Sort pictures with a model file")
 st.write(
@@ -30,7 +30,7 @@ if isinstance(opened, str):
     st.error(plain(opened))
     st.stop()
 bundle = opened.bundle
-classes = f"{count_of(len(bundle.classes), 'class', 'classes')}: {', '.join(bundle.classes)}"
+classes = f"{counted(len(bundle.classes), 'class', 'classes')}: {', '.join(bundle.classes)}"
 st.success(plain(f"'{model_file.name}' sorts pictures into {classes}."))
 try:
     saved = datetime.fromisoformat(bundle.created).strftime("on %d %B %Y, %H:%M UTC")

@@ -233,11 +233,13 @@ def test_demo_project_runs_every_page(data_dir):
     assert not at.exception and at.get("plotly_chart")
     go(at, "5_Evaluate")
     labels = [m.label for m in at.metric]
-    assert labels == ["Accuracy", "Pictures tested", "Calibration error"]
+    assert labels == ["Accuracy", "Pictures tested", "Its confidence"]
     at.button(key="compare").click().run()
     assert not at.exception
-    table = at.dataframe[-1].value
-    assert {"protonet (in use)", "matching", "linear", "maml"} <= set(table["learner"])
+    table = at.dataframe[-2].value  # the last one holds the technical names, under Advanced
+    assert {"Class centres (in use)", "Nearest examples", "Straight boundaries"} <= set(
+        table["how it learns"]
+    )
 
 
 def test_label_next_takes_one_click_and_the_accuracy_chart_grows(data_dir):

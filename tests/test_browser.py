@@ -119,7 +119,7 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
         assert to_sort.get_by_test_id("stMetricValue").inner_text().strip() == "1"
 
         # On the embedding map, a click on the query's point shows it; one more labels it.
-        page.get_by_role("link", name="Embedding map").click()
+        page.get_by_role("link", name="Map of pictures").click()
         page.wait_for_url(re.compile(r"/map"))
         wait_text(page, "Nothing selected yet.")
         wait_idle(page, SLOW_MS)
@@ -127,9 +127,9 @@ def test_teach_two_classes_and_predict_in_a_real_browser(browser_page, server, p
         points.first.wait_for()  # plotly draws after the page's script has finished
         assert points.count() == 10 + 1 + 2, "examples, the query and two class centres"
         # The only unlabeled picture is the query, and with nothing else to pick it is the
-        # suggestion: a cross in the bird colour, as it is predicted bird.
-        _click_point_of_trace(page, "bird · suggested")
-        wait_text(page, "1 selected", 30_000)
+        # suggestion: a ring in the bird colour, as it is predicted bird.
+        _click_point_of_trace(page, "bird · label next")
+        wait_text(page, "1 picture selected", 30_000)
         wait_idle(page, SLOW_MS)
         shots.take("map-selected")
         choose = page.get_by_label("Label the selected pictures as")

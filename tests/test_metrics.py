@@ -78,6 +78,14 @@ def test_wilson_interval_is_honest_for_small_counts():
     assert low == pytest.approx(0.404, abs=0.002) and high == pytest.approx(0.596, abs=0.002)
 
 
+@pytest.mark.parametrize(("correct", "n"), [(0, 1), (1, 1), (0, 7), (3, 20), (17, 20), (199, 200)])
+def test_wilson_interval_matches_scipy(correct, n):
+    from scipy.stats import binomtest
+
+    expected = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert accuracy_interval(correct, n) == pytest.approx((expected.low, expected.high), abs=1e-9)
+
+
 # --- Held-out folds ---------------------------------------------------------------------------
 
 

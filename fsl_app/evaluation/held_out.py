@@ -31,6 +31,9 @@ SLOW_LEARNER_FOLDS = 5
 # A class lends images to hold out from two on: its last image cannot be predicted without it.
 MIN_CLASS_SIZE = 2
 RELIABILITY_BINS = 5  # the chart's bins; the calibration error uses finer ones
+# Calibration errors (ECE) up to which confidence reads as honest / roughly honest.
+HONEST_ECE = 0.05
+ROUGHLY_HONEST_ECE = 0.12
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,39 @@ class HeldOutEvaluation:
             for i, t, p in zip(self.ids, self.true, self.predicted, strict=True)
             if t == true_class and p == predicted_class
         ]
+
+    @property
+    def method_words(self) -> str:
+        """How the numbers were measured, for someone who does not know "leave-one-out"."""
+        if self.method == "leave-one-out":
+            return (
+                "each labeled picture was hidden in turn and predicted by a model that learned "
+                "from all the others (leave-one-out)"
+            )
+        return (
+            f"the labeled pictures were dealt into {self.method.split('-')[0]} groups, and each "
+            f"group was predicted by a model that learned from the other groups ({self.method})"
+        )
+
+    def confidence_verdict(self) -> tuple[str, str]:
+        """(a word or two, a sentence) on whether its confidence can be taken at its word,
+        judged by the calibration error (ECE) and whether it is too sure or too modest."""
+        too_sure = float(np.mean(self.confidence)) > self.accuracy if self.n else False
+        if self.ece <= HONEST_ECE:
+            return "Honest", "When it says it is 80% sure, it is right about 8 times in 10."
+        if self.ece <= ROUGHLY_HONEST_ECE:
+            lean = "a little too sure" if too_sure else "a little too modest"
+            return "Roughly honest", f"Its confidence is roughly right; on average {lean}."
+        if too_sure:
+            return (
+                "Too sure",
+                "It is right less often than its confidence says: take 'sure' with care until "
+                "the classes have more examples.",
+            )
+        return (
+            "Too modest",
+            "It is right more often than its confidence says: an 'unsure' answer is often right.",
+        )
 
     def summary(self) -> str:
         return (

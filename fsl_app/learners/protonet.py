@@ -50,10 +50,14 @@ def simpleshot_normalize(
 
 
 def class_means(features: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Means of ``features`` (n, dim) per class in ``targets``: shape (n_classes, dim)."""
-    sums = torch.zeros(n_classes, features.shape[1]).index_add_(0, targets, features)
-    counts = torch.bincount(targets, minlength=n_classes).unsqueeze(1)
-    return sums / counts
+    """Means of ``features`` (n, dim) per class in ``targets``: shape (n_classes, dim).
+
+    One matrix product with the one-hot targets: ``index_add_`` gives the same sums but runs
+    one parallel region per row, which took 0.2 s for 20 examples on a busy 2-core CPU
+    (held-out accuracy fits 20 models of 11 calibration folds each).
+    """
+    one_hot = F.one_hot(targets, n_classes).to(features.dtype)  # (n, n_classes)
+    return (one_hot.T @ features) / one_hot.sum(dim=0).unsqueeze(1)
 
 
 def soft_kmeans_prototypes(

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 class LearnerEntry:
     """One learner: its name in settings and files, the words the app shows, and what it supports.
 
+    ``display_name`` and ``description`` are plain words for someone who does not know the
+    field (what the app shows by default); ``technical_name`` is the method's name in the
+    literature, which the app keeps in its "Advanced" areas for experts.
+
     ``onnx_exportable``: :func:`fsl_app.deploy.onnx.export_onnx` can write its models.
     ``trainer_path``: the trainer (``"package.module:Trainer"``, :mod:`fsl_app.training`) with
     which ``python -m fsl_app meta-train --learner <name>`` trains a checkpoint for it, which
@@ -34,6 +38,7 @@ class LearnerEntry:
 
     name: str
     display_name: str
+    technical_name: str
     description: str
     class_path: str  # "package.module:Class", imported by learner_class
     onnx_exportable: bool
@@ -76,14 +81,16 @@ LEARNERS: dict[str, LearnerEntry] = {
     for entry in (
         LearnerEntry(
             "protonet",
-            "Class centres (ProtoNet)",
+            "Class centres",
+            "Prototypical Networks (ProtoNet)",
             "compares each picture with the average of each class's examples; fast, the default",
             "fsl_app.learners.protonet:ProtoNet",
             onnx_exportable=True,
         ),
         LearnerEntry(
             "soft_kmeans",
-            "Class centres that learn from your pictures (soft k-means)",
+            "Class centres that learn from your pictures",
+            "transductive soft k-means over ProtoNet",
             "like class centres, then moves each centre towards the pictures still to sort "
             "that look like it",
             "fsl_app.learners.soft_kmeans:SoftKMeans",
@@ -91,21 +98,24 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "matching",
-            "Nearest examples (Matching Networks)",
+            "Nearest examples",
+            "Matching Networks",
             "compares each picture with every example and lets the closest ones vote",
             "fsl_app.learners.matching:MatchingNet",
             onnx_exportable=True,
         ),
         LearnerEntry(
             "linear",
-            "Linear classifier",
+            "Straight boundaries",
+            "logistic regression on the embeddings (linear probe)",
             "draws straight boundaries between the classes' examples; good with many examples",
             "fsl_app.learners.linear:LinearProbe",
             onnx_exportable=True,
         ),
         LearnerEntry(
             "maml",
-            "Meta-learned start (MAML)",
+            "Head start from other pictures",
+            "Model-Agnostic Meta-Learning (MAML)",
             "starts from settings learned on other image classes and fine-tunes them on your "
             "examples; slower",
             "fsl_app.learners.maml:MAML",
@@ -114,7 +124,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "relation",
-            "Learned comparison (Relation Network)",
+            "Learned comparison",
+            "Relation Network",
             "scores how well each picture matches each class with a comparison learned on "
             "other image classes",
             "fsl_app.learners.relation:RelationNet",
@@ -123,7 +134,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "siamese",
-            "Same-or-different (Siamese network)",
+            "Same or different",
+            "Siamese network",
             "compares pictures in a space learned to tell whether two pictures show the same class",
             "fsl_app.learners.siamese:SiameseNet",
             onnx_exportable=True,

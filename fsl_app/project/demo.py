@@ -48,6 +48,21 @@ def create_demo_project(
     return store.get_project(project.id)
 
 
+def open_demo_project(store: Store, **options) -> Project:
+    """The demo project: the one already there, else the one deleted lately (restored), else a
+    new one (:func:`create_demo_project`, with ``options``). A second click on "Open the demo
+    project" opens the demo, with what the user did in it, instead of making "Demo (2)"."""
+    name = options.get("name", DEMO_PROJECT_NAME).casefold()
+    existing = [p for p in store.list_projects() if p.name.casefold() == name]
+    if existing:
+        return existing[0]
+    for item in store.list_trash():
+        if item.kind == "project" and item.name.casefold() == name:
+            store.restore(item)
+            return store.get_project(item.id)
+    return create_demo_project(store, **options)
+
+
 @dataclass(frozen=True)
 class DemoDraw:
     """The demo's photos: ``examples`` per class, and the ``unlabeled`` pool in a shuffled

@@ -3,12 +3,14 @@ or settings change."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Iterator
 
 import streamlit as st
 
 from fsl_app.embedded_set import EmbeddedSet
 from fsl_app.evaluation.held_out import HeldOutEvaluation, evaluate_held_out
+from fsl_app.learners import available_learners
 from fsl_app.trust.label_check import SuspectLabel, find_mislabeled
 from fsl_app.ui.resources import examples_key
 from fsl_app.ui.session import ProjectSettings
@@ -38,6 +40,18 @@ def held_out_evaluation(
     if isinstance(result, str):
         return None, result
     return result, None
+
+
+def compare_learners(
+    embedded: EmbeddedSet, settings: ProjectSettings
+) -> Iterator[tuple[str, HeldOutEvaluation | None, float]]:
+    """Every registered learner's held-out evaluation on the project, one at a time as each
+    is done, as (learner, evaluation or None when nothing can be held out, seconds taken), so a
+    page can show each result as soon as it is ready."""
+    for learner in available_learners():
+        started = time.perf_counter()
+        evaluation, _ = held_out_evaluation(embedded, settings, learner=learner)
+        yield learner, evaluation, time.perf_counter() - started
 
 
 @st.cache_resource(show_spinner="Checking the labels…", max_entries=32)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from fsl_app import warmup
 from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embedded_set import EmbeddedSet, embed_project
@@ -19,6 +20,7 @@ from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
+from fsl_app.ui import icons
 from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
 
@@ -96,7 +98,7 @@ def open_project(store: Store) -> Project:
     project = current_project(store)
     if project is None:
         st.info("Open or create a project first, on the Projects page.")
-        st.page_link("pages/0_Projects.py", label="Go to Projects", icon="📁")
+        st.page_link("pages/0_Projects.py", label="Go to Projects", icon=icons.PROJECTS)
         st.stop()
     st.sidebar.caption(f"Project: **{plain(project.name)}**")
     return project
@@ -135,7 +137,7 @@ def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> Calibrated
         if explain:
             for problem in problems:
                 st.info(plain(problem))  # names the classes that lack examples
-            st.page_link("pages/1_Classes.py", label="Go to Classes", icon="🏷️")
+            st.page_link("pages/1_Classes.py", label="Go to Classes", icon=icons.CLASSES)
         return None
     try:
         return fitted_classifier(
@@ -147,6 +149,15 @@ def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> Calibrated
     except UnusableInputError as err:  # e.g. a damaged checkpoint: say so, keep the page
         st.error(str(err))
         return None
+
+
+def wait_until_ready() -> None:
+    """Let the server's background warm-up (:mod:`fsl_app.warmup`) finish, saying so while it
+    runs: a page that comes before it is done needs the same modules, imported once."""
+    warmup.start()  # a first visit straight to a project page: warm up now, while it waits
+    if warmup.running():
+        with st.spinner("Getting the app ready (once after it starts)…", show_time=True):
+            warmup.wait()
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,7 @@ def project_page(title: str, intro: str | None = None) -> ProjectPage:
     if intro:
         st.write(intro)
     show_flashed()
+    wait_until_ready()
     settings = ProjectSettings.of(project)
     embedder = embedder_or_stop(settings)
     return ProjectPage(store, project, settings, embedder, load_embedded(store, project, embedder))

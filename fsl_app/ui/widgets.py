@@ -143,11 +143,9 @@ def clear_upload(name: str) -> None:
     st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
 
 
-def count_of(n: int, word: str, plural: str | None = None) -> str:
-    """``n`` and the word, singular for one: "1 picture", "3 pictures"."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural when ``n`` is not 1: "1 picture", "3 pictures", "0 classes"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 def probability_bars(prediction: Prediction, classes: list[str]) -> None:
     """One bar per class, in ``classes``' order, with its calibrated probability in percent:
     the numbers behind the prediction's badge, never computed another way."""
