@@ -133,9 +133,7 @@ def rename_or_delete(item: ProjectClass, key: str) -> None:
             st.session_state[confirm_key] = True
             st.rerun()
         return
-    st.warning(
-        f"Delete the class '{plain(item.name)}'? Its {counted(item.n_examples, 'picture')}:"
-    )
+    st.warning(f"Delete the class '{plain(item.name)}'? Its {counted(item.n_examples, 'picture')}:")
     keep, drop, cancel = st.columns(3)
     if keep.button("Keep them as unlabeled", key=f"{key}_delete_keep"):
         store.delete_class(project.id, item.name, keep_images=True)

@@ -146,6 +146,8 @@ def clear_upload(name: str) -> None:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, plural when ``n`` is not 1: "1 picture", "3 pictures", "0 classes"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def probability_bars(prediction: Prediction, classes: list[str]) -> None:
     """One bar per class, in ``classes``' order, with its calibrated probability in percent:
     the numbers behind the prediction's badge, never computed another way."""
