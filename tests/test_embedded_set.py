@@ -12,7 +12,13 @@ import pytest
 from fsl_app.active import suggest
 from fsl_app.classifier import CalibratedClassifier, badge, fit_classifier, predict_set
 from fsl_app.datasets import DEMO_CLASSES, tuxpaint_photos
-from fsl_app.embedded_set import EmbeddedSet, embed_project, few_example_hints, readiness
+from fsl_app.embedded_set import (
+    EmbeddedSet,
+    embed_project,
+    few_example_hints,
+    readiness,
+    waiting_note,
+)
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.held_out import evaluate_held_out
 from fsl_app.project.demo import (
@@ -92,6 +98,13 @@ def test_readiness_says_what_to_add():
     ]
     assert readiness({"cat": 3, "dog": 0}) == ["Add example images to: dog."]
     assert readiness({"cat": 3, "dog": 1}) == []
+    # A new class without examples waits; the two with examples are enough to predict.
+    assert readiness({"cat": 3, "dog": 1, "fox": 0}) == []
+    assert waiting_note({"cat": 3, "dog": 1, "fox": 0}) == (
+        "'fox' is waiting for examples, so the model leaves it out for now and answers among "
+        "'cat', 'dog'."
+    )
+    assert waiting_note({"cat": 3, "dog": 1}) is None
     assert few_example_hints({"cat": 3, "dog": 1})[0].startswith("'dog' has 1 example:")
 
 
