@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import streamlit as st
 from PIL import Image, ImageOps
@@ -127,3 +128,12 @@ def upload_key(name: str) -> str:
 
 def clear_upload(name: str) -> None:
     st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
+
+
+def camera_shot(photo) -> tuple[str, bytes]:
+    """(name, bytes) of a ``st.camera_input`` photo, for the store like any upload.
+
+    The browser names every shot "image.jpg"; the time it was taken tells shots apart in
+    lists and in exported folders.
+    """
+    return f"camera {time.strftime('%Y-%m-%d %H.%M.%S')}.jpg", photo.getvalue()
