@@ -9,6 +9,7 @@ import streamlit as st
 from fsl_app.classifier import predict_set
 from fsl_app.deploy.bundle import bundle_bytes
 from fsl_app.embedded_set import waiting_note
+from fsl_app.plural import counted
 from fsl_app.project.dataset_zip import DatasetZipError
 from fsl_app.project.io import (
     export_dataset_zip,
@@ -74,8 +75,8 @@ json_column.download_button(
     "Download as JSON", table_json(rows), file_name=f"{file_stem}.json", mime="application/json"
 )
 st.caption(
-    f"{len(rows)} pictures: name, content hash, your label (blank if unlabeled), and the "
-    "model's prediction, confidence and 'none of these' flag."
+    f"{counted(len(rows), 'picture')}: name, content hash, your label (blank if unlabeled), "
+    "and the model's prediction, confidence and 'none of these' flag."
 )
 
 st.subheader("The pictures")

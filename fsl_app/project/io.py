@@ -17,6 +17,7 @@ from typing import Protocol
 
 from fsl_app.files import spreadsheet_safe
 from fsl_app.images import image_sha256
+from fsl_app.plural import counted
 from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
 from fsl_app.project.store import (
     NONE_OF_THESE,
@@ -41,7 +42,7 @@ class ImportReport:
     skipped: list[str] = field(default_factory=list)  # entries of the ZIP that are not images
 
     def summary(self) -> str:
-        parts = [f"{self.added} image{'s' if self.added != 1 else ''} added"]
+        parts = [f"{counted(self.added, 'image')} added"]
         if self.classes_created:
             parts.append(f"new classes: {', '.join(self.classes_created)}")
         if self.duplicates:

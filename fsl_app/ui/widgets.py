@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from fsl_app.classifier import Prediction
 from fsl_app.images import ImageLoadError, load_image
+from fsl_app.plural import counted
 from fsl_app.project.store import AddReport, Store, StoreError
 
 THUMBNAIL_SIDE = 192
@@ -86,8 +87,7 @@ def add_report_messages(report: AddReport, where: str) -> list[tuple[str, str]]:
     """What happened to an upload, as (kind, sentence): added, already there, refused and why."""
     messages = []
     if report.added:
-        plural = "s" if len(report.added) != 1 else ""
-        messages.append(("success", f"Added {len(report.added)} picture{plural} to {where}."))
+        messages.append(("success", f"Added {counted(len(report.added), 'picture')} to {where}."))
     for duplicate in report.duplicates:
         place = f"'{duplicate.class_name}'" if duplicate.class_name else "the unlabeled pictures"
         messages.append(
