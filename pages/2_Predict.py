@@ -183,18 +183,18 @@ with st.container(border=True):
             "Accept what the model is sure of: each picture becomes an example of its class "
             "(and the model learns from it). Check a few first: sure is right about 8 in 10."
         )
-        buttons = st.columns(min(1 + len(sure), 6))
-        if buttons[0].button(
+        # A row that wraps, each button as wide as its words: no label is cut off.
+        buttons = st.container(horizontal=True)
+        if buttons.button(
             f"Accept all {counted(sum(sure.values()), 'sure picture')}",
             key="accept_all_sure",
             type="primary",
             icon=":material/done_all:",
         ):
             accept_sure(None)
-        for i, class_name in enumerate(c for c in classes if c in sure):
-            column = buttons[(i + 1) % len(buttons)]
-            if column.button(
-                f"{plain(class_name)}: accept {sure[class_name]}",
+        for class_name in (c for c in classes if c in sure):
+            if buttons.button(
+                f"Only {plain(class_name)} ({sure[class_name]})",
                 key=f"accept_sure_{classes.index(class_name)}",
             ):
                 accept_sure(class_name)

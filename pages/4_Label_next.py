@@ -76,14 +76,14 @@ for rank, (image_id, suggestion) in enumerate(suggestions):
     with st.container(border=True):
         picture, actions = st.columns([1, 3])
         with picture:
-            show_thumbnail(store, image_id, names[image_id], width=220 if rank == 0 else 140)
+            show_thumbnail(store, image_id, names[image_id], width=160 if rank == 0 else 130)
         with actions:
             st.markdown(f"**Suggestion {rank + 1}** · why: {plain(suggestion.reason)}")
             if suggestion.prediction:
                 st.caption(f"The model's guess: {plain(suggestion.prediction)}")
-            buttons = st.columns(min(len(classes), 6))
+            buttons = st.container(horizontal=True)  # wraps; no class name is cut off
             for i, class_name in enumerate(classes):
-                buttons[i % len(buttons)].button(
+                buttons.button(
                     plain(class_name),
                     key=f"label_{key}_{i}",
                     on_click=give_label,
