@@ -222,9 +222,12 @@ def test_demo_project_runs_every_page(data_dir):
     prefix = none_key.removeprefix("none_")
     at.button(key=none_key).click().run()
     assert not at.exception
+    assert any("is marked as none of these classes" in shown(i.value) for i in at.info)
+    at.button(key="refresh").click().run()  # the tiles catch up at the page's next run
     assert [m.value for m in at.metric][5] == "1"
     assert any("marked by you" in t.value for t in at.text)
     at.button(key=f"unmark_{prefix}").click().run()
+    at.button(key="refresh").click().run()
     assert not at.exception and [m.value for m in at.metric][5] == "0"
     go(at, "3_Embedding_map")
     assert at.get("plotly_chart")
