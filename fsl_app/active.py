@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fsl_app.learners import create_learner
+from fsl_app.plural import counted
 from fsl_app.trust import uncertainty
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ MAX_CLUSTERS = 500
 AUTO_FULLY_UNCERTAIN_AT = 5.0
 # A best guess this probable is a clear call, whatever the strategy's score.
 SURE = 0.9
+# Two classes are a close call, worth saying "between", when the second is at least this
+# fraction as likely as the first (80% vs 17% is a clear lead, 50% vs 40% a close call).
+CLOSE_CALL = 0.5
 
 
 @dataclass(frozen=True)
@@ -365,10 +369,17 @@ def _percent(p: float) -> str:
 
 
 def _between(row: np.ndarray, classes: list[str]) -> str:
+    """The two likeliest classes: "between" only when the call is close (the second at least
+    :data:`CLOSE_CALL` times as likely as the first); a clear lead is named as a lead."""
     first, second = np.argsort(-row, kind="stable")[:2]
+    if row[second] >= CLOSE_CALL * row[first]:
+        return (
+            f"between '{classes[first]}' and '{classes[second]}' "
+            f"({_percent(row[first])} vs {_percent(row[second])})"
+        )
     return (
-        f"between '{classes[first]}' and '{classes[second]}' "
-        f"({_percent(row[first])} vs {_percent(row[second])})"
+        f"most likely '{classes[first]}' ({_percent(row[first])}), but not sure: "
+        f"'{classes[second]}' comes next ({_percent(row[second])})"
     )
 
 
@@ -384,11 +395,13 @@ def _already_sure(row: np.ndarray, classes: list[str]) -> str | None:
 
 
 def _typical_reason(group_size: int, labeled_there: int) -> str:
-    images = "image" if group_size == 1 else "images"
+    if group_size == 1:  # a group of one is no group: say what it is
+        near = "no label" if labeled_there == 0 else f"only {labeled_there} labeled or suggested"
+        return f"unlike any other unlabeled image, with {near} near it"
     if labeled_there == 0:
-        return f"typical of a group of {group_size} unlabeled {images} with no label yet"
+        return f"typical of a group of {group_size} unlabeled images with no label yet"
     return (
-        f"typical of a group of {group_size} unlabeled {images} "
+        f"typical of a group of {group_size} unlabeled images "
         f"with only {labeled_there} labeled or suggested"
     )
 
@@ -405,7 +418,7 @@ def _top(problem: _Problem, name: str, scores: np.ndarray, describe) -> list[Sug
 )
 def _random(problem: _Problem) -> list[Suggestion]:
     draws = np.random.default_rng(problem.seed).random(problem.n_pool)
-    reason = f"picked at random among {problem.n_pool} unlabeled images"
+    reason = f"picked at random among {counted(problem.n_pool, 'unlabeled image')}"
     return _top(problem, "random", draws, lambda i: reason)
 
 
@@ -504,7 +517,10 @@ def _coreset(problem: _Problem) -> list[Suggestion]:
     else:
         # Nothing labeled: start at the most typical image, then spread out from it.
         first = int(np.argmax(problem.density))
-        reason = f"the most central of {problem.n_pool} unlabeled images (nothing is labeled yet)"
+        reason = (
+            f"the most central of {counted(problem.n_pool, 'unlabeled image')} "
+            "(nothing is labeled yet)"
+        )
         picks.append(problem.suggestion(first, 1.0, "coreset", reason))
         nearest = problem.distances_to(pool[[first]])[:, 0]
         nearest_class = np.full(problem.n_pool, None, dtype=object)
@@ -597,7 +613,11 @@ def _auto(problem: _Problem) -> list[Suggestion]:
             row = problem.proba[i]
             reason = _already_sure(row, problem.classes) or _between(row, problem.classes)
             size = int(group_sizes[group])
-            reason += f", one of a group of {size} unlabeled image{'s' if size > 1 else ''}"
+            reason += (
+                f", one of a group of {size} similar pictures to sort"
+                if size > 1
+                else ", unlike any other picture to sort"
+            )
             picks.append(problem.suggestion(i, scores[i], "auto", reason))
             used.add(group)
             taken.add(int(i))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fsl_app.embedded_set import EmbeddedSet
+from fsl_app.embedded_set import EmbeddedSet, waiting_note
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
@@ -358,7 +358,8 @@ def fit_classifier(
     params: Mapping[str, Any] | None = None,
 ) -> CalibratedClassifier:
     """The calibrated classifier of the set's examples; :class:`UnusableInputError` when the
-    set is not ready (fewer than two classes, or a class without a usable example).
+    set is not ready (fewer than two classes with a usable example). Classes still without an
+    example are left out of the model, and its first note names them.
 
     The examples are fitted in one canonical order (by class, then id), so the same pictures
     give the same model, and the same numbers, wherever they come from.
@@ -374,13 +375,17 @@ def fit_classifier(
     # checkpoint by it, here and wherever a saved model is loaded.
     backbone = {"backbone": embedded.backbone} if embedded.backbone else {}
     model = CalibratedClassifier(learner, strictness=strictness, **backbone, **dict(params or {}))
-    return model.fit(
+    model.fit(
         support[order],
         [labels[i] for i in order],
         ids=[ids[i] for i in order],
         unlabeled=embedded.pool(),
         negatives=embedded.negatives(),
     )
+    # A class still without examples is left out, and the model says so wherever it is shown.
+    if note := waiting_note(embedded.class_counts()):
+        model.notes.insert(0, note)
+    return model
 
 
 def predict_set(

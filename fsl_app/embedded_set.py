@@ -19,6 +19,7 @@ from fsl_app.datasets import ImageFolder, scan_image_folder
 from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
 from fsl_app.errors import UnusableInputError
 from fsl_app.files import LeftOut, iter_image_files
+from fsl_app.plural import counted
 from fsl_app.project.store import ProjectImage, Store, StoreError
 
 # Given a stage ("examples" or "images"), a progress callback for it, or None.
@@ -120,6 +121,12 @@ class EmbeddedSet:
         """Why no classifier can be fitted yet, as sentences to act on; empty when it can."""
         return readiness(self.class_counts())
 
+    @property
+    def waiting_classes(self) -> list[str]:
+        """Classes the user made that have no usable example yet, in their order: the model
+        leaves them out until they have one (see :func:`readiness`)."""
+        return waiting_for_examples(self.class_counts())
+
     def in_class_order(self, names: Sequence[str]) -> list[str]:
         """``names`` in the order of the user's classes (:attr:`classes`), the one order every
         button, menu and bar shows them in; names of no class come last, alphabetically."""
@@ -130,23 +137,42 @@ class EmbeddedSet:
 def readiness(class_counts: dict[str, int]) -> list[str]:
     """Why the classes cannot be told apart yet, as sentences to act on; empty when they can.
 
-    ``class_counts`` maps every class the user defined to its number of usable examples.
+    ``class_counts`` maps every class the user defined to its number of usable examples. Two
+    classes with examples are enough: a class still without one waits
+    (:func:`waiting_for_examples`) and the model answers among the others meanwhile, so adding
+    a class never takes the predictions away.
     """
-    problems = []
     if len(class_counts) < 2:
-        problems.append(
-            "Add at least two classes: the app tells classes apart, so it needs two or more."
-        )
-    empty = [name for name, count in class_counts.items() if count == 0]
-    if empty:
-        problems.append(f"Add example images to: {', '.join(empty)}.")
-    return problems
+        return ["Add at least two classes: the app tells classes apart, so it needs two or more."]
+    if len(class_counts) - len(waiting_for_examples(class_counts)) < 2:
+        return [f"Add example images to: {', '.join(waiting_for_examples(class_counts))}."]
+    return []
+
+
+def waiting_for_examples(class_counts: dict[str, int]) -> list[str]:
+    """The classes with no usable example yet, in the order given."""
+    return [name for name, count in class_counts.items() if count == 0]
+
+
+def waiting_note(class_counts: dict[str, int]) -> str | None:
+    """What a model fitted while some classes wait for examples leaves out, in one sentence
+    (None when no class waits)."""
+    waiting = waiting_for_examples(class_counts)
+    if not waiting:
+        return None
+    named = ", ".join(f"'{name}'" for name in waiting)
+    covered = ", ".join(f"'{name}'" for name, count in class_counts.items() if count > 0)
+    verb = "is" if len(waiting) == 1 else "are"
+    return (
+        f"{named} {verb} waiting for examples, so the model leaves "
+        f"{'it' if len(waiting) == 1 else 'them'} out for now and answers among {covered}."
+    )
 
 
 def few_example_hints(class_counts: dict[str, int]) -> list[str]:
     """Gentle hints for classes with too few examples to be learned or calibrated well."""
     return [
-        f"'{name}' has {count} example{'s' if count != 1 else ''}: add a few more "
+        f"'{name}' has {counted(count, 'example')}: add a few more "
         f"(at least {FEW_EXAMPLES}, better 5 to 10) so the app learns it and knows how sure "
         "to be."
         for name, count in class_counts.items()

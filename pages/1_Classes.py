@@ -3,8 +3,6 @@ them a live test of what the model makes of a new picture."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import streamlit as st
 
 from fsl_app.classifier import predict_set
@@ -14,6 +12,7 @@ from fsl_app.ui.evaluation import label_suspects
 from fsl_app.ui.session import classifier_or_none, load_embedded, project_page
 from fsl_app.ui.widgets import (
     add_report_messages,
+    camera_shot,
     clear_upload,
     counted,
     flash,
@@ -51,11 +50,6 @@ if not classes:
     st.stop()
 for hint in few_example_hints(embedded.class_counts()):
     st.info(plain(hint))
-
-
-def camera_name() -> str:
-    """A camera shot's file name: when it was taken (the browser names every shot alike)."""
-    return f"camera {datetime.now():%Y-%m-%d %H-%M-%S}.jpg"
 
 
 def add_files(files: list[tuple[str, bytes]], class_name: str, uploader: str) -> None:
@@ -99,7 +93,7 @@ def class_card(item: ProjectClass) -> None:
         if folder:
             add_files([(f.name, f.getvalue()) for f in folder], item.name, f"{key}_folder")
         if photo is not None:
-            add_files([(camera_name(), photo.getvalue())], item.name, f"{key}_shot")
+            add_files([camera_shot(photo)], item.name, f"{key}_shot")
 
         images = store.list_images(project.id, class_name=item.name)
         if images:
@@ -168,7 +162,7 @@ def live_preview() -> None:
     if st.toggle(":material/photo_camera: Test with the camera", key="preview_camera_on"):
         shot = st.camera_input("Take a test picture", key=upload_key("preview_shot"))
         if shot is not None:
-            tests.append((camera_name(), shot.getvalue(), "preview_shot"))
+            tests.append((*camera_shot(shot), "preview_shot"))
     dropped = st.file_uploader("Drop a picture to test", key=upload_key("preview_file"))
     if dropped is not None:
         tests.append((dropped.name, dropped.getvalue(), "preview_file"))

@@ -8,6 +8,8 @@ import streamlit as st
 
 from fsl_app.classifier import predict_set
 from fsl_app.deploy.bundle import bundle_bytes
+from fsl_app.embedded_set import waiting_note
+from fsl_app.plural import counted
 from fsl_app.project.dataset_zip import DatasetZipError
 from fsl_app.project.io import (
     export_dataset_zip,
@@ -44,6 +46,8 @@ else:
         "threshold. Use it on any machine with fsl_app:"
     )
     st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --images FOLDER_OF_PICTURES")
+    if note := waiting_note(embedded.class_counts()):  # the file covers the classes with examples
+        st.info(plain(note))
     if st.button("Prepare the model file", key="prepare_bundle"):
         st.session_state["bundle"] = (
             state_now,
@@ -71,8 +75,8 @@ json_column.download_button(
     "Download as JSON", table_json(rows), file_name=f"{file_stem}.json", mime="application/json"
 )
 st.caption(
-    f"{len(rows)} pictures: name, content hash, your label (blank if unlabeled), and the "
-    "model's prediction, confidence and 'none of these' flag."
+    f"{counted(len(rows), 'picture')}: name, content hash, your label (blank if unlabeled), "
+    "and the model's prediction, confidence and 'none of these' flag."
 )
 
 st.subheader("The pictures")

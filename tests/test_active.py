@@ -128,7 +128,7 @@ def test_auto_starts_typical_and_turns_uncertain_without_near_duplicates():
     margin = toy_rank("margin", support, labels, pool, k=4)
     assert sum(p.index < 5 for p in margin) == 4
     assert sum(p.index < 5 for p in auto) == 1
-    assert auto[0].reason.startswith("between 'b' and 'a' (") and auto[0].index < 5
+    assert auto[0].reason.startswith("most likely 'b' (") and auto[0].index < 5  # 85% vs 15%
     assert all("%" in p.reason and not p.reason.startswith("typical") for p in auto)
 
 
@@ -286,8 +286,7 @@ def test_suggest_command_prints_json_and_skips_unreadable_files(labeling_folders
     assert code == 0
     assert header.split() == ["rank", "path", "score", "prediction", "reason"]
     assert len(lines) == 2 and all(
-        "between 'bird' and 'flower'" in line or "between 'flower' and 'bird'" in line
-        for line in lines
+        "'bird'" in line and "'flower'" in line and "%" in line for line in lines
     )
 
 
@@ -299,3 +298,17 @@ def test_suggest_command_explains_what_a_strategy_needs(labeling_folders, capsys
     _, err = capsys.readouterr()
     assert code == 2
     assert "at least two classes" in err and "Traceback" not in err
+
+
+def test_between_is_said_only_of_a_close_call_and_a_group_of_one_is_no_group():
+    from fsl_app.active import _between, _typical_reason
+
+    classes = ["fruit", "flower", "bird"]
+    assert _between(np.array([0.17, 0.80, 0.03]), classes) == (
+        "most likely 'flower' (80%), but not sure: 'fruit' comes next (17%)"
+    )
+    assert _between(np.array([0.40, 0.50, 0.10]), classes) == (
+        "between 'flower' and 'fruit' (50% vs 40%)"
+    )
+    assert _typical_reason(1, 0) == "unlike any other unlabeled image, with no label near it"
+    assert _typical_reason(7, 0) == "typical of a group of 7 unlabeled images with no label yet"

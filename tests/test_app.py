@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fsl_app.embeddings import describe_device
@@ -178,9 +179,12 @@ def test_predict_shows_the_right_class_and_a_correction_becomes_an_example(data_
     assert len(badges) == 2 and all("%" in b or "none of these" in b for b in badges)
     assert at.get("download_button")  # predictions as CSV
     # One click accepts the first prediction: it becomes an example of that class.
-    accept = next(b for b in at.button if b.label.startswith("✓ Yes, "))
-    accepted_class = accept.label.removeprefix("✓ Yes, ")
+    accept = next(b for b in at.button if b.label.startswith("Yes, "))
+    accepted_class = accept.label.removeprefix("Yes, ")
     accept.click().run()
+    # The card says so at once (a fragment: in a browser, the click reruns that card alone).
+    assert any("is now an example of" in shown(s.value) for s in at.success)
+    at.button(key="refresh").click().run()
     with Store(data_dir) as store:
         project = store.list_projects()[0]
         counts = {c.name: c.n_examples for c in store.list_classes(project.id)}
@@ -220,9 +224,12 @@ def test_demo_project_runs_every_page(data_dir):
     prefix = none_key.removeprefix("none_")
     at.button(key=none_key).click().run()
     assert not at.exception
+    assert any("is marked as none of these classes" in shown(i.value) for i in at.info)
+    at.button(key="refresh").click().run()  # the tiles catch up at the page's next run
     assert [m.value for m in at.metric][5] == "1"
     assert any("marked by you" in t.value for t in at.text)
     at.button(key=f"unmark_{prefix}").click().run()
+    at.button(key="refresh").click().run()
     assert not at.exception and [m.value for m in at.metric][5] == "0"
     go(at, "3_Embedding_map")
     assert at.get("plotly_chart")
@@ -253,7 +260,7 @@ def test_label_next_takes_one_click_and_the_accuracy_chart_grows(data_dir):
         before = len(store.list_images(project.id, labeled=True))
     at.button[0].click().run()  # the first class button of the first suggestion
     assert not at.exception
-    assert any(s.value.startswith("Labeled '") for s in at.success)
+    assert any("is now an example of" in s.value for s in at.success)
     with Store(data_dir) as store:
         assert len(store.list_images(project.id, labeled=True)) == before + 1
         history = store.accuracy_history(project.id)
@@ -268,10 +275,79 @@ def test_label_next_takes_one_click_and_the_accuracy_chart_grows(data_dir):
         outside = store.none_of_these(project.id)
     assert [i for i in outside if i.startswith(prefix)]
     assert not [b for b in at.button if b.key and b.key.endswith(prefix)]
-    # "Skip for now" hides the next one for this session.
+    # "Skip for now" hides the next one, also after a reload (a new session of the same
+    # project), until the person asks for the skipped ones again.
     skip_key = next(b.key for b in at.button if b.key and b.key.startswith("skip_"))
     at.button(key=skip_key).click().run()
-    assert not [b for b in at.button if b.key and b.key.endswith(skip_key.removeprefix("skip_"))]
+    skipped = skip_key.removeprefix("skip_")
+    assert not [b for b in at.button if b.key and b.key.endswith(skipped)]
+    reloaded = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    reloaded.query_params["project"] = str(project.id)
+    go(reloaded.run(), "4_Label_next")
+    assert not [b for b in reloaded.button if b.key and b.key.endswith(skipped)]
+    assert reloaded.button(key="unskip").label == "Offer the 1 skipped picture again"
+    # A suggestion labeled in another tab meanwhile: the click says so instead of nothing.
+    label = next(b for b in at.button if b.key and b.key.startswith("label_"))
+    with Store(data_dir) as store:
+        image = next(
+            i for i in store.list_images(project.id) if i.sha256.startswith(label.key.split("_")[1])
+        )
+        store.label(project.id, [image.sha256], "tool")
+    label.click().run()
+    assert any("already labeled as tool in another window" in shown(i.value) for i in at.info)
+
+
+def jpeg(path: Path) -> bytes:
+    """A Tux Paint photo as a camera would send it: a JPEG, no transparency."""
+    picture = Image.open(path).convert("RGBA")
+    flat = Image.new("RGB", picture.size, "white")
+    flat.paste(picture, mask=picture.getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_pile_is_sorted_on_predict_with_a_class_still_empty_and_a_camera_shot(data_dir, photos):
+    at = start(data_dir)
+    at.button(key="demo").click().run()
+    go(at, "1_Classes")
+    add_class(at, "fish")  # no example yet: the predictions stay
+    go(at, "2_Predict")
+    assert "'fish' is waiting for examples" in texts(at)
+    assert at.metric[0].label == "Pictures to sort" and at.metric[0].value == "40"
+    # The new class is one click away on every card, so a picture can be its first example.
+    correct = next(b for b in at.selectbox if b.key and b.key.startswith("correct_"))
+    assert "fish" in correct.options
+
+    # A camera shot goes where uploads go, and its card comes first with its prediction.
+    at.toggle(key="predict_camera_on").set_value(True).run()
+    at.camera_input[0].set_value(("shot.jpg", jpeg(photos["bird"][-2]), "image/jpeg")).run()
+    assert not at.exception
+    assert "Added 1 picture to the pictures to sort." in texts(at)
+    assert at.text[0].value == "bird"
+    with Store(data_dir) as store:
+        project = store.list_projects()[0]
+        assert any(i.name.startswith("camera ") for i in store.list_images(project.id))
+        before = {c.name: c.n_examples for c in store.list_classes(project.id)}
+
+    # "Accept all sure" says how many, and makes that many examples.
+    accept_all = at.button(key="accept_all_sure")
+    n_sure = int(re.search(r"Accept all (\d+) sure", accept_all.label).group(1))
+    accept_all.click().run()
+    assert not at.exception
+    assert any(f"{n_sure} pictures accepted as examples" in shown(s.value) for s in at.success)
+    with Store(data_dir) as store:
+        after = {c.name: c.n_examples for c in store.list_classes(project.id)}
+    assert sum(after.values()) - sum(before.values()) == n_sure and after["fish"] == 0
+    # And can be taken back.
+    at.button(key="undo").click().run()
+    with Store(data_dir) as store:
+        assert {c.name: c.n_examples for c in store.list_classes(project.id)} == before
+    downloads = [d.proto.label for d in at.get("download_button")]
+    assert downloads == ["Download predictions (CSV)", "Download the sorted pictures (ZIP)"]
+    go(at, "6_Export")  # the model can be exported, and says what it leaves out
+    assert "'fish' is waiting for examples" in texts(at)
+    assert at.button(key="prepare_bundle")
 
 
 def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):

@@ -6,6 +6,10 @@ Real Tux Paint photos through the real default backbone, in a real store.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -18,6 +22,7 @@ from fsl_app.embedded_set import (
     embed_uploads,
     few_example_hints,
     readiness,
+    waiting_note,
 )
 from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.evaluation.held_out import evaluate_held_out
@@ -26,7 +31,9 @@ from fsl_app.project.demo import (
     DEMO_UNLABELED_PER_CLASS,
     create_demo_project,
 )
-from fsl_app.project.store import Store
+from fsl_app.project.io import export_sorted_zip
+from fsl_app.project.sorting import label_unlabeled, sure_choices
+from fsl_app.project.store import NONE_OF_THESE, Store
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +105,71 @@ def test_readiness_says_what_to_add():
     ]
     assert readiness({"cat": 3, "dog": 0}) == ["Add example images to: dog."]
     assert readiness({"cat": 3, "dog": 1}) == []
+    # A new class without examples waits; the two with examples are enough to predict.
+    assert readiness({"cat": 3, "dog": 1, "fox": 0}) == []
+    assert waiting_note({"cat": 3, "dog": 1, "fox": 0}) == (
+        "'fox' is waiting for examples, so the model leaves it out for now and answers among "
+        "'cat', 'dog'."
+    )
+    assert waiting_note({"cat": 3, "dog": 1}) is None
     assert few_example_hints({"cat": 3, "dog": 1})[0].startswith("'dog' has 1 example:")
+
+
+def test_a_class_without_examples_waits_and_the_others_keep_their_predictions(demo, embedder):
+    store, project = demo
+    store.add_class(project.id, "fish")  # just made: no example yet
+    embedded = embed_project(store, project.id, embedder)
+    assert embedded.readiness() == [] and embedded.waiting_classes == ["fish"]
+    classifier = fit_classifier(embedded)
+    assert "fish" not in classifier.classes_ and len(classifier.classes_) == len(DEMO_CLASSES)
+    assert classifier.notes[0].startswith("'fish' is waiting for examples")
+    predictions = predict_set(classifier, embedded)
+    assert len(predictions) == len(embedded.unlabeled_ids)
+
+
+def test_accepting_the_sure_ones_and_the_sorted_zip(demo, embedder):
+    store, project = demo
+    embedded = embed_project(store, project.id, embedder)
+    predictions = predict_set(fit_classifier(embedded), embedded)
+    sure = sure_choices(predictions)
+    assert sure and all(p.badge == "sure" for p in predictions if p.id in sure)
+    assert sure_choices(predictions, "bird") == {i: c for i, c in sure.items() if c == "bird"}
+    # Another window labeled one of them meanwhile and removed another: both are left alone.
+    taken, removed, *rest = sure
+    store.label(project.id, [taken], "tool")
+    store.remove_images(project.id, [removed])
+    outcome = label_unlabeled(store, project.id, sure)
+    assert outcome.labeled == {i: sure[i] for i in rest}
+    assert outcome.already == {taken: "tool"} and outcome.gone == [removed]
+    names = dict(zip(embedded.ids, embedded.names, strict=True))
+    kinds = [kind for kind, _ in outcome.messages(names)]
+    assert kinds == ["success", "info", "warning"]
+    assert f"{len(rest)} pictures accepted as examples" in outcome.messages(names)[0][1]
+
+    # The rest of the pile, sorted into folders: examples in their class, pictures to sort
+    # where the model puts them, "none of these" for the marked and the unknown.
+    embedded = embed_project(store, project.id, embedder)
+    predictions = {p.id: p for p in predict_set(fit_classifier(embedded), embedded)}
+    marked = next(iter(predictions))
+    store.mark_none_of_these(project.id, [marked])
+    with zipfile.ZipFile(io.BytesIO(export_sorted_zip(store, project.id, predictions))) as z:
+        folders = {
+            hashlib.sha256(z.read(name)).hexdigest(): name.split("/")[0] for name in z.namelist()
+        }
+    images = store.list_images(project.id)
+    assert len(folders) == len(images)  # every picture once
+    for image in images:
+        if image.class_name is not None:
+            expected = image.class_name
+        elif image.sha256 == marked or predictions[image.sha256].unknown:
+            expected = NONE_OF_THESE
+        else:
+            expected = predictions[image.sha256].prediction
+        assert folders[image.sha256] == expected, image.name
+    assert folders[marked] == NONE_OF_THESE
+    to_sort = export_sorted_zip(store, project.id, predictions, include_examples=False)
+    with zipfile.ZipFile(io.BytesIO(to_sort)) as z:
+        assert len(z.namelist()) == len(store.list_images(project.id, labeled=False))
 
 
 def test_suggestions_come_from_the_pool_with_reasons(demo, embedder):

@@ -682,6 +682,24 @@ def test_kept_labels_and_none_of_these_last_and_go_with_their_image(store, pictu
     assert integrity(store.root) == "ok"
 
 
+def test_skipped_pictures_stay_skipped_across_sessions_until_offered_again(store, pictures):
+    project = store.create_project("Birds")
+    pool = [i.sha256 for i in store.add_images(project.id, named(pictures, 0, 4)).added]
+    other = store.create_project("Fish")
+
+    assert store.skip(project.id, [pool[2], pool[0], "f" * 64]) == 2  # not in it: left out
+    assert store.skip(project.id, pool[:1]) == 0  # already skipped
+    with Store(store.root) as reopened:  # a reload, another tab, a restart
+        assert reopened.skipped(project.id) == [pool[0], pool[2]]  # in the project's order
+    assert store.skipped(other.id) == []  # per project
+
+    store.remove_images(project.id, pool[:1])  # a skip goes with its picture
+    assert store.skipped(project.id) == [pool[2]]
+    assert store.unskip(project.id) == 1
+    assert store.skipped(project.id) == []
+    assert integrity(store.root) == "ok"
+
+
 def test_accuracy_history_keeps_one_point_per_number_of_labels(store):
     project = store.create_project("Birds")
     store.record_accuracy(project.id, AccuracyPoint(6, 0.5, 0.2, 0.8))
@@ -1058,6 +1076,6 @@ def test_a_data_folder_from_schema_3_gets_a_trash_and_keeps_its_projects(tmp_pat
         store.restore(store.list_trash()[0])
         assert len(store.list_images(birds.id, class_name="robin")) == 2
     with sqlite3.connect(tmp_path / "fsl.sqlite") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_module._MIGRATIONS)
     db.close()
     assert integrity(tmp_path) == "ok"

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import textwrap
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fsl_app.active import DEFAULT_STRATEGY, STRATEGIES, available_strategies
@@ -23,7 +22,6 @@ from fsl_app.learners import DEFAULT_LEARNER, available_learners
 
 if TYPE_CHECKING:
     from fsl_app.active import Suggestion
-    from fsl_app.embedded_set import EmbeddedSet
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -107,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # that have examples (a class still empty has nothing to be compared with).
     classifier = None
     if with_examples >= 2:
-        classifier = fit_classifier(_without_empty_classes(embedded), learner=args.learner)
+        classifier = fit_classifier(embedded, learner=args.learner)
     suggestions = suggest(embedded, classifier, k=args.k, strategy=args.strategy, seed=args.seed)
     paths = [utf8_text(embedded.names[row]) for row, _ in suggestions]
     ranked = [s for _, s in suggestions]
@@ -122,11 +120,6 @@ def run(args: argparse.Namespace) -> int:
             ],
         )
     return 0
-
-
-def _without_empty_classes(embedded: EmbeddedSet) -> EmbeddedSet:
-    counts = embedded.class_counts()
-    return replace(embedded, classes=[c for c in embedded.classes if counts[c]])
 
 
 def _print_json(suggestions: list[Suggestion], paths: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from fsl_app.files import spreadsheet_safe
 from fsl_app.images import image_sha256
+from fsl_app.plural import counted
 from fsl_app.project.dataset_zip import DatasetZip, DatasetZipError, ZipImage, imagefolder_zip
 from fsl_app.project.store import (
     NONE_OF_THESE,
@@ -41,7 +42,7 @@ class ImportReport:
     skipped: list[str] = field(default_factory=list)  # entries of the ZIP that are not images
 
     def summary(self) -> str:
-        parts = [f"{self.added} image{'s' if self.added != 1 else ''} added"]
+        parts = [f"{counted(self.added, 'image')} added"]
         if self.classes_created:
             parts.append(f"new classes: {', '.join(self.classes_created)}")
         if self.duplicates:
@@ -117,6 +118,38 @@ def export_dataset_zip(store: Store, project_id: int, *, include_unlabeled: bool
             store.image_bytes(image.sha256),
         )
         for image in images
+    )
+
+
+def export_sorted_zip(
+    store: Store,
+    project_id: int,
+    predictions: Mapping[str, TablePrediction],
+    *,
+    include_examples: bool = True,
+) -> bytes:
+    """The pile, sorted: each picture to sort in the folder of the class the model puts it in,
+    those it answers "none of these" for (or the user marked so) under ``none of these/``, and,
+    with ``include_examples``, every example in its class's folder.
+
+    ``predictions`` maps a picture's sha256 to its prediction (``fsl_app.classifier.
+    predict_set``); a picture to sort without one (not readable) is left out.
+    """
+    marked = set(store.none_of_these(project_id))
+
+    def folder(image: ProjectImage) -> str | None:
+        if image.class_name is not None:
+            return image.class_name if include_examples else None
+        predicted = predictions.get(image.sha256)
+        if image.sha256 in marked or (predicted is not None and predicted.unknown):
+            return NONE_OF_THESE
+        return None if predicted is None else predicted.prediction
+
+    placed = [(folder(image), image) for image in store.list_images(project_id)]
+    return imagefolder_zip(
+        ZipImage(place, image.name, store.image_bytes(image.sha256))
+        for place, image in placed
+        if place is not None
     )
 
 

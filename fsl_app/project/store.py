@@ -202,11 +202,23 @@ _TRASH_V4 = (
     )""",
     "CREATE INDEX trashed_class_images_by_sha256 ON trashed_class_images (sha256)",
 )
+# Pictures the user skipped on Label next: kept with the project, so a reload or another tab
+# does not bring them back; they go with their image.
+_SKIPPED_V5 = (
+    """CREATE TABLE skipped (
+        project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (project_id, sha256),
+        FOREIGN KEY (project_id, sha256) REFERENCES project_images (project_id, sha256)
+            ON DELETE CASCADE
+    )""",
+)
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _SCHEMA_V1,
     _SETTINGS_TO_TABLES_V2,
     _DROP_PREDICTIONS_V3,
     _TRASH_V4,
+    _SKIPPED_V5,
 )
 # What is deleted can be restored for this many days; Store.tidy then deletes it for good.
 TRASH_DAYS = 30
@@ -744,6 +756,33 @@ class Store:
             "SELECT n.sha256 FROM none_of_these AS n JOIN project_images AS pi"
             " ON pi.project_id = n.project_id AND pi.sha256 = n.sha256"
             " WHERE n.project_id = ? ORDER BY pi.rowid",
+            (project_id,),
+        )
+        return [sha256 for (sha256,) in rows]
+
+    def skip(self, project_id: int, sha256s: Iterable[str]) -> int:
+        """Note that the user passed over these pictures when asked to label them: they are
+        not suggested again until :meth:`unskip`. Returns how many were newly skipped; images
+        no longer in the project are left out."""
+        with self._transaction() as db:
+            return db.execute(
+                "INSERT OR IGNORE INTO skipped (project_id, sha256)"
+                " SELECT project_id, sha256 FROM project_images"
+                " WHERE project_id = ? AND sha256 IN (SELECT value FROM json_each(?))",
+                (project_id, _json_list(sha256s)),
+            ).rowcount
+
+    def unskip(self, project_id: int) -> int:
+        """Offer every skipped picture again; returns how many were skipped."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM skipped WHERE project_id = ?", (project_id,)).rowcount
+
+    def skipped(self, project_id: int) -> list[str]:
+        """The pictures skipped so far, by sha256, in the project's order."""
+        rows = self._fetch(
+            "SELECT s.sha256 FROM skipped AS s JOIN project_images AS pi"
+            " ON pi.project_id = s.project_id AND pi.sha256 = s.sha256"
+            " WHERE s.project_id = ? ORDER BY pi.rowid",
             (project_id,),
         )
         return [sha256 for (sha256,) in rows]

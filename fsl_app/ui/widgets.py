@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import streamlit as st
 from PIL import Image, ImageOps
 
 from fsl_app.classifier import Prediction
 from fsl_app.images import ImageLoadError, load_image
+from fsl_app.plural import counted
 from fsl_app.project.store import AddReport, Store, StoreError
 
 THUMBNAIL_SIDE = 192
@@ -99,8 +101,7 @@ def add_report_messages(report: AddReport, where: str) -> list[tuple[str, str]]:
     """What happened to an upload, as (kind, sentence): added, already there, refused and why."""
     messages = []
     if report.added:
-        plural = "s" if len(report.added) != 1 else ""
-        messages.append(("success", f"Added {len(report.added)} picture{plural} to {where}."))
+        messages.append(("success", f"Added {counted(len(report.added), 'picture')} to {where}."))
     for duplicate in report.duplicates:
         place = f"'{duplicate.class_name}'" if duplicate.class_name else "the unlabeled pictures"
         messages.append(
@@ -143,14 +144,18 @@ def clear_upload(name: str) -> None:
     st.session_state[f"_upload_round_{name}"] = st.session_state.get(f"_upload_round_{name}", 0) + 1
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and ``noun``, plural when ``n`` is not 1: "1 picture", "3 pictures", "0 classes"."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
 def probability_bars(prediction: Prediction, classes: list[str]) -> None:
     """One bar per class, in ``classes``' order, with its calibrated probability in percent:
     the numbers behind the prediction's badge, never computed another way."""
     for name in classes:
         chance = prediction.probabilities.get(name, 0.0)
         st.progress(min(max(chance, 0.0), 1.0), text=f"{plain(name)}: {chance:.0%}")
+
+
+def camera_shot(photo) -> tuple[str, bytes]:
+    """(name, bytes) of a ``st.camera_input`` photo, for the store like any upload.
+
+    The browser names every shot "image.jpg"; the time it was taken tells shots apart in
+    lists and in exported folders.
+    """
+    return f"camera {time.strftime('%Y-%m-%d %H.%M.%S')}.jpg", photo.getvalue()
