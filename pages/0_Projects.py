@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones
 from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
+from fsl_app.ui.image_models import image_model_settings
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
 
@@ -132,20 +132,14 @@ st.write(
     )
 )
 devices = available_devices()
-backbones = available_backbones()
 learners = available_learners()
+image_model_settings(store, project)
 with st.form("model_settings"):
     device = st.selectbox(
         "Device",
         devices,
         index=devices.index(settings.device) if settings.device in devices else 0,
         format_func=DEVICE_NAMES.get,
-    )
-    backbone = st.selectbox(
-        "Image model (reads each picture once)",
-        backbones,
-        index=backbones.index(settings.backbone) if settings.backbone in backbones else 0,
-        help=f"{DEFAULT_BACKBONE} is fast and works offline. Changing it reads every image again.",
     )
     learner = st.selectbox(
         "Few-shot learner (learns your classes from the examples)",
@@ -167,7 +161,7 @@ with st.form("model_settings"):
     if st.form_submit_button("Save model settings"):
         store.update_settings(
             project.id,
-            {"device": device, "backbone": backbone, "learner": learner, "strictness": strictness},
+            {"device": device, "learner": learner, "strictness": strictness},
         )
         st.success("Saved. Every page now uses these settings.")
 if settings.learner != DEFAULT_LEARNER:
