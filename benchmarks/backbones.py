@@ -10,7 +10,7 @@ wheels) it measures, on this machine:
 * accuracy of the default learner (``DEFAULT_LEARNER``, calibrated as the app uses it, "none of
   these" off) on the same fixed-seed 5-way episodes for every backbone, 1 and 5 shots, 6
   queries a class: Tux Paint photos (every stamp category with 11 photos or more, drawings
-  left out) and Fashion-MNIST's test split (40 a class). Embeddings are cached in
+  left out) and Fashion-MNIST's test split (20 a class). Embeddings are cached in
   ``benchmarks/results/backbones.sqlite``, so a rerun embeds nothing;
 * speed through the whole pipeline (read, hash, decode, preprocess, forward) on 2 CPU threads,
   in a fresh process per backbone and round: seconds to build the model with its weights,
@@ -88,7 +88,7 @@ def accuracy_table(names: list[str], episodes: int) -> dict[str, dict[str, float
     from fsl_app.evaluation.episodes import evaluate_learner, sample_episodes
     from fsl_app.learners.registry import DEFAULT_LEARNER
 
-    datasets = [tuxpaint_set(), fashion_mnist("t10k", per_class=40)]
+    datasets = [tuxpaint_set(), fashion_mnist("t10k", per_class=20)]
     cache = EmbeddingCache(RESULTS / "backbones.sqlite")
     results: dict[str, dict[str, float]] = {name: {} for name in names}
     shared_episodes: dict[tuple[str, int], list] = {}

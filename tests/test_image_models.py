@@ -10,7 +10,11 @@ import pytest
 from safetensors.torch import save
 from streamlit.testing.v1 import AppTest
 
+from fsl_app.backbones import load_backbone
+from fsl_app.classifier import fit_classifier
+from fsl_app.embedded_set import embed_project
 from fsl_app.embeddings import Embedder
+from fsl_app.learners.registry import meta_trainable_learners
 from fsl_app.project.store import Store
 
 pytestmark = pytest.mark.slow
@@ -112,3 +116,25 @@ def test_own_weights_are_checked_in_the_app(app, backbone):
     app.selectbox(key="image_model_choice").set_value("tf_efficientnet_lite0.in1k").run()
     app.button(key="use_image_model").click().run()
     assert backbone_setting(app) == "tf_efficientnet_lite0.in1k"
+
+
+@pytest.mark.parametrize("learner", meta_trainable_learners())
+def test_meta_learned_learners_fall_back_in_one_sentence_for_another_model(
+    tmp_path, photos, learner
+):
+    """Their shipped checkpoints are for Lite0's embeddings: with Lite1 they start without one
+    and say so; with Lite0 they use theirs."""
+    with Store(tmp_path / "data") as store:
+        project = store.create_project("Checkpoints")
+        for name in ("bird", "flower", "fruit"):
+            store.add_class(project.id, name)
+            store.add_images(project.id, [(p.name, p.read_bytes()) for p in photos[name][:3]], name)
+        notes = {}
+        for backbone in ("tf_efficientnet_lite0", "tf_efficientnet_lite1"):
+            embedder = Embedder(load_backbone(backbone), device="cpu")
+            embedded = embed_project(store, project.id, embedder)
+            notes[backbone] = fit_classifier(embedded, learner=learner).notes[0]
+    assert f"'{learner}-tf_efficientnet_lite0.safetensors'" in notes["tf_efficientnet_lite0"]
+    fallback = notes["tf_efficientnet_lite1"]
+    assert "no meta-trained checkpoint for the backbone 'tf_efficientnet_lite1'" in fallback
+    assert "\n" not in fallback and fallback.endswith("safetensors').")  # one sentence
