@@ -7,9 +7,10 @@ Run from the repository root::
 For every embedded backbone (``WHEEL_BACKBONES``: EfficientNet-Lite0, Lite1, Lite2 from their
 wheels) it measures, on this machine:
 
-* accuracy of the default learner (``DEFAULT_LEARNER``, calibrated as the app uses it, "none of
-  these" off) on the same fixed-seed 5-way episodes for every backbone, 1 and 5 shots, 6
-  queries a class: Tux Paint photos (every stamp category with 11 photos or more, drawings
+* accuracy of the default learner (``DEFAULT_LEARNER``) on the same fixed-seed 5-way episodes
+  for every backbone, 1 and 5 shots, 6 queries a class (the app's calibration is a temperature,
+  which never changes which class wins, so it is left out here: it costs a leave-one-out fit
+  per episode): Tux Paint photos (every stamp category with 11 photos or more, drawings
   left out) and Fashion-MNIST's test split (20 a class). Embeddings are cached in
   ``benchmarks/results/backbones.sqlite``, so a rerun embeds nothing;
 * speed through the whole pipeline (read, hash, decode, preprocess, forward) on 2 CPU threads,
@@ -83,10 +84,9 @@ def tuxpaint_set() -> LabeledImages:
 
 def accuracy_table(names: list[str], episodes: int) -> dict[str, dict[str, float]]:
     """{backbone: {"tuxpaint 1-shot": accuracy, ..., "...ci95": half-width}} on shared episodes."""
-    from fsl_app.classifier import CalibratedClassifier
     from fsl_app.embeddings import Embedder, EmbeddingCache
     from fsl_app.evaluation.episodes import evaluate_learner, sample_episodes
-    from fsl_app.learners.registry import DEFAULT_LEARNER
+    from fsl_app.learners.registry import DEFAULT_LEARNER, create_learner
 
     datasets = [tuxpaint_set(), fashion_mnist("t10k", per_class=20)]
     cache = EmbeddingCache(RESULTS / "backbones.sqlite")
@@ -115,8 +115,9 @@ def accuracy_table(names: list[str], episodes: int) -> dict[str, dict[str, float
                     shared_episodes[key] = sample_episodes(
                         labels, ways=WAYS, shots=shots, queries=QUERIES, n_episodes=episodes
                     )
-                result = evaluate_learner(
-                    lambda: CalibratedClassifier(DEFAULT_LEARNER, strictness=0),
+                result = _one_thread(
+                    evaluate_learner,
+                    lambda name=name: create_learner(DEFAULT_LEARNER, backbone=name),
                     embedded.embeddings,
                     labels,
                     shared_episodes[key],
@@ -127,6 +128,20 @@ def accuracy_table(names: list[str], episodes: int) -> dict[str, dict[str, float
                 results[name][f"{column} ci95"] = result.ci95
     cache.close()
     return results
+
+
+def _one_thread(function, *args, **kwargs):
+    """Run ``function`` with one torch thread: episodes hold a few dozen rows, and on a busy
+    machine OpenMP's threads wait for each other longer than the work takes (1 s an episode
+    instead of milliseconds, seen here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _short(dataset_name: str) -> str:
@@ -164,7 +179,12 @@ def speed_child(name: str, paths: list[str]) -> dict[str, float]:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    """This process's peak resident memory. Not getrusage's ru_maxrss, which Linux keeps across
+    exec: a child started by a large parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def speed_table(names: list[str], rounds: int, n_images: int) -> dict[str, dict[str, float]]:
