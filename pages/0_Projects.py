@@ -11,6 +11,7 @@ from fsl_app.project.demo import open_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 from fsl_app.ui import icons
+from fsl_app.ui.image_models import image_model_settings
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import counted, plain
 
@@ -158,21 +159,14 @@ st.write(
     )
 )
 devices = available_devices()
-backbones = available_backbones()
 learners = available_learners()
+image_model_settings(store, project)
 with st.form("model_settings"):
     device = st.selectbox(
         "Device",
         devices,
         index=devices.index(settings.device) if settings.device in devices else 0,
         format_func=DEVICE_NAMES.get,
-    )
-    backbone = st.selectbox(
-        "Image model (reads each picture once)",
-        backbones,
-        index=backbones.index(settings.backbone) if settings.backbone in backbones else 0,
-        format_func=lambda name: backbone_words(name).label,
-        help="Changing it reads every picture again.",
     )
     learner = st.selectbox(
         "How it learns your classes from the examples",
@@ -194,7 +188,7 @@ with st.form("model_settings"):
     if st.form_submit_button("Save model settings"):
         store.update_settings(
             project.id,
-            {"device": device, "backbone": backbone, "learner": learner, "strictness": strictness},
+            {"device": device, "learner": learner, "strictness": strictness},
         )
         st.success("Saved. Every page now uses these settings.")
 if settings.learner != DEFAULT_LEARNER:
@@ -206,7 +200,7 @@ with st.expander("Advanced: the technical names", icon=":material/science:"):
     st.markdown(
         f"**Image model** (a pretrained [timm](https://github.com/huggingface/pytorch-image-models)"
         f" backbone; the default is `{DEFAULT_BACKBONE}`):\n\n"
-        + "\n".join(f"- {backbone_words(b).display_name}: `{b}`" for b in backbones)
+        + "\n".join(f"- {backbone_words(b).display_name}: `{b}`" for b in available_backbones())
         + "\n\n**How it learns** (the few-shot learner, over the image model's embeddings):\n\n"
         + "\n".join(
             f"- {entry.display_name}: {entry.technical_name} (`{name}`)"

