@@ -94,7 +94,8 @@ def write_memory(
         else:
             read, write = torch.zeros(n), least_used
         memory = memory + write[:, None] * key
-        slot_class = torch.where(least_used.bool(), target, slot_class)
+        # the least-used slot becomes this class's when the gate gives it any of the write
+        slot_class = torch.where(least_used.bool() & (write > 0), target, slot_class)
         usage = decay * usage + read + write
     return memory, slot_class
 
