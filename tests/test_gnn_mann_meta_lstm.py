@@ -56,7 +56,7 @@ def test_untrained_graph_and_memory_score_like_centred_prototypes(learner):
         model = GraphNet(checkpoint=None).fit(support, labels, unlabeled=query)
         proba = model.predict_proba(query)
     else:
-        params = init_mann(support.shape[1])
+        params = init_mann()
         params["gate_logit"] = torch.tensor(50.0)  # always merge: one slot per class
         targets = torch.as_tensor(np.unique(labels, return_inverse=True)[1])
         logits = mann_logits(params, torch.as_tensor(support), targets, torch.as_tensor(query))

@@ -35,7 +35,7 @@ class MemoryTrainer(MetaTrainer):
     Options = MemoryOptions
 
     def initial_parameters(self, dim: int, config: MetaTrainingConfig) -> Tensors:
-        params = init_mann(dim, config.options.hidden, config.seed)
+        params = init_mann(config.options.hidden, config.seed)
         params["log_beta"] = -torch.tensor(config.options.temperature).log()
         return {k: v.requires_grad_() for k, v in params.items()}
 
