@@ -116,8 +116,10 @@ def test_shipped_statistics_are_small_and_classify_real_photos(tux_embeddings):
     assert len(checkpoint.tensors["means"]) == 78
     features, names = tux_embeddings.features, tux_embeddings.labels
     rng = np.random.default_rng(0)
-    support = np.concatenate([rng.permutation(np.flatnonzero(names == c))[:1] for c in set(names)])
+    support = np.concatenate(
+        [rng.permutation(np.flatnonzero(names == c))[:5] for c in np.unique(names)]
+    )
     rest = np.setdiff1d(np.arange(len(names)), support)
     model = create_learner("generated").fit(features[support], names[support])
     assert model.generated_ > 0
-    assert (model.predict(features[rest]) == names[rest]).mean() > 0.5
+    assert (model.predict(features[rest]) == names[rest]).mean() > 0.6

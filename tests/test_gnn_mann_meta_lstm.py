@@ -165,7 +165,9 @@ def test_shipped_checkpoint_classifies_real_photos(learner, tux_embeddings):
     assert training["datasets"] == ["openclipart-base"]
     features, names = tux_embeddings.features, tux_embeddings.labels
     rng = np.random.default_rng(0)
-    support = np.concatenate([rng.permutation(np.flatnonzero(names == c))[:5] for c in set(names)])
+    support = np.concatenate(
+        [rng.permutation(np.flatnonzero(names == c))[:5] for c in np.unique(names)]
+    )
     rest = np.setdiff1d(np.arange(len(names)), support)
     model = CLASSES[learner](checkpoint=checkpoint).fit(
         features[support], names[support], unlabeled=features[rest]
