@@ -332,8 +332,8 @@ def test_the_onnx_flag_agrees_with_what_export_can_trace(name):
         )
 
 
-def test_meta_trainable_learners_are_maml_relation_and_siamese():
-    assert meta_trainable_learners() == ["maml", "relation", "siamese"]
+def test_meta_trainable_learners_are_those_with_a_trainer():
+    assert meta_trainable_learners() == ["maml", "relation", "siamese", "gnn", "mann", "meta-lstm"]
 
 
 @pytest.mark.parametrize("name", meta_trainable_learners())

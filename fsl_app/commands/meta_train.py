@@ -2,8 +2,10 @@
 
 ``--learner maml`` meta-learns MAML's initialisation (:mod:`fsl_app.training.maml`);
 ``relation`` and ``siamese`` train their heads (:mod:`fsl_app.training.relation`,
-:mod:`fsl_app.training.siamese`). The learner registry names each learner's trainer, and
-:func:`fsl_app.training.loop.meta_train` runs whichever it is.
+:mod:`fsl_app.training.siamese`); ``gnn``, ``mann`` and ``meta-lstm`` train the graph network,
+the memory's controller and the LSTM optimiser (:mod:`fsl_app.training.gnn`,
+:mod:`fsl_app.training.mann`, :mod:`fsl_app.training.meta_lstm`). The learner registry names
+each learner's trainer, and :func:`fsl_app.training.loop.meta_train` runs whichever it is.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         default="maml",
         choices=meta_trainable_learners(),
         help="maml: its initialisation; relation: the relation module (episodes); siamese: "
-        "the projection head (pairs). --algorithm, --inner-* and --no-meta-sgd are MAML's",
+        "the projection head (pairs); gnn: the graph network; mann: the memory's controller; "
+        "meta-lstm: the LSTM optimiser. --algorithm, --inner-* and --no-meta-sgd are MAML's",
     )
     parser.add_argument(
         "--algorithm",

@@ -43,6 +43,9 @@ class LearnerEntry:
     class_path: str  # "package.module:Class", imported by learner_class
     onnx_exportable: bool
     trainer_path: str | None = None
+    # Reads statistics of the base classes shipped as a checkpoint like a meta-trained head's
+    # (``pretrained/<name>-<backbone>.safetensors``), though nothing is meta-trained.
+    base_statistics: bool = False
 
     @property
     def meta_trainable(self) -> bool:
@@ -141,6 +144,42 @@ LEARNERS: dict[str, LearnerEntry] = {
             onnx_exportable=True,
             trainer_path="fsl_app.training.siamese:SiameseTrainer",
         ),
+        LearnerEntry(
+            "gnn",
+            "Pictures linked in a graph (graph neural network)",
+            "links your examples and the pictures to sort by learned similarity and passes "
+            "class evidence along the links",
+            "fsl_app.learners.gnn:GraphNet",
+            onnx_exportable=True,
+            trainer_path="fsl_app.training.gnn:GraphTrainer",
+        ),
+        LearnerEntry(
+            "mann",
+            "Examples kept in a memory (memory-augmented network)",
+            "stores your examples in a learned memory and answers each picture by what it "
+            "recalls from it",
+            "fsl_app.learners.mann:MemoryNet",
+            onnx_exportable=True,
+            trainer_path="fsl_app.training.mann:MemoryTrainer",
+        ),
+        LearnerEntry(
+            "meta-lstm",
+            "Learned training steps (Meta-LSTM)",
+            "trains a classifier on your examples with a few steps of an update rule learned "
+            "on other image classes",
+            "fsl_app.learners.meta_lstm:MetaLSTM",
+            onnx_exportable=True,
+            trainer_path="fsl_app.training.meta_lstm:MetaLSTMTrainer",
+        ),
+        LearnerEntry(
+            "generated",
+            "Extra examples imagined from other classes (distribution calibration)",
+            "adds made-up examples spread like similar, already known image classes, then "
+            "draws boundaries",
+            "fsl_app.learners.generated:GeneratedExamples",
+            onnx_exportable=True,
+            base_statistics=True,
+        ),
     )
 }
 # Not yet soft_kmeans, although it is more accurate on episodes (benchmarks/peers.py): its
@@ -177,13 +216,13 @@ def create_learner(
 ) -> FewShotLearner:
     """A fresh, unfitted learner; ``params`` go to its constructor.
 
-    For a meta-trainable learner, the checkpoint shipped for ``backbone`` (default: the default
-    backbone) is read here and passed in as tensors, with the reason when there is none; the
-    learner says in its ``notes_`` what it started from. ``backbone`` is ignored by the others,
-    so a caller can always pass it.
+    For a meta-trainable learner (or one that reads base statistics), the checkpoint shipped for
+    ``backbone`` (default: the default backbone) is read here and passed in as tensors, with the
+    reason when there is none; the learner says in its ``notes_`` what it started from.
+    ``backbone`` is ignored by the others, so a caller can always pass it.
     """
     entry = learner_entry(name)
-    if entry.meta_trainable and "checkpoint" not in params:
+    if (entry.meta_trainable or entry.base_statistics) and "checkpoint" not in params:
         from fsl_app import pretrained
         from fsl_app.backbones import DEFAULT_BACKBONE
 
