@@ -146,7 +146,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "gnn",
-            "Pictures linked in a graph (graph neural network)",
+            "Pictures linked together",
+            "graph neural network (Garcia & Bruna 2018)",
             "links your examples and the pictures to sort by learned similarity and passes "
             "class evidence along the links",
             "fsl_app.learners.gnn:GraphNet",
@@ -155,7 +156,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "mann",
-            "Examples kept in a memory (memory-augmented network)",
+            "Examples kept in a memory",
+            "memory-augmented neural network (Santoro et al. 2016)",
             "stores your examples in a learned memory and answers each picture by what it "
             "recalls from it",
             "fsl_app.learners.mann:MemoryNet",
@@ -164,7 +166,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "meta-lstm",
-            "Learned training steps (Meta-LSTM)",
+            "Learned training steps",
+            "Meta-LSTM meta-learner (Ravi & Larochelle 2017)",
             "trains a classifier on your examples with a few steps of an update rule learned "
             "on other image classes",
             "fsl_app.learners.meta_lstm:MetaLSTM",
@@ -173,7 +176,8 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "generated",
-            "Extra examples imagined from other classes (distribution calibration)",
+            "Extra examples imagined from other classes",
+            "distribution calibration (Yang et al. 2021)",
             "adds made-up examples spread like similar, already known image classes, then "
             "draws boundaries",
             "fsl_app.learners.generated:GeneratedExamples",
