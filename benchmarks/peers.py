@@ -230,12 +230,15 @@ def main() -> None:
         )
     default = next(iter(results))
     margins, half_widths = [], []
+    peers = [accs for name, accs in results.items() if name not in own]
     for k in range(len(cells)):
-        best_peer = max(accs[k].mean() for name, accs in results.items() if name not in own)
-        margins.append(100 * (results[default][k].mean() - best_peer))
+        if peers:
+            best_peer = max(accs[k].mean() for accs in peers)
+            margins.append(100 * (results[default][k].mean() - best_peer))
         half_widths.append(100 * 1.96 * results[default][k].std() / np.sqrt(args.episodes))
-    print("| default - best other | " + " | ".join(f"{m:+.1f}" for m in margins)
-          + f" | {np.mean(margins):+.1f} | |")  # fmt: skip
+    if peers:
+        print("| default - best peer | " + " | ".join(f"{m:+.1f}" for m in margins)
+              + f" | {np.mean(margins):+.1f} | |")  # fmt: skip
     print("| default's 95% ± | " + " | ".join(f"{h:.1f}" for h in half_widths) + " | | |")
     if not args.skip_pool_sizes:
         print(f"\n{args.candidate} against its inductive self, balanced episodes; accuracy %")
