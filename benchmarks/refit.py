@@ -71,9 +71,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"{CLASSES} classes x {EXAMPLES_PER_CLASS} examples; median of {args.rounds} refits (s)")
     print(
-        "| data set | learner | pool | fit + calibrate | predict + explain 500 | total | target |"
+        "| data set | learner | pool | fit + calibrate | predict + explain 500 | total | "
+        "CPU s | target |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (features, names) in (
         ("Tux", tuxpaint_all(embedder)),
         ("F-MNIST", fashion_mnist(embedder, 100)),
