@@ -8,9 +8,16 @@ pictures of each of 3 classes outside the episode, which are in the pool but not
 Every method sees the whole pool (transductive ones learn from it) and is scored on the same
 pictures of the same episodes. Peers come from easyfsl (``pip install --no-deps easyfsl``),
 which is a benchmark dependency only. Printed: accuracy (%) per cell, the 95% half-width of the
-default's, and the default's margin over the best peer.
+default's, and the default's margin over the best peer. ``--candidate NAME`` puts another
+registered learner in the default's place, to see whether it should become the default; its
+inductive self (fitted without the pool) is printed beside it, not counted as a peer.
 
-    python benchmarks/peers.py [--episodes 200] [--per-class 100]
+A second table checks the candidate on the pool sizes a real project has, against its
+inductive self on the same episodes: a pool of one picture (each scored query alone), and a
+pool of every picture of the data set outside the support (most of them of other classes;
+the learner and the app keep a seeded 500 of them), scoring the episode's queries.
+
+    python benchmarks/peers.py [--episodes 200] [--per-class 100] [--candidate soft_kmeans]
 """
 
 from __future__ import annotations
@@ -114,9 +121,21 @@ def logistic(support, targets, pool) -> np.ndarray:
     return ours("linear")(support, targets, pool)
 
 
-def methods() -> dict[str, Method]:
+def inductive(name: str) -> Method:
+    def run(support, targets, pool):
+        return create_learner(name).fit(support, targets.numpy()).predict_proba(pool).argmax(1)
+
+    return run
+
+
+def methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
+    role = "default" if candidate == DEFAULT_LEARNER else "candidate"
+    own = {f"{role} ({candidate})": ours(candidate)}
+    if candidate != DEFAULT_LEARNER:
+        own[f"{candidate}, inductive (no pool)"] = inductive(candidate)
+        own[f"app default ({DEFAULT_LEARNER})"] = ours()
     return {
-        f"default ({DEFAULT_LEARNER})": ours(),
+        **own,
         "ProtoNet (easyfsl)": easyfsl("PrototypicalNetworks"),
         "SimpleShot (easyfsl)": easyfsl("SimpleShot", feature_normalization=2),
         "BD-CSPN (easyfsl)": easyfsl("BDCSPN"),
@@ -142,21 +161,49 @@ def accuracy(method: Method, features: np.ndarray, batch: list[tuple]) -> np.nda
     return np.asarray(scores)
 
 
+def pool_sizes(candidate: str, features: np.ndarray, batch: list[tuple]) -> dict[str, np.ndarray]:
+    """Accuracy per episode of ``candidate`` with no pool, a pool of one and a large pool."""
+    scores: dict[str, list[float]] = {"no pool": [], "pool of 1": [], "large pool": []}
+    for support, targets, pool, pool_targets in batch:
+        scored = pool[pool_targets >= 0]
+        truth = pool_targets[pool_targets >= 0]
+        others = np.setdiff1d(np.arange(len(features)), support)
+        fit = create_learner(candidate).fit
+        alone = fit(features[support], targets).predict(features[scored])
+        scores["no pool"].append(float((alone == truth).mean()))
+        single = [
+            fit(features[support], targets, unlabeled=features[[row]]).predict(features[[row]])[0]
+            for row in scored
+        ]
+        scores["pool of 1"].append(float((np.asarray(single) == truth).mean()))
+        large = fit(features[support], targets, unlabeled=features[others])
+        scores["large pool"].append(float((large.predict(features[scored]) == truth).mean()))
+    return {name: np.asarray(values) for name, values in scores.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images a class")
     parser.add_argument("--only", nargs="*", help="method names to run (substring match)")
+    parser.add_argument(
+        "--candidate",
+        default=DEFAULT_LEARNER,
+        help="the registered learner measured against the peers (default: the app's default)",
+    )
+    parser.add_argument("--skip-pool-sizes", action="store_true", help="first table only")
     args = parser.parse_args()
     embedder = Embedder(load_backbone(), cache=EmbeddingCache(default_cache_path()))
     data = {
         "Tux": tuxpaint_all(embedder),
         "F-MNIST": fashion_mnist(embedder, args.per_class),
     }
+    everything = methods(args.candidate)
+    own = [name for name in everything if args.candidate in name]
     chosen = {
         name: method
-        for name, method in methods().items()
-        if not args.only or name.startswith("default") or any(o in name for o in args.only)
+        for name, method in everything.items()
+        if not args.only or name in own or any(o in name for o in args.only)
     }
     cells = [(d, s, p) for d in data for s in (1, 5) for p in POOLS]
     results: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
@@ -183,13 +230,26 @@ def main() -> None:
         )
     default = next(iter(results))
     margins, half_widths = [], []
+    peers = [accs for name, accs in results.items() if name not in own]
     for k in range(len(cells)):
-        best_peer = max(accs[k].mean() for name, accs in results.items() if name != default)
-        margins.append(100 * (results[default][k].mean() - best_peer))
+        if peers:
+            best_peer = max(accs[k].mean() for accs in peers)
+            margins.append(100 * (results[default][k].mean() - best_peer))
         half_widths.append(100 * 1.96 * results[default][k].std() / np.sqrt(args.episodes))
-    print("| default - best other | " + " | ".join(f"{m:+.1f}" for m in margins)
-          + f" | {np.mean(margins):+.1f} | |")  # fmt: skip
+    if peers:
+        print("| default - best peer | " + " | ".join(f"{m:+.1f}" for m in margins)
+              + f" | {np.mean(margins):+.1f} | |")  # fmt: skip
     print("| default's 95% ± | " + " | ".join(f"{h:.1f}" for h in half_widths) + " | | |")
+    if not args.skip_pool_sizes:
+        print(f"\n{args.candidate} against its inductive self, balanced episodes; accuracy %")
+        print("| data set | shots | no pool | pool of 1 | large pool (pictures) |")
+        print("|---|---|---|---|---|")
+        for dataset, (features, labels) in data.items():
+            for shots in (1, 5):
+                batch = episodes(labels, shots, "balanced", args.episodes)
+                sizes = pool_sizes(args.candidate, features, batch)
+                row = " | ".join(f"{100 * v.mean():.1f}" for v in sizes.values())
+                print(f"| {dataset} | {shots} | {row} ({len(features) - WAYS * shots}) |")
     print(f"\nload average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

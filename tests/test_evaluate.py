@@ -88,3 +88,19 @@ def test_calibration_keeps_accuracy_and_lowers_calibration_error(capsys):
     [calibrated] = json.loads(capsys.readouterr().out)
     assert calibrated["accuracy"] == raw["accuracy"]
     assert calibrated["ece"] < raw["ece"]
+
+
+@pytest.mark.slow
+def test_inductive_scoring_leaves_the_queries_out_of_a_semi_supervised_fit(capsys):
+    """By default each episode's queries are the pictures still to sort, as in the app; with
+    --inductive soft k-means is scored without them, as its own inductive self."""
+    args = ["evaluate", "--dataset", "digits", "--per-class", "25", "--ways", "5", "--shots"]
+    args += ["1", "--queries", "5", "--episodes", "30", "--no-calibration", "--format", "json"]
+    results = {}
+    for flags in ([], ["--inductive"]):
+        assert main([*args, *flags, "--learner", "soft_kmeans", "protonet"]) == 0
+        results[tuple(flags)] = {r["learner"]: r for r in json.loads(capsys.readouterr().out)}
+    semi, inductive = results[()], results[("--inductive",)]
+    for key in ("accuracy", "ece"):  # protonet ignores the pool
+        assert semi["protonet"][key] == inductive["protonet"][key]
+    assert semi["soft_kmeans"]["accuracy"] != inductive["soft_kmeans"]["accuracy"]

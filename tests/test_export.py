@@ -344,3 +344,21 @@ def test_a_bad_or_foreign_bundle_exits_2_with_one_sentence(folders, tmp_path, ca
     code, out, err = run_cli(capsys, "predict", "--bundle", foreign, "--query", folders.query)
     assert code == 2 and out == "" and "Traceback" not in err
     assert "the backbone 'no_such_backbone', which this version of fsl_app does not know" in err
+
+
+def test_export_with_images_keeps_the_pool_a_semi_supervised_model_learned_from(
+    folders, tmp_path, capsys
+):
+    """`export --images` gives soft k-means the pictures still to sort, as `predict --examples
+    --images` does: the saved model then answers as the live one, and unlike one saved without."""
+    query = ["--query", folders.query, "--format", "json"]
+    learner = ["--learner", "soft_kmeans"]
+    live = run_cli(capsys, "predict", "--support", folders.support, *learner, *query)
+    answers = {}
+    for name, pool in (("with", ["--images", folders.query]), ("without", [])):
+        model = tmp_path / f"{name}.fslbundle"
+        export = ["export", "--support", folders.support, *pool, *learner, "--out", model]
+        assert run_cli(capsys, *export)[0] == 0
+        answers[name] = run_cli(capsys, "predict", "--bundle", model, *query)
+    assert answers["with"] == live and live[0] == 0
+    assert answers["without"][1] != live[1]

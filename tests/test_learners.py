@@ -15,6 +15,7 @@ from fsl_app.learners import (
     MatchingNet,
     NotFittedError,
     ProtoNet,
+    SoftKMeans,
     create_learner,
     meta_trainable_learners,
 )
@@ -416,3 +417,17 @@ def test_soft_kmeans_learns_from_the_pool_and_distractors_do_not_hurt(
         semi = create_learner("soft_kmeans").fit(support, labels, unlabeled=pool).predict(query)
         gains.append((semi == truth).mean() - (inductive == truth).mean())
     assert np.mean(gains) >= margin
+
+
+def test_a_pool_picture_is_scored_against_centres_without_its_own_share(tux_embeddings):
+    """A picture that pulled a class centre towards itself must not be sure of it for that
+    reason: with a pool of one, that picture is scored against the examples' centres alone
+    (the centres without its share), while another picture sees the centres it moved."""
+    support, labels, pool, _, _ = tux_pool(tux_embeddings, seed=0, distractors=0)
+    picture, other = pool[:1], pool[1:2]
+    semi = SoftKMeans().fit(support, labels, unlabeled=picture)
+    unmoved = SoftKMeans(steps=0).fit(support, labels, unlabeled=picture)
+    np.testing.assert_allclose(
+        semi.decision_function(picture), unmoved.decision_function(picture), atol=1e-4
+    )
+    assert not np.allclose(semi.decision_function(other), unmoved.decision_function(other))

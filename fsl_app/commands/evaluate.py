@@ -63,6 +63,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=True,
         help="score confidences after the app's leave-one-out temperature (default: on)",
     )
+    parser.add_argument(
+        "--inductive",
+        action="store_true",
+        help="score each learner without the episode's queries as pictures still to sort "
+        "(default: they are passed as the app passes its pool, so semi-supervised learners "
+        "learn from them)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", default="table", choices=["table", "json"])
     add_embedding_options(parser)
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                     labels,
                     episodes,
                     name=name,
+                    transductive=not args.inductive,
                 )
             )
     if args.format == "json":

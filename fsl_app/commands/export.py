@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from fsl_app.commands.common import add_embedding_options, open_embedder, progress_bar
-from fsl_app.commands.predict import add_examples_option, add_learner_options, report_examples
+from fsl_app.commands.predict import (
+    add_examples_option,
+    add_images_option,
+    add_learner_options,
+    report_examples,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,6 +25,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         ),
     )
     add_examples_option(parser)
+    add_images_option(
+        parser,
+        "--pool",
+        required=False,
+        help="optional: a folder of pictures still to sort, which a semi-supervised learner "
+        "learns from; the model file keeps up to 500 of them",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="where to save the model")
     parser.add_argument(
         "--onnx",
@@ -46,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         check_onnx_export(args.learner)  # before any work: a missing package says so at once
     with open_embedder(args) as embedder:
-        embedded = embed_folders(embedder, args.examples, progress=progress_bar)
+        embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
         report_examples(embedded.unreadable, [embedded.left_out.note()])
         classifier = fit_classifier(embedded, learner=args.learner, strictness=args.strictness)
         path = save_bundle(args.out, classifier, backbone=embedder.backbone)

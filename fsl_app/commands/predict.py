@@ -63,13 +63,15 @@ def add_examples_option(parser, *, required: bool = True) -> None:
     )
 
 
-def add_images_option(parser: argparse.ArgumentParser, old_name: str, *, help: str) -> None:
+def add_images_option(
+    parser: argparse.ArgumentParser, old_name: str, *, help: str, required: bool = True
+) -> None:
     """--images PATH (with the command's old name as an alias): the pictures to work on."""
     parser.add_argument(
         "--images",
         old_name,
         dest="images",
-        required=True,
+        required=required,
         metavar="PATH",
         help=f"{help} ({old_name} is the old name)",
     )
