@@ -74,12 +74,17 @@ def main() -> None:
     parser.add_argument("--stage-episodes", type=int, default=30, help="for last-stage maml")
     parser.add_argument("--held-out-per-class", type=int, default=10)
     parser.add_argument("--old-maml", help="the Fashion-MNIST + digits maml checkpoint")
+    parser.add_argument("--new-maml", help="a maml checkpoint to score beside the shipped one")
     parser.add_argument("--part", choices=["all", "heads", "stage"], default="all")
+    parser.add_argument(
+        "--rows", nargs="+", metavar="START", help="only the heads rows whose names start so"
+    )
     args = parser.parse_args()
 
     backbone = load_backbone()
     cache = open_activation_cache()
-    embedders = {v: StageEmbedder(backbone, view=v, cache=cache) for v in ("original", "flip")}
+    views = ("original",) if args.part == "heads" else ("original", "flip")
+    embedders = {v: StageEmbedder(backbone, view=v, cache=cache) for v in views}
     datasets = {
         "held-out clip art": load(embedders, "openclipart-held-out", args.held_out_per_class),
         "Tux Paint photos": load(embedders, "tuxpaint-photos", None),
@@ -88,9 +93,14 @@ def main() -> None:
     heads = {
         "protonet": lambda: create_learner("protonet"),
         "linear": lambda: create_learner("linear"),
-        "maml (clip-art checkpoint, default)": lambda: create_learner("maml"),
+        "maml (default)": lambda: create_learner("maml"),
         "maml (prototype init, no checkpoint)": lambda: MAML(checkpoint=None),
+        "relation": lambda: create_learner("relation"),
+        "siamese": lambda: create_learner("siamese"),
     }
+    if args.new_maml:
+        new = pretrained.load(args.new_maml, "maml")
+        heads["maml (other checkpoint)"] = lambda: MAML(checkpoint=new)
     if args.old_maml:
         old = pretrained.load(args.old_maml, "maml")
         heads["maml (old Fashion-MNIST + digits checkpoint)"] = lambda: MAML(checkpoint=old)
@@ -107,6 +117,8 @@ def main() -> None:
                 )  # fmt: skip
                 if args.part in ("all", "heads"):
                     for name, make in heads.items():
+                        if args.rows and not any(name.startswith(r) for r in args.rows):
+                            continue
                         result = evaluate_learner(make, features, labels, episodes, name=name)
                         print(f"| {data_name} | {shots} | {name} | {len(episodes)} | "
                               f"{accuracy_cell(result)} | {result.seconds_per_episode:.3f} |",

@@ -10,6 +10,7 @@ from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
+from fsl_app.ui.fine_tuning import fine_tuning_panel
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import plain
 
@@ -170,6 +171,7 @@ with st.form("model_settings"):
             {"device": device, "backbone": backbone, "learner": learner, "strictness": strictness},
         )
         st.success("Saved. Every page now uses these settings.")
+fine_tuning_panel(store, project.id, settings.backbone, settings.device)
 if settings.learner != DEFAULT_LEARNER:
     st.caption(
         f"This project uses '{settings.learner}' instead of the default '{DEFAULT_LEARNER}'."
