@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--stage-episodes", type=int, default=30, help="for last-stage maml")
     parser.add_argument("--held-out-per-class", type=int, default=10)
     parser.add_argument("--old-maml", help="the Fashion-MNIST + digits maml checkpoint")
+    parser.add_argument("--photos-only", action="store_true", help="skip the held-out clip art")
     parser.add_argument("--new-maml", help="a maml checkpoint to score beside the shipped one")
     parser.add_argument("--part", choices=["all", "heads", "stage"], default="all")
     parser.add_argument(
@@ -85,10 +86,12 @@ def main() -> None:
     cache = open_activation_cache()
     views = ("original",) if args.part == "heads" else ("original", "flip")
     embedders = {v: StageEmbedder(backbone, view=v, cache=cache) for v in views}
-    datasets = {
-        "held-out clip art": load(embedders, "openclipart-held-out", args.held_out_per_class),
-        "Tux Paint photos": load(embedders, "tuxpaint-photos", None),
-    }
+    datasets = {"Tux Paint photos": load(embedders, "tuxpaint-photos", None)}
+    if not args.photos_only:
+        datasets = {
+            "held-out clip art": load(embedders, "openclipart-held-out", args.held_out_per_class),
+            **datasets,
+        }
     stage_checkpoint = find_stage_initialisation(backbone)
     heads = {
         "protonet": lambda: create_learner("protonet"),
