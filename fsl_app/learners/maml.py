@@ -16,12 +16,13 @@ meta-training only. Adapting only the top of a network loses nothing (Raghu
 et al., ICLR 2020, arXiv:1909.09157), and it lets ``fit`` project the support
 through ``W1`` once instead of at every step, which halves its time.
 
-The initialisation (W1, b1, W2, the temperature and the step sizes) is
+The initialisation (W1, b1, W2, the temperature and the step sizes) can be
 meta-trained per backbone by :mod:`fsl_app.training.maml` and shipped as
 ``pretrained/maml-<backbone>.safetensors`` (read by :mod:`fsl_app.pretrained`,
-never here). ``W2`` starts at zero, so an
-adapter that was never meta-trained is the identity. The functions below are
-shared by ``fit`` and meta-training: the same inner loop runs with
+never here); none is shipped for the default backbone, because every one measured
+was worse than the prototype start (``pretrained/maml-tf_efficientnet_lite0.md``).
+``W2`` starts at zero, so an adapter that was never meta-trained is the identity.
+The functions below are shared by ``fit`` and meta-training: the same inner loop runs with
 ``create_graph=True`` for second-order meta-gradients.
 """
 
