@@ -106,8 +106,7 @@ LEARNERS: dict[str, LearnerEntry] = {
         LearnerEntry(
             "maml",
             "Meta-learned start (MAML)",
-            "starts from the class centres and fine-tunes a small model on your examples; "
-            "slower",
+            "starts from the class centres and fine-tunes a small model on your examples; slower",
             "fsl_app.learners.maml:MAML",
             onnx_exportable=True,
             trainer_path="fsl_app.training.maml:MAMLTrainer",
