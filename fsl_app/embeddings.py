@@ -105,7 +105,12 @@ class EmbeddingCache:
     The cache only saves work: a file that turns out not to be a database, or a damaged one,
     is moved aside (``<name>.corrupt``) and started afresh, and ``notice`` says so in a
     sentence (also logged); the embeddings are simply made again.
+
+    Vectors are stored as ``dtype``; a subclass may store a smaller one (the last-stage
+    activations of :mod:`fsl_app.stage_cache` are float16).
     """
+
+    dtype: type = np.float32
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path is None else Path(path)
@@ -131,12 +136,12 @@ class EmbeddingCache:
                 except sqlite3.DatabaseError as err:  # damaged pages: nothing to trust
                     self._db = self._start_afresh(err)
                     return {}
-                found.update((h, np.frombuffer(blob, dtype=np.float32)) for h, blob in rows)
+                found.update((h, np.frombuffer(blob, dtype=self.dtype)) for h, blob in rows)
         return found
 
     def put_many(self, backbone: str, vectors: dict[str, np.ndarray]) -> None:
         rows = [
-            (backbone, h, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+            (backbone, h, np.ascontiguousarray(v, dtype=self.dtype).tobytes())
             for h, v in vectors.items()
         ]
         with self._lock:

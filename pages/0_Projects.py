@@ -11,6 +11,7 @@ from fsl_app.project.demo import open_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 from fsl_app.ui import icons
+from fsl_app.ui.fine_tuning import fine_tuning_panel
 from fsl_app.ui.image_models import image_model_settings
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
 from fsl_app.ui.widgets import counted, plain
@@ -191,6 +192,7 @@ with st.form("model_settings"):
             {"device": device, "learner": learner, "strictness": strictness},
         )
         st.success("Saved. Every page now uses these settings.")
+fine_tuning_panel(store, project.id, settings.backbone, settings.device)
 if settings.learner != DEFAULT_LEARNER:
     st.caption(
         f"This project learns with '{LEARNERS[settings.learner].display_name}' instead of the "

@@ -42,14 +42,14 @@ def pretrained(tmp_path, monkeypatch) -> Path:
 
 @pytest.mark.slow
 def test_a_cut_short_checkpoint_is_a_sentence_and_exit_2(folders, pretrained, capsys):
-    checkpoint = pretrained / "maml-tf_efficientnet_lite0.safetensors"
+    checkpoint = pretrained / "relation-tf_efficientnet_lite0.safetensors"
     cut_short(PRETRAINED / checkpoint.name, checkpoint)
     code, out, err = run_cli(
         capsys, "predict", "--examples", folders.support, "--images", folders.query,
-        "--learner", "maml",
+        "--learner", "relation",
     )  # fmt: skip
     assert code == 2 and out == ""
-    assert "maml checkpoint" in err and "is damaged or cut short" in err
+    assert "relation checkpoint" in err and "is damaged or cut short" in err
     assert "reinstall fsl_app" in err and "Traceback" not in err
 
 

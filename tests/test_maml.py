@@ -10,6 +10,7 @@ import pytest
 import torch
 from toy_data import gaussian_blobs
 
+from fsl_app.backbones import pretrained_dir
 from fsl_app.learners import MAML, ProtoNet, create_learner
 from fsl_app.learners.maml import (
     DEFAULT_TEMPERATURE,
@@ -158,13 +159,12 @@ def test_works_for_any_number_of_classes():
     assert (model.predict(query) == truth).mean() > 0.8
 
 
-def test_the_shipped_checkpoint_fits_the_default_backbone():
-    path = default_path("maml", "tf_efficientnet_lite0")
-    checkpoint = load(path, "maml")
-    assert checkpoint.backbone == "tf_efficientnet_lite0" and checkpoint.embedding_dim == 1280
-    assert json.loads(checkpoint.metadata["meta_training"])["held_out"]
-    assert path.stat().st_size < 5_000_000
-    assert path.with_suffix(".md").is_file()  # its model card
+def test_the_default_maml_starts_from_the_prototypes_and_says_so():
+    # Every meta-learned head measured worse than the prototype start on held-out clip art and
+    # on Tux Paint photos (pretrained/maml-tf_efficientnet_lite0.md), so none is shipped.
+    assert not default_path("maml", "tf_efficientnet_lite0").is_file()
+    assert (pretrained_dir() / "maml-tf_efficientnet_lite0.md").is_file()  # the card says why
     support, labels = blobs(dim=1280)
     model = create_learner("maml").fit(support, labels)
-    assert model.checkpoint_.path == path and "meta-trained" in model.notes_[0]
+    assert model.checkpoint_ is None
+    assert model.notes_[0].startswith("MAML started from the class prototypes")

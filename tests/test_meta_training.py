@@ -18,7 +18,6 @@ from fsl_app.learners.maml import initialisation_parts
 from fsl_app.pretrained import load
 from fsl_app.training.config import MetaTrainingConfig
 from fsl_app.training.finetune import (
-    FineTuningNeedsGPUError,
     fine_tune_backbone,
     last_stage_parameters,
 )
@@ -292,12 +291,6 @@ def support_images(photos, per_class=2):
     names = ["bird", "flower"]
     images = [load_image(path).image for name in names for path in photos[name][:per_class]]
     return images, [name for name in names for _ in range(per_class)]
-
-
-def test_fine_tuning_on_a_cpu_is_refused_unless_forced(backbone, photos):
-    images, labels = support_images(photos)
-    with pytest.raises(FineTuningNeedsGPUError, match=r"needs a GPU.*force=True"):
-        fine_tune_backbone(backbone, images, labels, steps=1, device="cpu")
 
 
 @pytest.mark.slow

@@ -159,6 +159,20 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the training state next to --out"
     )
+    parser.add_argument(
+        "--last-stage",
+        action="store_true",
+        help="maml only: meta-learn the initialisation of the image model's last stage (first-"
+        "order MAML on cached activations entering it; pretrained/maml-stage-<backbone>) "
+        "instead of the head on embeddings; --inner-lr is the classifier's step size",
+    )
+    parser.add_argument(
+        "--stage-step",
+        type=float,
+        default=3e-4,
+        metavar="S",
+        help="--last-stage: initial relative step of each stage tensor per inner step",
+    )
     add_embedding_options(parser)
 
 
@@ -172,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         training_state_path,
     )
 
+    if args.last_stage:
+        return _run_last_stage(args)
     out = Path(args.out) if args.out else default_path(args.learner, args.backbone)
     try:
         config = _config(args)
@@ -316,3 +332,63 @@ def _row(dataset: str, result: EvaluationResult) -> list[str]:
         f"{result.accuracy:.1%} ± {result.ci95:.1%}",
         f"{result.ece:.3f}",
     ]
+
+
+def _run_last_stage(args: argparse.Namespace) -> int:
+    """``--last-stage``: last-stage MAML's initialisation on the activations entering the stage
+    (computed once per image into the activation cache next to the embedding cache)."""
+    import torch
+
+    from fsl_app.backbones import load_backbone
+    from fsl_app.pretrained import default_path
+    from fsl_app.stage_cache import StageEmbedder, open_activation_cache
+    from fsl_app.training.loop import split_classes, training_state_path
+    from fsl_app.training.maml import STAGE_LEARNER, meta_train_last_stage
+
+    if args.learner != "maml":
+        raise UnusableInputError("--last-stage is for --learner maml only.")
+    out = Path(args.out) if args.out else default_path(STAGE_LEARNER, args.backbone)
+    try:
+        config = _config(args)
+        datasets = _load(args)
+        embedder = StageEmbedder(
+            load_backbone(args.backbone), device=args.device, cache=open_activation_cache()
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise UnusableInputError(str(err)) from err
+    parts, labels, domains = [], [], []
+    for dataset in datasets:
+        embedded = embedder.embed(dataset.sources, progress=progress_bar(dataset.name))
+        parts.append(embedder.activations(embedded))
+        labels.extend(f"{dataset.name}:{dataset.labels[i]}" for i in embedded.indices)
+        domains.extend([dataset.name] * len(embedded.indices))
+    activations, labels = torch.cat(parts), np.asarray(labels)
+    try:
+        held_out = split_classes(labels, domains, holdout=args.holdout_classes, seed=args.seed)
+        train = ~np.isin(labels, held_out)
+        result = meta_train_last_stage(
+            activations[torch.as_tensor(train)],
+            labels[train],
+            config,
+            stage=embedder.stage,
+            out=out,
+            resume=args.resume,
+            progress=_training_bar(),
+            stage_step=args.stage_step,
+            metadata={
+                "datasets": [d.name for d in datasets],
+                "per_class": args.per_class,
+                "data_seed": args.seed,
+                "classes": sorted(set(labels[train].tolist())),
+                "held_out": held_out,
+            },
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise UnusableInputError(str(err)) from err
+    print(
+        f"Meta-trained the last stage on {result.episodes} tasks in {result.seconds:.0f} s; "
+        f"wrote {out} (training state: {training_state_path(out)}). Score it with "
+        "benchmarks/maml_last_stage.py.",
+        file=sys.stderr,
+    )
+    return 0

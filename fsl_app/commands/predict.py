@@ -44,6 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_images_option(parser, "--query", help="one image, or a folder of images to classify")
     add_learner_options(parser)
+    add_fine_tuning_options(parser)
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
     add_embedding_options(parser)
     # None means "not given": --bundle refuses these, --examples falls back to the defaults.
@@ -95,16 +96,78 @@ def add_learner_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The fine-tuning choices; fsl_app.training.finetune.FINE_TUNING describes them (it imports torch).
+FINE_TUNING_CHOICES = ("none", "last-stage-maml", "pmf")
+
+
+def add_fine_tuning_options(parser: argparse.ArgumentParser) -> None:
+    """--fine-tune and --force-fine-tune."""
+    parser.add_argument(
+        "--fine-tune",
+        default="none",
+        choices=FINE_TUNING_CHOICES,
+        help="adapt the image model to the examples first: last-stage-maml (a few steps on its "
+        "last stage from a start meta-learned on clip art; seconds on a CPU) or pmf (P>M>F: 50 "
+        "steps on augmented copies; a GPU job). The time it will take is printed first; a "
+        "run of many minutes is refused unless --force-fine-tune",
+    )
+    parser.add_argument(
+        "--force-fine-tune",
+        action="store_true",
+        help="fine-tune even when it would take many minutes on this device",
+    )
+
+
+def fine_tuned_embedder(args: argparse.Namespace, embedder):
+    """The embedder over the image model fine-tuned on ``args.examples`` by ``args.fine_tune``
+    (the same embedder for "none"), after saying on stderr how long it takes."""
+    if args.fine_tune == "none":
+        return embedder
+    from fsl_app.embedded_set import list_input_files, scan_examples_folder
+    from fsl_app.embeddings import Embedder, describe_device
+    from fsl_app.training.finetune import (
+        describe_seconds,
+        estimate_seconds,
+        fine_tune_examples,
+        refusal,
+    )
+
+    folder = scan_examples_folder(args.examples)
+    n_images = len(list_input_files(args.images)) if getattr(args, "images", None) else 0
+    device = embedder.device
+    seconds = estimate_seconds(
+        args.fine_tune, embedder.backbone, len(folder.paths), n_images, device
+    )
+    sentence = refusal(args.fine_tune, seconds, device)
+    if sentence and not args.force_fine_tune:
+        raise UnusableInputError(sentence)
+    print(
+        f"note: fine-tuning ({args.fine_tune}) on {len(folder.paths)} examples takes about "
+        f"{describe_seconds(seconds)} on {describe_device(str(device))}.",
+        file=sys.stderr,
+    )
+    tuned = fine_tune_examples(
+        args.fine_tune, embedder.backbone, folder.paths, folder.labels, device=device
+    )
+    return Embedder(tuned, device=device, batch_size=embedder.batch_size, cache=embedder.cache)
+
+
 def run(args: argparse.Namespace) -> int:
     from fsl_app.classifier import fit_classifier, predict_set
     from fsl_app.embedded_set import embed_folders
 
+    if args.bundle and args.fine_tune != "none":
+        raise UnusableInputError(
+            "A saved model keeps the image model it was made with: leave out --fine-tune when "
+            "using --bundle."
+        )
     if args.bundle:
         classifier, embedded = _bundle_and_images(args)
         report_examples([], [embedded.left_out.note()])
     else:
         args.backbone = args.backbone or DEFAULT_BACKBONE
         with open_embedder(args) as embedder:
+            embedder = fine_tuned_embedder(args, embedder)
             embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
         report_examples(embedded.unreadable, [embedded.left_out.note()])
         classifier = fit_classifier(

@@ -16,17 +16,19 @@ meta-training only. Adapting only the top of a network loses nothing (Raghu
 et al., ICLR 2020, arXiv:1909.09157), and it lets ``fit`` project the support
 through ``W1`` once instead of at every step, which halves its time.
 
-The initialisation (W1, b1, W2, the temperature and the step sizes) is
+The initialisation (W1, b1, W2, the temperature and the step sizes) can be
 meta-trained per backbone by :mod:`fsl_app.training.maml` and shipped as
 ``pretrained/maml-<backbone>.safetensors`` (read by :mod:`fsl_app.pretrained`,
-never here). ``W2`` starts at zero, so an
-adapter that was never meta-trained is the identity. The functions below are
-shared by ``fit`` and meta-training: the same inner loop runs with
+never here); none is shipped for the default backbone, because every one measured
+was worse than the prototype start (``pretrained/maml-tf_efficientnet_lite0.md``).
+``W2`` starts at zero, so an adapter that was never meta-trained is the identity.
+The functions below are shared by ``fit`` and meta-training: the same inner loop runs with
 ``create_graph=True`` for second-order meta-gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -254,3 +256,225 @@ class MAML(FewShotLearner):
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         return head_logits(self.head_, query, self.mean_, self.temperature_)
+
+
+# --- Last-stage MAML: the inner loop adapts the backbone's last stage too ---------------------
+#
+# The head above sees only pooled embeddings. Here the inner loop also moves the backbone's last
+# stage (for EfficientNet-Lite: the last block, the 1x1 head convolution and its batch norm;
+# :class:`fsl_app.stage_cache.LastStage`), run on the activations that enter it, which are
+# cached per image (:mod:`fsl_app.stage_cache`). The classifier starts from the prototypes of
+# the centred, unit-length pooled features (Proto-MAML), so before any step the prediction is a
+# prototype classifier's. Each stage tensor ``W`` steps by ``alpha_W * rms(W) * g / rms(g)``: a
+# relative change of ``alpha_W`` per step whatever the tensor's scale, ``alpha_W`` meta-learned
+# per tensor (Meta-SGD with one size per tensor; Li et al. 2017). The initial stage is the
+# backbone's ImageNet stage, meta-learned further by first-order MAML
+# (:mod:`fsl_app.training.maml`).
+
+STAGE_PREFIX = "stage."
+CLASSIFIER_KEYS = ("weight", "bias")
+DEFAULT_STAGE_STEPS = 5
+DEFAULT_STAGE_STEP = 3e-4  # relative change of each stage tensor per step (1e-2 overshot)
+DEFAULT_CLASSIFIER_LR = 0.1
+
+
+def prototype_classifier_of(h: torch.Tensor, targets: torch.Tensor, n_classes: int) -> Parameters:
+    """:func:`prototype_classifier` on any device: weight (n_classes, dim), bias (n_classes,)."""
+    one_hot = F.one_hot(targets, n_classes).to(h.dtype)
+    prototypes = (one_hot.T @ h) / one_hot.sum(dim=0).unsqueeze(1)
+    return {"weight": 2 * prototypes, "bias": -prototypes.pow(2).sum(dim=1)}
+
+
+def stage_logits(
+    pooled,
+    stage: Parameters,
+    classifier: Parameters,
+    activations: torch.Tensor,
+    mean: torch.Tensor,
+    temperature: torch.Tensor | float,
+) -> torch.Tensor:
+    """Logits (n, n_classes) of ``activations`` (n, C, H, W) through ``stage`` and ``classifier``.
+
+    ``pooled(activations, stage)`` runs the last stage (:meth:`LastStage.pooled`); its features
+    are centred on ``mean`` (the support's, before adapting) and scaled to unit length.
+    """
+    h = simpleshot_normalize(pooled(activations, stage).float(), "cl2", mean)
+    return (h @ classifier["weight"].T + classifier["bias"]) / temperature
+
+
+def adapt_stage(
+    pooled,
+    stage: Parameters,
+    step_sizes: Parameters,
+    support: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int,
+    temperature: torch.Tensor | float,
+) -> tuple[Parameters, Parameters, torch.Tensor, list[float]]:
+    """Last-stage MAML's inner loop: ``steps`` steps on the support cross-entropy.
+
+    ``stage`` holds the last stage's tensors (they should require grad), ``support`` the
+    activations (n, C, H, W) entering it, ``targets`` (n,) their classes (augmented views are
+    simply more rows). ``step_sizes`` has ``stage.<name>`` (relative step of each stage tensor)
+    and ``weight`` / ``bias`` (SGD step sizes of the classifier). The inner gradients are
+    constants (first-order): the adapted tensors still depend on ``stage`` and ``step_sizes``
+    with gradient one and ``-direction``, which is what first-order MAML's outer step needs.
+    Returns the adapted stage, the adapted classifier, the centring mean (dim,) and the support
+    loss before each step and after the last (``steps + 1`` values).
+    """
+    n_classes = int(targets.max()) + 1
+    with torch.no_grad():
+        mean = pooled(support, stage).float().mean(dim=0)
+    h = simpleshot_normalize(pooled(support, stage).float(), "cl2", mean)
+    classifier = {k: v.detach().requires_grad_() for k, v in prototype_classifier_of(
+        h.detach(), targets, n_classes).items()}  # fmt: skip
+    fast_stage = dict(stage)
+    losses = []
+    for _ in range(steps):
+        logits = stage_logits(pooled, fast_stage, classifier, support, mean, temperature)
+        loss = F.cross_entropy(logits, targets)
+        losses.append(loss.item())
+        names = list(fast_stage)
+        grads = torch.autograd.grad(
+            loss, [fast_stage[n] for n in names] + list(classifier.values())
+        )
+        stage_grads, classifier_grads = grads[: len(names)], grads[len(names) :]
+        fast_stage = {
+            name: value - step_sizes[STAGE_PREFIX + name] * relative_direction(value, grad)
+            for (name, value), grad in zip(fast_stage.items(), stage_grads, strict=True)
+        }
+        classifier = {
+            name: value - step_sizes[name] * grad
+            for (name, value), grad in zip(classifier.items(), classifier_grads, strict=True)
+        }
+    with torch.no_grad():
+        logits = stage_logits(pooled, fast_stage, classifier, support, mean, temperature)
+        losses.append(F.cross_entropy(logits, targets).item())
+    return fast_stage, classifier, mean, losses
+
+
+def relative_direction(value: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``rms(value) * grad / rms(grad)``, a constant (no graph): one step of relative size 1."""
+    grad = grad.detach()
+    scale = value.detach().pow(2).mean().sqrt() / (grad.pow(2).mean().sqrt() + 1e-12)
+    return grad * scale
+
+
+def uniform_stage_step_sizes(
+    stage: Parameters,
+    step: float = DEFAULT_STAGE_STEP,
+    classifier_lr: float = DEFAULT_CLASSIFIER_LR,
+) -> Parameters:
+    sizes = {STAGE_PREFIX + name: torch.tensor(float(step)) for name in stage}
+    return {**sizes, **{k: torch.tensor(float(classifier_lr)) for k in CLASSIFIER_KEYS}}
+
+
+class LastStageMAML:
+    """Last-stage MAML on cached activations (Finn et al. 2017; Proto-MAML, Triantafillou et al.
+    2020): the backbone's last stage and a prototype-initialised classifier adapted by
+    ``steps`` first-order steps on the support.
+
+    ``stage`` is a :class:`fsl_app.stage_cache.LastStage`; ``checkpoint`` a meta-learned
+    initialisation (``pretrained/maml-stage-<backbone>.safetensors``, read by
+    :func:`fsl_app.pretrained.load_stage_checkpoint`) or None for the backbone's ImageNet stage
+    with default step sizes. Not a registered learner: it needs activations, not embeddings.
+
+    ``fit(support (n, C, H, W), targets (n,) in 0..k-1)``; ``predict_proba(query)`` gives
+    (n_query, k); :meth:`embed` gives pooled features of the adapted stage (n, dim), for any
+    learner to use. After ``fit``: ``stage_`` (adapted tensors), ``classifier_``, ``mean_``,
+    ``support_losses_``.
+    """
+
+    def __init__(
+        self,
+        stage,
+        checkpoint: Checkpoint | None = None,
+        *,
+        steps: int | None = None,
+        temperature: float | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.stage = stage
+        self.checkpoint = checkpoint
+        self.steps = steps
+        self.temperature = temperature
+        self.device = torch.device(device)
+
+    def _start(self) -> tuple[Parameters, Parameters, float, int]:
+        if self.checkpoint is None:
+            start = self.stage.parameters()
+            sizes = uniform_stage_step_sizes(start)
+            temperature, steps = DEFAULT_TEMPERATURE, DEFAULT_STAGE_STEPS
+        else:
+            tensors = self.checkpoint.tensors
+            start = {
+                k[len(STAGE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STAGE_PREFIX)
+            }
+            sizes = {
+                k[len(STEP_SIZE_PREFIX) :]: v
+                for k, v in tensors.items()
+                if k.startswith(STEP_SIZE_PREFIX)
+            }
+            temperature = math.exp(tensors["log_temperature"].item())
+            steps = int(self.checkpoint.metadata["inner_steps"])
+        steps = steps if self.steps is None else self.steps
+        temperature = temperature if self.temperature is None else self.temperature
+        return start, sizes, float(temperature), int(steps)
+
+    def _pooled(self, activations: torch.Tensor, stage: Parameters) -> torch.Tensor:
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.float16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.stage.pooled(activations, stage)
+
+    def fit(self, support: torch.Tensor, targets: torch.Tensor) -> LastStageMAML:
+        start, sizes, self.temperature_, self.steps_ = self._start()
+        if self.steps_ < 0:
+            raise ValueError("steps must be 0 (no adaptation) or a positive number of steps.")
+        self.stage.tail.to(self.device)
+        stage = {k: v.to(self.device).requires_grad_() for k, v in start.items()}
+        sizes = {k: v.to(self.device) for k, v in sizes.items()}
+        with torch.enable_grad():
+            fast, classifier, mean, self.support_losses_ = adapt_stage(
+                self._pooled,
+                stage,
+                sizes,
+                support.to(self.device).float(),
+                targets.to(self.device),
+                steps=self.steps_,
+                temperature=self.temperature_,
+            )
+        self.stage_ = {k: v.detach() for k, v in fast.items()}
+        self.classifier_ = {k: v.detach() for k, v in classifier.items()}
+        self.mean_ = mean.detach()
+        return self
+
+    @torch.no_grad()
+    def embed(self, activations: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Pooled features (n, dim) of ``activations`` through the adapted stage, on the CPU."""
+        if not hasattr(self, "stage_"):
+            raise RuntimeError("Call fit() before embed().")
+        parts = [
+            self._pooled(activations[i : i + batch_size].to(self.device).float(), self.stage_)
+            .float()
+            .cpu()
+            for i in range(0, len(activations), batch_size)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, self.mean_.numel())
+
+    @torch.no_grad()
+    def predict_proba(self, query: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (n_query, n_classes) of ``query`` activations."""
+        features = self.embed(query).to(self.device)
+        h = simpleshot_normalize(features, "cl2", self.mean_)
+        logits = (h @ self.classifier_["weight"].T + self.classifier_["bias"]) / self.temperature_
+        return logits.softmax(dim=1).cpu()
+
+
+def _prefixed(tensors: Parameters, prefix: str) -> Parameters:
+    """The entries of ``tensors`` whose names start with ``prefix``, without it."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

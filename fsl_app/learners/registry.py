@@ -117,10 +117,9 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
         LearnerEntry(
             "maml",
-            "Head start from other pictures",
-            "Model-Agnostic Meta-Learning (MAML)",
-            "starts from settings learned on other image classes and fine-tunes them on your "
-            "examples; slower",
+            "Class centres, then fine-tuned",
+            "Model-Agnostic Meta-Learning (MAML), from a prototype start",
+            "starts from the class centres and fine-tunes a small model on your examples; slower",
             "fsl_app.learners.maml:MAML",
             onnx_exportable=True,
             trainer_path="fsl_app.training.maml:MAMLTrainer",

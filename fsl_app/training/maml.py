@@ -42,6 +42,7 @@ from fsl_app.learners.maml import (
     DEFAULT_HIDDEN,
     DEFAULT_INNER_LR,
     DEFAULT_INNER_STEPS,
+    DEFAULT_STAGE_STEP,
     DEFAULT_TEMPERATURE,
     FAST_KEYS,
     Parameters,
@@ -233,3 +234,102 @@ def reptile_step(
         else:
             meta[name].grad += pseudo_gradient
     return loss, accuracy
+
+
+# --- Last-stage MAML's initialisation ------------------------------------------------------------
+#
+# First-order MAML (Finn et al. 2017, section 5.2), not Reptile, for the stage: its outer
+# gradient is the query loss after adapting, the quantity the app is scored on, and it also
+# meta-learns the per-tensor step sizes and the temperature, which Reptile cannot move. Second
+# order would back-propagate through every inner step of a million-parameter stage: twice the
+# memory and time for a gain the MAML paper measured as small. The stage starts from the
+# backbone's ImageNet weights.
+
+STAGE_LEARNER = "maml-stage"  # the checkpoint's learner name: pretrained/maml-stage-<backbone>
+
+
+def meta_train_last_stage(
+    activations: torch.Tensor,
+    labels: np.ndarray,
+    config: MetaTrainingConfig,
+    *,
+    stage,
+    out=None,
+    resume: bool = False,
+    progress=None,
+    metadata: dict[str, object] | None = None,
+    stage_step: float = DEFAULT_STAGE_STEP,
+):
+    """Meta-train last-stage MAML's initialisation on ``activations`` (n, C, H, W) of base classes
+    ``labels`` (n,) by first-order MAML; the tasks, outer loop and resumable state are
+    :func:`fsl_app.training.loop.train_episodically`'s.
+
+    ``stage`` is the backbone's :class:`fsl_app.stage_cache.LastStage`; ``config.options`` are
+    :class:`MAMLOptions` (``inner_steps``, ``inner_lr`` the classifier's step size,
+    ``temperature`` and ``meta_sgd``); ``stage_step`` is the initial relative step of the stage
+    tensors. With ``out``, writes the checkpoint there (``pretrained/maml-stage-<backbone>``)
+    and the training state next to it. Returns a :class:`fsl_app.training.loop.TrainingResult`.
+    """
+    from fsl_app import pretrained
+    from fsl_app.learners.maml import adapt_stage, stage_logits, uniform_stage_step_sizes
+    from fsl_app.training.loop import TrainingResult, train_episodically, training_state_path
+    from fsl_app.training.loop import training_tasks as draw_tasks
+
+    labels = np.asarray(labels)
+    options = config.options
+    start = stage.parameters()
+    params: Parameters = {f"stage.{k}": v.requires_grad_() for k, v in start.items()}
+    for name, size in uniform_stage_step_sizes(start, stage_step, options.inner_lr).items():
+        params[f"step_size.{name}"] = size.requires_grad_(options.meta_sgd)
+    params["log_temperature"] = torch.tensor(math.log(options.temperature)).requires_grad_()
+    trainable = [v for v in params.values() if v.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
+    dim = int(np.prod(activations.shape[1:]))
+
+    def step(task: Episode, meta_batch: int) -> tuple[torch.Tensor, float]:
+        support, support_targets, query, query_targets = support_and_query(
+            activations, labels, task
+        )
+        temperature = params["log_temperature"].exp()
+        fast, classifier, mean, _ = adapt_stage(
+            stage.pooled,
+            {k[len("stage.") :]: v for k, v in params.items() if k.startswith("stage.")},
+            {k[len("step_size.") :]: v for k, v in params.items() if k.startswith("step_size.")},
+            support,
+            support_targets,
+            steps=options.inner_steps,
+            temperature=temperature,
+        )
+        logits = stage_logits(stage.pooled, fast, classifier, query, mean, temperature)
+        loss, accuracy = query_loss(logits, query_targets)
+        (loss / meta_batch).backward()
+        return loss, accuracy
+
+    state_path = training_state_path(out) if out is not None else None
+    run = train_episodically(
+        draw_tasks(labels, config), params, optimizer, config, dim, step,
+        state_path=state_path, resume=resume, progress=progress,
+    )  # fmt: skip
+    backbone = stage.backbone
+    record = {**(metadata or {}), "episodes_done": run.done, "seconds": round(run.seconds, 1)}
+    checkpoint = Checkpoint(
+        STAGE_LEARNER,
+        {k: v.detach().clone() for k, v in params.items()},
+        {
+            "backbone": backbone.name,
+            "backbone_id": backbone.id,
+            "embedding_dim": str(backbone.embedding_dim),
+            "stage_input": json.dumps(list(stage.input_shape)),
+            "hidden": "0",
+            "inner_steps": str(options.inner_steps),
+            "inner_lr": str(options.inner_lr),
+            "stage_step": str(stage_step),
+            "algorithm": "fomaml",
+            "meta_sgd": str(options.meta_sgd).lower(),
+            "config": json.dumps(config.record()),
+            "meta_training": json.dumps(record),
+        },
+    )
+    if out is not None:
+        checkpoint = pretrained.save(checkpoint, out)
+    return TrainingResult(checkpoint, run.done, run.resumed_from, run.seconds, run.running)
