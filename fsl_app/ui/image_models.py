@@ -70,7 +70,8 @@ def image_model_settings(store: Store, project: Project) -> None:
         if name in choices:
             st.caption(plain(choices[name].details))
     if name == settings.backbone:
-        st.caption(f"In use: **{plain(name)}**.")
+        shown = choices[name].label if name in choices else name
+        st.caption(f"In use: **{plain(shown)}**.")
     elif name and st.button("Use this image model", key="use_image_model"):
         _switch(store, project, settings, name)
     _own_weights()
