@@ -397,11 +397,11 @@ def _already_sure(row: np.ndarray, classes: list[str]) -> str | None:
 def _typical_reason(group_size: int, labeled_there: int) -> str:
     if group_size == 1:  # a group of one is no group: say what it is
         near = "no label" if labeled_there == 0 else f"only {labeled_there} labeled or suggested"
-        return f"unlike any other unlabeled image, with {near} near it"
+        return f"unlike any other picture to sort, with {near} near it"
     if labeled_there == 0:
-        return f"typical of a group of {group_size} unlabeled images with no label yet"
+        return f"typical of a group of {group_size} similar pictures to sort, none labeled yet"
     return (
-        f"typical of a group of {group_size} unlabeled images "
+        f"typical of a group of {group_size} similar pictures to sort "
         f"with only {labeled_there} labeled or suggested"
     )
 
@@ -418,7 +418,9 @@ def _top(problem: _Problem, name: str, scores: np.ndarray, describe) -> list[Sug
 )
 def _random(problem: _Problem) -> list[Suggestion]:
     draws = np.random.default_rng(problem.seed).random(problem.n_pool)
-    reason = f"picked at random among {counted(problem.n_pool, 'unlabeled image')}"
+    reason = (
+        f"picked at random among {counted(problem.n_pool, 'picture to sort', 'pictures to sort')}"
+    )
     return _top(problem, "random", draws, lambda i: reason)
 
 
@@ -518,7 +520,7 @@ def _coreset(problem: _Problem) -> list[Suggestion]:
         # Nothing labeled: start at the most typical image, then spread out from it.
         first = int(np.argmax(problem.density))
         reason = (
-            f"the most central of {counted(problem.n_pool, 'unlabeled image')} "
+            f"the most central of {counted(problem.n_pool, 'picture to sort', 'pictures to sort')} "
             "(nothing is labeled yet)"
         )
         picks.append(problem.suggestion(first, 1.0, "coreset", reason))

@@ -310,5 +310,7 @@ def test_between_is_said_only_of_a_close_call_and_a_group_of_one_is_no_group():
     assert _between(np.array([0.40, 0.50, 0.10]), classes) == (
         "between 'flower' and 'fruit' (50% vs 40%)"
     )
-    assert _typical_reason(1, 0) == "unlike any other unlabeled image, with no label near it"
-    assert _typical_reason(7, 0) == "typical of a group of 7 unlabeled images with no label yet"
+    assert _typical_reason(1, 0) == "unlike any other picture to sort, with no label near it"
+    assert _typical_reason(7, 0) == (
+        "typical of a group of 7 similar pictures to sort, none labeled yet"
+    )
