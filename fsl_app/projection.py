@@ -212,6 +212,24 @@ def map_points(
     )
 
 
+def _centres_among_their_examples(coords: np.ndarray, points: MapPoints) -> np.ndarray:
+    """``coords`` with each class centre moved to the middle of its examples on the map.
+
+    A centre is the average of its examples, but a layout does not keep averages: the
+    embeddings are L2-normalised first (the centre's direction is pushed out to the sphere), and
+    t-SNE and UMAP bend space. Drawn where its examples' average falls, the square sits among
+    them, as the page says it does.
+    """
+    coords = coords.copy()
+    roles = np.asarray(points.roles)
+    labels = np.asarray(points.labels, dtype=object)
+    for i in np.flatnonzero(roles == "prototype"):
+        members = (roles == "example") & (labels == labels[i])
+        if members.any():
+            coords[i] = coords[members].mean(axis=0)
+    return coords
+
+
 def map_figure(
     coords: np.ndarray,
     points: MapPoints,
@@ -226,6 +244,7 @@ def map_figure(
     which shows examples the learner would put in another class.
     """
     dims = coords.shape[1]
+    coords = _centres_among_their_examples(coords, points)
     colour_of = (
         points.predictions
         if color_by == "prediction"

@@ -123,3 +123,24 @@ def test_selection_maps_back_to_image_ids():
     assert selected_ids(event) == ["a", "b"]
     assert selected_ids({"points": [{"customdata": "a"}, {"customdata": "a"}]}) == ["a"]
     assert selected_ids(None) == []
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_a_class_centre_is_drawn_among_its_examples(points, method):
+    # Normalising, t-SNE and UMAP do not keep averages: the square is placed where its
+    # examples' average falls on the map, as the page's caption says.
+    coords = map_coordinates(points.embeddings, method, 2)
+    figure = map_figure(coords, points)
+    drawn = {
+        i: (x, y)
+        for trace in figure.data
+        for i, x, y in zip(trace.customdata, trace.x, trace.y, strict=True)
+    }
+    examples = zip(points.labels, points.roles, strict=True)
+    for label in {label for label, role in examples if role == "example"}:
+        members = [
+            drawn[i]
+            for i, role, lab in zip(points.ids, points.roles, points.labels, strict=True)
+            if role == "example" and lab == label
+        ]
+        np.testing.assert_allclose(drawn[f"prototype:{label}"], np.mean(members, axis=0), rtol=1e-5)
