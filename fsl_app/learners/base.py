@@ -114,6 +114,25 @@ class FewShotLearner(ABC):
         """Unnormalised class scores of shape (n_query, n_classes)."""
 
 
+class CheckpointedLearner(FewShotLearner):
+    """A learner whose tensors come from a meta-trained checkpoint (relation, siamese, gnn,
+    mann): the constructor they share. ``checkpoint`` is what
+    :func:`fsl_app.learners.create_learner` found for the backbone (None: none asked for, or
+    ``missing_reason`` says why none was found); ``temperature`` replaces the learned one when
+    given. :func:`usable_checkpoint` decides, in ``_fit``, whether it fits the embeddings.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint | None = None,
+        missing_reason: str | None = None,
+        temperature: float | None = None,
+    ):
+        self.checkpoint = checkpoint
+        self.missing_reason = missing_reason
+        self.temperature = temperature
+
+
 class _OwnLogits(torch.nn.Module):
     """A fitted learner's own ``_logits``, for learners written in traceable torch."""
 

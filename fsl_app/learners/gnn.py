@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fsl_app.learners.base import FewShotLearner, check_temperature, usable_checkpoint
+from fsl_app.learners.base import CheckpointedLearner, check_temperature, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
 
 if TYPE_CHECKING:
-    from fsl_app.pretrained import Checkpoint
+    pass
 
 Tensors = dict[str, torch.Tensor]
 
@@ -238,7 +238,7 @@ def spread_subset(unlabeled: torch.Tensor, limit: int) -> torch.Tensor:
     return unlabeled[torch.linspace(0, len(unlabeled) - 1, limit).round().long()]
 
 
-class GraphNet(FewShotLearner):
+class GraphNet(CheckpointedLearner):
     """A meta-trained graph neural network over the examples and the pictures still to sort.
 
     ``checkpoint`` is the meta-trained network (:class:`fsl_app.pretrained.Checkpoint`, which
@@ -255,16 +255,6 @@ class GraphNet(FewShotLearner):
     """
 
     name: ClassVar[str] = "gnn"
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint | None = None,
-        missing_reason: str | None = None,
-        temperature: float | None = None,
-    ):
-        self.checkpoint = checkpoint
-        self.missing_reason = missing_reason
-        self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)

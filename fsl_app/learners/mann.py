@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fsl_app.learners.base import FewShotLearner, check_temperature, usable_checkpoint
+from fsl_app.learners.base import CheckpointedLearner, check_temperature, usable_checkpoint
 from fsl_app.learners.protonet import simpleshot_normalize
 from fsl_app.learners.siamese import init_projection, siamese_projection
 
 if TYPE_CHECKING:
-    from fsl_app.pretrained import Checkpoint
+    pass
 
 Tensors = dict[str, torch.Tensor]
 
@@ -136,7 +136,7 @@ def mann_logits(
     return read_logits(params, memory, slot_class, keys, int(targets.max()) + 1, temperature)
 
 
-class MemoryNet(FewShotLearner):
+class MemoryNet(CheckpointedLearner):
     """A memory written with the examples and read by each query, with a meta-trained controller.
 
     ``checkpoint`` is the meta-trained controller (:class:`fsl_app.pretrained.Checkpoint`,
@@ -151,16 +151,6 @@ class MemoryNet(FewShotLearner):
     """
 
     name: ClassVar[str] = "mann"
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint | None = None,
-        missing_reason: str | None = None,
-        temperature: float | None = None,
-    ):
-        self.checkpoint = checkpoint
-        self.missing_reason = missing_reason
-        self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)

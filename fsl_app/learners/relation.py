@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fsl_app.learners.base import FewShotLearner, check_temperature, usable_checkpoint
+from fsl_app.learners.base import CheckpointedLearner, check_temperature, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
 
 if TYPE_CHECKING:
-    from fsl_app.pretrained import Checkpoint
+    pass
 
 Tensors = dict[str, torch.Tensor]
 
@@ -114,7 +114,7 @@ def relation_logits(
     )
 
 
-class RelationNet(FewShotLearner):
+class RelationNet(CheckpointedLearner):
     """A meta-trained relation module over (query, prototype) pairs.
 
     ``checkpoint`` is the meta-trained module (:class:`fsl_app.pretrained.Checkpoint`,
@@ -132,16 +132,6 @@ class RelationNet(FewShotLearner):
     """
 
     name: ClassVar[str] = "relation"
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint | None = None,
-        missing_reason: str | None = None,
-        temperature: float | None = None,
-    ):
-        self.checkpoint = checkpoint
-        self.missing_reason = missing_reason
-        self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)

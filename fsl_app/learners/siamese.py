@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from fsl_app.learners.base import (
-    FewShotLearner,
+    CheckpointedLearner,
     as_embeddings,
     check_temperature,
     usable_checkpoint,
@@ -95,7 +95,7 @@ def untrained_verifier() -> tuple[float, float]:
     return DEFAULT_SCALE, -DEFAULT_SCALE * DEFAULT_THRESHOLD
 
 
-class SiameseNet(FewShotLearner):
+class SiameseNet(CheckpointedLearner):
     """Classification by similarity to the support examples in a learned space.
 
     A query's logit for class k is ``s * cos(f(q), c_k)``, with ``c_k`` the
@@ -120,16 +120,6 @@ class SiameseNet(FewShotLearner):
     """
 
     name: ClassVar[str] = "siamese"
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint | None = None,
-        missing_reason: str | None = None,
-        temperature: float | None = None,
-    ):
-        self.checkpoint = checkpoint
-        self.missing_reason = missing_reason
-        self.temperature = temperature
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         check_temperature(self.temperature)
