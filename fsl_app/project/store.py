@@ -752,13 +752,7 @@ class Store:
 
     def none_of_these(self, project_id: int) -> list[str]:
         """The images marked as belonging to no class, by sha256, in the project's order."""
-        rows = self._fetch(
-            "SELECT n.sha256 FROM none_of_these AS n JOIN project_images AS pi"
-            " ON pi.project_id = n.project_id AND pi.sha256 = n.sha256"
-            " WHERE n.project_id = ? ORDER BY pi.rowid",
-            (project_id,),
-        )
-        return [sha256 for (sha256,) in rows]
+        return self._pictures_in("none_of_these", project_id)
 
     def skip(self, project_id: int, sha256s: Iterable[str]) -> int:
         """Note that the user passed over these pictures when asked to label them: they are
@@ -779,10 +773,15 @@ class Store:
 
     def skipped(self, project_id: int) -> list[str]:
         """The pictures skipped so far, by sha256, in the project's order."""
+        return self._pictures_in("skipped", project_id)
+
+    def _pictures_in(self, table: str, project_id: int) -> list[str]:
+        """The sha256s a (project_id, sha256) table holds for the project, in the project's
+        order (``table`` is one of this class's own table names, never user input)."""
         rows = self._fetch(
-            "SELECT s.sha256 FROM skipped AS s JOIN project_images AS pi"
-            " ON pi.project_id = s.project_id AND pi.sha256 = s.sha256"
-            " WHERE s.project_id = ? ORDER BY pi.rowid",
+            f"SELECT t.sha256 FROM {table} AS t JOIN project_images AS pi"
+            " ON pi.project_id = t.project_id AND pi.sha256 = t.sha256"
+            " WHERE t.project_id = ? ORDER BY pi.rowid",
             (project_id,),
         )
         return [sha256 for (sha256,) in rows]
