@@ -53,12 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fsl_app.backbones import load_backbone  # noqa: E402
-from fsl_app.datasets import load_dataset  # noqa: E402
+from fsl_app.datasets import load_dataset, tuxpaint_photo_categories  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache  # noqa: E402
 from fsl_app.trust.open_set import OpenSetDetector, power_normalize  # noqa: E402
 
 CACHE = Path("/tmp/open_set_cache.sqlite")
-TUXPAINT = Path("/usr/share/tuxpaint/stamps")
 OPENCLIPART = Path("/usr/share/openclipart/png")
 SKIMAGE = ("astronaut", "brick", "camera", "cat", "chelsea", "checkerboard", "clock", "coffee")
 SKIMAGE += ("coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "logo")
@@ -216,7 +215,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=100, help="projects per number of shots")
     args = parser.parse_args()
     embedder = Embedder(load_backbone(), device="cpu", cache=EmbeddingCache(CACHE))
-    files = folders(TUXPAINT, 10, "cartoon")
+    files = tuxpaint_photo_categories()  # the photo categories every benchmark uses
     tux = {c: embedder.embed(p).embeddings for c, p in files.items()}
     foreign = {
         "skimage": embedder.embed(skimage_pictures()).embeddings,

@@ -23,7 +23,6 @@ the learner and the app keep a seeded 500 of them), scoring the episode's querie
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fsl_app.backbones import load_backbone  # noqa: E402
-from fsl_app.datasets import TUXPAINT_STAMPS, load_dataset  # noqa: E402
+from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
 from fsl_app.learners import DEFAULT_LEARNER, create_learner  # noqa: E402
 
@@ -47,16 +46,12 @@ POOLS = ("balanced", "imbalanced", "distractors")
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
 
 
-def tuxpaint_all(embedder: Embedder, min_photos: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Every Tux Paint stamp folder with at least ``min_photos`` photos (drawings left out)."""
-    groups = collections.defaultdict(list)
-    for path in sorted(TUXPAINT_STAMPS.rglob("*.png")):
-        if "cartoon" not in path.relative_to(TUXPAINT_STAMPS).parts:
-            groups[str(path.parent.relative_to(TUXPAINT_STAMPS))].append(path)
-    groups = {name: paths for name, paths in groups.items() if len(paths) >= min_photos}
-    paths = [p for ps in groups.values() for p in ps]
-    labels = [name for name, ps in groups.items() for _ in ps]
-    embedded = embedder.embed(paths)
+def tuxpaint_all(embedder: Embedder) -> tuple[np.ndarray, np.ndarray]:
+    """Every Tux Paint photo category (``load_dataset("tuxpaint-photos")``: each stamp folder
+    with at least 10 photos, drawings left out)."""
+    data = load_dataset("tuxpaint-photos")
+    embedded = embedder.embed(data.sources)
+    labels = data.labels
     return embedded.embeddings, np.asarray([labels[i] for i in embedded.indices])
 
 
