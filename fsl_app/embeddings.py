@@ -88,6 +88,16 @@ def describe_device(preference: str = "auto") -> str:
     return DEVICE_NAMES.get(device.type, device.type)
 
 
+def autocast_for(device: torch.device):
+    """Mixed precision on a GPU (float16 autocast), nothing on other devices: the one rule for
+    every forward pass (embedding, the cached last stage, fine-tuning)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
 def default_cache_path() -> Path:
     """``$FSL_APP_CACHE``, else ``$XDG_CACHE_HOME/fsl_app/embeddings.sqlite``."""
     if os.environ.get(CACHE_PATH_ENV):
@@ -399,15 +409,13 @@ class Embedder:
             return err
         return self.backbone.transform(image)
 
+    def _autocast(self):
+        return autocast_for(self.device)
+
     def _forward(self, pixels: torch.Tensor) -> np.ndarray:
         import torch
 
-        autocast = (
-            torch.autocast("cuda", dtype=torch.float16)
-            if self.device.type == "cuda"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             features = self.backbone.embed(pixels.to(self.device, non_blocking=True))
         self.images_forwarded += len(pixels)
         return features.float().cpu().numpy()

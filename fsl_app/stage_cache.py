@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,12 +176,7 @@ class StageEmbedder(Embedder):
     def _forward(self, pixels: torch.Tensor) -> np.ndarray:
         import torch
 
-        autocast = (
-            torch.autocast("cuda", dtype=torch.float16)
-            if self.device.type == "cuda"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             pixels = view_of(pixels.to(self.device, non_blocking=True), self.view)
             activations = self.stage.stem(pixels)
         self.images_forwarded += len(pixels)

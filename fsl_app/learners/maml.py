@@ -28,7 +28,6 @@ The functions below are shared by ``fit`` and meta-training: the same inner loop
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -423,12 +422,9 @@ class LastStageMAML:
         return start, sizes, float(temperature), int(steps)
 
     def _pooled(self, activations: torch.Tensor, stage: Parameters) -> torch.Tensor:
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.float16)
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        from fsl_app.embeddings import autocast_for
+
+        with autocast_for(self.device):
             return self.stage.pooled(activations, stage)
 
     def fit(self, support: torch.Tensor, targets: torch.Tensor) -> LastStageMAML:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import timm
@@ -37,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from fsl_app.backbones import Backbone, classifier_prefixes
-from fsl_app.embeddings import resolve_device
+from fsl_app.embeddings import autocast_for, resolve_device
 
 # name -> what it does, in words a user reads in the app and the CLI's help
 FINE_TUNING = {
@@ -92,9 +91,7 @@ def fine_tune_backbone(
         parameter.requires_grad_(True)
     augment = timm.data.create_transform(**backbone.data_config, is_training=True)
     optimizer = torch.optim.Adam(trainable.values(), lr=lr)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    )
+    autocast = autocast_for(device)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     for _ in range(steps):
         views = torch.stack([augment(image) for image in [*images, *images]]).to(device)
@@ -281,9 +278,7 @@ def _seconds_per_image(
 
     model = backbone.model.to(device)
     pixels = torch.zeros(2, *backbone.input_size, device=device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    )
+    autocast = autocast_for(device)
 
     def timed(fn) -> float:
         fn()  # warm-up: the first call pays for allocation and kernel choice
