@@ -22,13 +22,7 @@ from fsl_app.embedded_set import EmbeddedSet, waiting_note
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
-from fsl_app.trust.badges import (  # noqa: F401  (re-exported beside the records they label)
-    BADGES,
-    MARKED,
-    SURE_CONFIDENCE,
-    UNSURE_CONFIDENCE,
-    badge,
-)
+from fsl_app.trust.badges import MARKED, badge
 from fsl_app.trust.calibration import MAX_FOLDS, calibrate_temperature
 from fsl_app.trust.explanations import explain
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS, OpenSetDetector
@@ -72,7 +66,8 @@ class Prediction:
     ``confidence`` its calibrated probability; ``probabilities`` every class's; ``uncertainty``
     is ``1 - confidence``, the calibrated chance that the class shown is wrong (one number a
     person reads one way: an entropy over all classes said 0.92 "no idea" beside a 53% answer);
-    ``badge`` one of :data:`BADGES`; ``explanation`` a sentence, ``neighbours`` the ids of the
+    ``badge`` one of :data:`fsl_app.trust.badges.BADGES`; ``explanation`` a sentence,
+    ``neighbours`` the ids of the
     examples of the predicted class nearest to it and ``runner_up`` the next most probable
     class. ``label`` is the picture's own class when it is an example; ``marked`` says the user
     marked it "none of these classes" (then ``unknown`` too, whatever the model thinks).

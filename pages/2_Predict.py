@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fsl_app.classifier import BADGES, Prediction, predict_set
+from fsl_app.classifier import Prediction, predict_set
 from fsl_app.plural import counted
 from fsl_app.project.io import export_sorted_zip, image_table, table_csv
 from fsl_app.project.sorting import label_unlabeled, sure_choices, sure_counts
 from fsl_app.project.store import StoreError
+from fsl_app.trust.badges import BADGES
 from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import (

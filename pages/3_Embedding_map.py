@@ -7,7 +7,7 @@ import streamlit as st
 
 from fsl_app import projection
 from fsl_app.active import suggest
-from fsl_app.classifier import MARKED, predict_set
+from fsl_app.classifier import predict_set
 from fsl_app.projection import (
     LAYOUT_WORDS,
     METHODS,
@@ -17,6 +17,7 @@ from fsl_app.projection import (
     selected_ids,
     slow_first_time,
 )
+from fsl_app.trust.badges import MARKED
 from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import counted, flash, show_thumbnail

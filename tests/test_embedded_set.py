@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fsl_app.active import suggest
-from fsl_app.classifier import CalibratedClassifier, badge, fit_classifier, predict_set
+from fsl_app.classifier import CalibratedClassifier, fit_classifier, predict_set
 from fsl_app.datasets import DEMO_CLASSES, tuxpaint_photos
 from fsl_app.embedded_set import (
     EmbeddedSet,
@@ -34,6 +34,7 @@ from fsl_app.project.demo import (
 from fsl_app.project.io import export_sorted_zip
 from fsl_app.project.sorting import label_unlabeled, sure_choices
 from fsl_app.project.store import NONE_OF_THESE, Store
+from fsl_app.trust.badges import badge
 
 
 @pytest.fixture(scope="session")
@@ -208,7 +209,6 @@ def test_evaluation_needs_two_classes_with_two_examples():
 
 
 def test_none_of_these_is_kept_everywhere_and_can_be_taken_back(demo, embedder, backbone):
-    from fsl_app.classifier import MARKED
     from fsl_app.deploy.bundle import bundle_bytes, load_bundle
     from fsl_app.project.io import (
         NONE_OF_THESE,
@@ -216,6 +216,7 @@ def test_none_of_these_is_kept_everywhere_and_can_be_taken_back(demo, embedder, 
         image_table,
         import_dataset_zip,
     )
+    from fsl_app.trust.badges import MARKED
 
     store, project = demo
     marked = store.list_images(project.id, labeled=False)[0].sha256
