@@ -7,6 +7,7 @@ import streamlit as st
 from fsl_app.backbones import DEFAULT_BACKBONE, available_backbones, backbone_words
 from fsl_app.embeddings import DEVICE_NAMES, available_devices, describe_device
 from fsl_app.learners import DEFAULT_LEARNER, LEARNERS, available_learners
+from fsl_app.plural import counted
 from fsl_app.project.demo import open_demo_project
 from fsl_app.project.store import TRASH_DAYS, StoreError
 from fsl_app.trust.open_set import DEFAULT_STRICTNESS
@@ -14,7 +15,7 @@ from fsl_app.ui import icons
 from fsl_app.ui.fine_tuning import fine_tuning_panel
 from fsl_app.ui.image_models import image_model_settings
 from fsl_app.ui.session import ProjectSettings, current_project, select_project, store_or_stop
-from fsl_app.ui.widgets import counted, plain
+from fsl_app.ui.widgets import plain
 
 JUST_DELETED_KEY = "_just_deleted_project"
 

@@ -7,6 +7,7 @@ import streamlit as st
 
 from fsl_app.classifier import predict_set
 from fsl_app.embedded_set import embed_uploads, few_example_hints
+from fsl_app.plural import counted
 from fsl_app.project.store import ProjectClass, StoreError
 from fsl_app.ui.evaluation import label_suspects
 from fsl_app.ui.session import classifier_or_none, load_embedded, project_page
@@ -14,7 +15,6 @@ from fsl_app.ui.widgets import (
     add_report_messages,
     camera_shot,
     clear_upload,
-    counted,
     flash,
     plain,
     probability_bars,

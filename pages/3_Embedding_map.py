@@ -8,6 +8,7 @@ import streamlit as st
 from fsl_app import projection
 from fsl_app.active import suggest
 from fsl_app.classifier import predict_set
+from fsl_app.plural import counted
 from fsl_app.projection import (
     LAYOUT_WORDS,
     METHODS,
@@ -20,7 +21,7 @@ from fsl_app.projection import (
 from fsl_app.trust.badges import MARKED
 from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
-from fsl_app.ui.widgets import counted, flash, show_thumbnail
+from fsl_app.ui.widgets import flash, show_thumbnail
 
 MAX_SHOWN_SELECTED = 12
 

@@ -8,10 +8,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from fsl_app.learners import LEARNERS, available_learners
+from fsl_app.plural import counted
 from fsl_app.ui import icons
 from fsl_app.ui.evaluation import compare_learners, held_out_evaluation
 from fsl_app.ui.session import project_page
-from fsl_app.ui.widgets import counted, plain, show_thumbnail
+from fsl_app.ui.widgets import plain, show_thumbnail
 
 page = project_page(
     "Evaluate",

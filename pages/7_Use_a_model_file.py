@@ -11,10 +11,11 @@ from fsl_app.classifier import predict_set
 from fsl_app.deploy.batch import COLUMNS, error_row, prediction_row
 from fsl_app.embedded_set import embed_uploads
 from fsl_app.images import image_sha256
+from fsl_app.plural import counted
 from fsl_app.project.io import table_csv
 from fsl_app.trust.badges import BADGES, MARKED
 from fsl_app.ui.model_file import open_model_file
-from fsl_app.ui.widgets import counted, plain, thumbnail_of
+from fsl_app.ui.widgets import plain, thumbnail_of
 
 st.title("Sort pictures with a model file")
 st.write(
