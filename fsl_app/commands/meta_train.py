@@ -210,13 +210,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(set(labels[train]))} classes, holding out {len(held_out)}: {', '.join(held_out)}.",
         file=sys.stderr,
     )
-    metadata = {
-        "datasets": [d.name for d in datasets],
-        "per_class": args.per_class,
-        "data_seed": args.seed,
-        "classes": sorted(set(labels[train].tolist())),
-        "held_out": held_out,
-    }
+    metadata = _data_record(args, datasets, labels[train], held_out)
     try:
         result = meta_train(
             features[train],
@@ -308,6 +302,19 @@ def _embed_all(
     return np.concatenate(features), np.asarray(labels), np.asarray(domains)
 
 
+def _data_record(
+    args: argparse.Namespace, datasets: list[LabeledImages], trained: np.ndarray, held_out: list
+) -> dict:
+    """What a checkpoint records of its data: datasets, sampling, classes trained and held out."""
+    return {
+        "datasets": [d.name for d in datasets],
+        "per_class": args.per_class,
+        "data_seed": args.seed,
+        "classes": sorted(set(trained.tolist())),
+        "held_out": held_out,
+    }
+
+
 def _training_bar() -> MetaProgress:
     from tqdm import tqdm
 
@@ -375,13 +382,7 @@ def _run_last_stage(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=_training_bar(),
             stage_step=args.stage_step,
-            metadata={
-                "datasets": [d.name for d in datasets],
-                "per_class": args.per_class,
-                "data_seed": args.seed,
-                "classes": sorted(set(labels[train].tolist())),
-                "held_out": held_out,
-            },
+            metadata=_data_record(args, datasets, labels[train], held_out),
         )
     except (ValueError, FileNotFoundError) as err:
         raise UnusableInputError(str(err)) from err
