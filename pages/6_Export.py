@@ -19,6 +19,7 @@ from fsl_app.project.io import (
     table_json,
 )
 from fsl_app.project.store import StoreError
+from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import clear_upload, flash, plain, upload_key
 
@@ -43,9 +44,14 @@ else:
     st.write(
         "One file with what the app learned: the image model's name and exact preprocessing, "
         "your classes, the examples' embeddings, the calibration and the 'none of these' "
-        "threshold. Use it on any machine with fsl_app:"
+        "threshold. Open it in this app on any machine with fsl_app:"
     )
-    st.code(f"python -m fsl_app predict --bundle {file_stem}.fslbundle --images FOLDER_OF_PICTURES")
+    st.page_link("pages/7_Use_a_model_file.py", label="Use a model file", icon=icons.MODEL_FILE)
+    st.caption("…or, from a command line:")
+    st.code(
+        f"python -m fsl_app predict --bundle {file_stem}.fslbundle --images FOLDER_OF_PICTURES",
+        wrap_lines=True,  # the whole command, never cut off at the box's edge
+    )
     if note := waiting_note(embedded.class_counts()):  # the file covers the classes with examples
         st.info(plain(note))
     if st.button("Prepare the model file", key="prepare_bundle"):

@@ -354,6 +354,9 @@ def test_export_bundle_zip_and_reimport(data_dir, tmp_path, photos, capsys):
     at = start(data_dir)
     at.button(key="demo").click().run()
     go(at, "6_Export")
+    # The whole command is shown (wrapped, never cut off), beside the page that opens the file.
+    command = at.code[0]
+    assert command.proto.wrap_lines and "--images FOLDER_OF_PICTURES" in command.value
     at.button(key="prepare_bundle").click().run()
     assert not at.exception
     bundle = tmp_path / "demo.fslbundle"
