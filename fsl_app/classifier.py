@@ -104,10 +104,15 @@ class CalibratedClassifier:
     sets that attribute (an expensive fit can ask for fewer), else
     :data:`MAX_FOLDS`.
 
+    Rows are what the learner takes: embeddings (n, dim), or for a learner that adapts the
+    image model's last stage the embedding followed by the activations entering that stage
+    (:attr:`fsl_app.embedded_set.EmbeddedSet.inputs`); ``embedding_dim`` then says where the
+    embedding ends, and "none of these" and the explanations read only that part.
+
     After ``fit``: ``learner_`` (fitted on every example), ``classes_``,
     ``temperature_``, ``open_set_``, ``threshold_``, what it was fitted on
-    (``support_`` (n_support, dim), ``labels_`` (n_support,) and ``ids_``, the
-    examples' ids or None), and ``notes``: plain sentences saying what the
+    (``support_`` (n_support, width), ``labels_`` (n_support,) and ``ids_``, the
+    examples' ids or None), ``embedding_dim_``, and ``notes``: plain sentences saying what the
     learner started from, where the support was too small to calibrate and
     what to add.
     """
@@ -131,15 +136,17 @@ class CalibratedClassifier:
         ids: Sequence[str] | None = None,
         unlabeled: ArrayLike | None = None,
         negatives: ArrayLike | None = None,
+        embedding_dim: int | None = None,
     ) -> CalibratedClassifier:
-        """Fit on ``support`` (n_support, dim) and ``labels`` (n_support,).
+        """Fit on ``support`` (n_support, width) and ``labels`` (n_support,).
 
-        ``unlabeled`` (n_unlabeled, dim), the pictures still to sort, go to the learner and to
-        calibration's refits (a semi-supervised learner learns from them; the others ignore
+        ``unlabeled`` (n_unlabeled, width), the pictures still to sort, go to the learner and
+        to calibration's refits (a semi-supervised learner learns from them; the others ignore
         them). ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are
         none of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
+        ``embedding_dim`` (default: the whole width) is where each row's embedding ends.
         """
-        self._keep_examples(support, labels, ids)
+        self._keep_examples(support, labels, ids, embedding_dim)
         self.unlabeled_ = _pool(unlabeled, self.support_.shape[-1])
         self.learner_ = self._make_learner().fit(
             self.support_, self.labels_, unlabeled=self.unlabeled_
@@ -155,7 +162,7 @@ class CalibratedClassifier:
         )
         self.temperature_ = temperature.value
         self.open_set_ = OpenSetDetector(self.strictness).fit(
-            self.support_, self.labels_, negatives=negatives
+            self.embeddings_of(self.support_), self.labels_, negatives=negatives
         )
         self.threshold_ = self.open_set_.threshold_
         open_set_note = (
@@ -182,6 +189,7 @@ class CalibratedClassifier:
         notes: Sequence[str] = (),
         ids: Sequence[str] | None = None,
         unlabeled: ArrayLike | None = None,
+        embedding_dim: int | None = None,
     ) -> CalibratedClassifier:
         """A fitted classifier restored without calibrating again, e.g. from a saved model.
 
@@ -192,7 +200,7 @@ class CalibratedClassifier:
         fitted ``open_set`` are taken as given.
         """
         model = cls(learner, strictness=strictness, **params)
-        model._keep_examples(support, labels, ids)
+        model._keep_examples(support, labels, ids, embedding_dim)
         model.unlabeled_ = _pool(unlabeled, model.support_.shape[-1])
         model.learner_ = model._make_learner().fit(
             model.support_, model.labels_, unlabeled=model.unlabeled_
@@ -204,11 +212,17 @@ class CalibratedClassifier:
         model.notes = list(notes)
         return model
 
+    def embeddings_of(self, rows: ArrayLike) -> np.ndarray:
+        """The embedding part (n, dim) of rows this classifier takes (n, width)."""
+        return np.asarray(rows, dtype=np.float32)[:, : self.embedding_dim_]
+
     def predict_calibrated(self, query: ArrayLike) -> CalibratedPredictions:
-        """Calibrated predictions for ``query`` of shape (n_query, dim), as arrays."""
+        """Calibrated predictions for ``query`` of shape (n_query, width), as arrays."""
         self._check_fitted()
+        query = np.asarray(query, dtype=np.float32)
+        self._check_width(query)
         logits = self.learner_.decision_function(query)
-        distance, unknown = self.open_set_.assess(query)
+        distance, unknown = self.open_set_.assess(self.embeddings_of(query))
         return CalibratedPredictions(
             classes=self.classes_,
             probabilities=softmax(logits / self.temperature_),
@@ -233,7 +247,7 @@ class CalibratedClassifier:
         labels: Sequence[str | None] | None = None,
         none_of_these: Collection[str] = (),
     ) -> list[Prediction]:
-        """One :class:`Prediction` per row of ``embeddings`` (n, dim), in that order.
+        """One :class:`Prediction` per row of ``embeddings`` (n, width), in that order.
 
         ``ids`` and ``names`` (n,) identify the pictures; ``labels`` (n,) are their own
         classes when they are examples (default: none is); the ids in ``none_of_these`` are
@@ -245,7 +259,11 @@ class CalibratedClassifier:
         predicted = self.predict_calibrated(embeddings)
         classes = [str(c) for c in predicted.classes]
         explanations = explain(
-            self.support_, self.labels_, embeddings, predicted.probabilities, classes
+            self.embeddings_of(self.support_),
+            self.labels_,
+            self.embeddings_of(embeddings),
+            predicted.probabilities,
+            classes,
         )
         records = []
         for j, why in enumerate(explanations):
@@ -293,13 +311,28 @@ class CalibratedClassifier:
         return _Tempered(self._make_learner(), self.temperature_)
 
     def _keep_examples(
-        self, support: ArrayLike, labels: Sequence, ids: Sequence[str] | None
+        self,
+        support: ArrayLike,
+        labels: Sequence,
+        ids: Sequence[str] | None,
+        embedding_dim: int | None,
     ) -> None:
         self.support_ = np.asarray(support, dtype=np.float32)
+        self.embedding_dim_ = int(embedding_dim or self.support_.shape[-1])
         self.labels_ = np.asarray(labels)
         if ids is not None and len(ids) != len(self.labels_):
             raise ValueError(f"Got {len(ids)} ids for {len(self.labels_)} examples.")
         self.ids_ = None if ids is None else [str(i) for i in ids]
+
+    def _check_width(self, query: np.ndarray) -> None:
+        width = self.support_.shape[-1]
+        if query.ndim == 2 and query.shape[1] != width and width != self.embedding_dim_:
+            raise ValueError(
+                f"This model adapts the image model's last stage: each picture needs its "
+                f"embedding and its activations entering that stage ({width} numbers), but got "
+                f"{query.shape[1]}. Build the pictures with their last stage "
+                "(fsl_app.embedded_set.with_last_stage)."
+            )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "learner_"):
@@ -362,7 +395,8 @@ def fit_classifier(
     problems = embedded.readiness()
     if problems:
         raise UnusableInputError(" ".join(problems))
-    support, labels, ids = embedded.examples()
+    _, labels, ids = embedded.examples()
+    support = embedded.inputs[embedded.labeled]
     # One order for the same examples, however they were added: calibration deals examples
     # into folds by their order, so a project and the folders exported from it must agree.
     order = sorted(range(len(ids)), key=lambda i: (labels[i], ids[i]))
@@ -374,8 +408,11 @@ def fit_classifier(
         support[order],
         [labels[i] for i in order],
         ids=[ids[i] for i in order],
-        unlabeled=embedded.pool(),
+        # The learner that adapts the last stage (the only one given its activations) learns
+        # from the examples alone.
+        unlabeled=embedded.pool() if embedded.stage is None else None,
         negatives=embedded.negatives(),
+        embedding_dim=embedded.embedding_dim,
     )
     # A class still without examples is left out, and the model says so wherever it is shown.
     if note := waiting_note(embedded.class_counts()):
@@ -392,7 +429,7 @@ def predict_set(
     """
     rows = np.flatnonzero(~embedded.labeled) if ids is None else embedded.rows(ids)
     return classifier.predict_pictures(
-        embedded.embeddings[rows],
+        embedded.inputs[rows],
         ids=[embedded.ids[i] for i in rows],
         names=[embedded.names[i] for i in rows],
         labels=[embedded.labels[i] for i in rows],

@@ -8,10 +8,12 @@ SHA-256 of each picture's bytes, so building the set again after a label changes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from fsl_app.errors import UnusableInputError
 from fsl_app.files import LeftOut, iter_image_files
 from fsl_app.plural import counted
 from fsl_app.project.store import ProjectImage, Store, StoreError
+
+if TYPE_CHECKING:
+    from fsl_app.stage_cache import StageEmbedder
 
 # Given a stage ("examples" or "images"), a progress callback for it, or None.
 ProgressFactory = Callable[[str], ProgressCallback | None]
@@ -50,7 +55,10 @@ class EmbeddedSet:
     meta-learned checkpoints look theirs up by it); ``left_out`` the files in the folders
     given that are not images, counted rather than reported one by one;
     ``none_of_these`` the ids of unlabeled pictures the user marked "none of these classes"
-    (they stay pictures to sort, shown as marked, and teach "none of these" what is foreign).
+    (they stay pictures to sort, shown as marked, and teach "none of these" what is foreign);
+    ``stage`` (n, C*H*W), None unless asked for (:func:`with_last_stage`), each picture's
+    activations entering the image model's last stage, for the learner that adapts that stage
+    (``maml``; :func:`fsl_app.learners.needs_last_stage`).
     """
 
     ids: list[str]
@@ -62,6 +70,19 @@ class EmbeddedSet:
     backbone: str | None = None
     left_out: LeftOut = field(default_factory=LeftOut)
     none_of_these: frozenset[str] = frozenset()
+    stage: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """What a classifier is fitted on and predicts from, (n, dim [+ C*H*W]) float32: the
+        embeddings, followed by the last-stage activations when the set carries them."""
+        if self.stage is None:
+            return self.embeddings
+        return np.concatenate([self.embeddings, self.stage.astype(np.float32)], axis=1)
 
     @property
     def labeled(self) -> np.ndarray:
@@ -345,6 +366,63 @@ def list_input_files(path: str | os.PathLike, *, left_out: LeftOut | None = None
             else f"The folder '{path}' has no files in it."
         )
     return files
+
+
+# --- The activations entering the last stage, for the learner that adapts it ---------------
+
+
+def for_learner(
+    embedded: EmbeddedSet,
+    embedder: Embedder,
+    learner: str,
+    params: dict | None,
+    source_of: Callable[[int], ImageSource],
+    *,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedSet:
+    """``embedded`` as ``learner`` (with ``params``) takes it: with each picture's last-stage
+    activations (:func:`with_last_stage`, beside the embedder's cache) when it adapts that
+    stage, else unchanged. ``source_of(row)`` reads a picture not yet in that cache."""
+    from fsl_app.learners import needs_last_stage
+
+    if not needs_last_stage(learner, embedded.backbone, params):
+        return embedded
+    from fsl_app.stage_cache import stage_embedder_beside
+
+    return with_last_stage(embedded, stage_embedder_beside(embedder), source_of, progress=progress)
+
+
+def with_last_stage(
+    embedded: EmbeddedSet,
+    stage_embedder: StageEmbedder,
+    source_of: Callable[[int], ImageSource],
+    *,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedSet:
+    """``embedded`` carrying each picture's activations entering the last stage (``stage``).
+
+    They come from the stage embedder's cache by id; the pictures not in it are read through
+    ``source_of(row)`` (a path, bytes) and go through the image model up to that stage once,
+    with ``progress(done, total)``. A picture that was embedded but cannot be read now raises
+    :class:`UnusableInputError` naming it.
+    """
+    found = stage_embedder.cache.get_many(stage_embedder.cache_key, embedded.ids)
+    missing = [i for i, image_id in enumerate(embedded.ids) if image_id not in found]
+    if missing:
+        computed = stage_embedder.embed([source_of(i) for i in missing], progress=progress)
+        found.update(zip(computed.ids, computed.embeddings, strict=True))
+        for i, why in computed.errors:
+            raise UnusableInputError(
+                f"'{embedded.names[missing[i]]}' could not be read again for fine-tuning: {why}"
+            )
+    stage = np.zeros((len(embedded.ids), stage_embedder.stage.input_numel), np.float16)
+    for row, image_id in enumerate(embedded.ids):
+        if image_id not in found:
+            raise UnusableInputError(
+                f"'{embedded.names[row]}' changed since it was added: add it again."
+            )
+        stage[row] = found[image_id]
+    return dataclasses.replace(embedded, stage=stage)
 
 
 def _stack(vectors: list[np.ndarray], embedder: Embedder) -> np.ndarray:

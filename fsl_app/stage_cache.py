@@ -18,7 +18,9 @@ The same code runs on a GPU (mixed precision) and on the CPU.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +83,9 @@ class LastStage:
         self.backbone = backbone
         self.model = model
         self.tail: nn.Module = nn.Sequential(model.blocks[-1], model.conv_head, model.bn2).eval()
+        # functional_call swaps the tail's weights in place while it runs: one at a time (the
+        # app fits in several threads, and the stage of a backbone is shared, last_stage_for).
+        self._swapping = threading.Lock()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -117,8 +122,15 @@ class LastStage:
         if params is None:
             x = self.tail(activations)
         else:
-            x = functional_call(self.tail, params, (activations,))
+            with self._swapping:
+                x = functional_call(self.tail, params, (activations,))
         return self.model.forward_head(x, pre_logits=True)
+
+    @property
+    def input_numel(self) -> int:
+        """Numbers per picture entering the stage (C * H * W): the width of its cached rows."""
+        channels, height, width = self.input_shape
+        return channels * height * width
 
 
 def view_of(pixels: torch.Tensor, view: str) -> torch.Tensor:
@@ -201,9 +213,47 @@ def embed_views(
     return out
 
 
+def stage_embedder_beside(embedder: Embedder) -> StageEmbedder:
+    """A :class:`StageEmbedder` (original view) on ``embedder``'s image model and device, its
+    cache beside the embedder's: ``stage_activations.sqlite`` in the same folder, in memory for
+    an in-memory cache, nothing kept for :class:`~fsl_app.embeddings.NoCache`."""
+    cache = embedder.cache
+    if isinstance(cache, NoCache):
+        kept: ActivationCache | NoCache = NoCache()
+    elif getattr(cache, "path", None) is None:
+        kept = ActivationCache(None)
+    else:
+        kept = _activation_cache_at(str(cache.path.with_name("stage_activations.sqlite")))
+    return StageEmbedder(embedder.backbone, device=embedder.device, cache=kept)
+
+
+@functools.lru_cache(maxsize=4)
+def _activation_cache_at(path: str) -> ActivationCache:
+    """One open cache per file and process (SQLite connections are shared safely)."""
+    return ActivationCache(path)
+
+
 def open_activation_cache(path: str | os.PathLike | None = "default") -> ActivationCache:
     """The activation cache at ``path`` (``"default"``: next to the embedding cache)."""
     return ActivationCache(default_activation_cache_path() if path == "default" else path)
+
+
+def stage_start_shipped(backbone_name: str) -> bool:
+    """Whether last-stage MAML has a meta-learned start for ``backbone_name`` under
+    ``pretrained/`` (``maml-stage-<backbone>.safetensors``): the only case in which the
+    ``maml`` learner adapts the image model's last stage (elsewhere it adapts its head)."""
+    from fsl_app import pretrained
+
+    return pretrained.default_path("maml-stage", backbone_name).is_file()
+
+
+@functools.lru_cache(maxsize=2)
+def last_stage_for(backbone_name: str) -> LastStage:
+    """The last stage of ``backbone_name`` (its model loaded once per process and kept: every
+    fit of last-stage MAML, calibration's refits included, runs through the same one)."""
+    from fsl_app.backbones import load_backbone
+
+    return LastStage(load_backbone(backbone_name))
 
 
 def find_stage_initialisation(backbone: Backbone, path: str | os.PathLike | None = None):

@@ -19,6 +19,7 @@ from fsl_app.learners.registry import (
     create_learner,
     learner_entry,
     meta_trainable_learners,
+    needs_last_stage,
 )
 
 _LAZY = {
@@ -65,4 +66,5 @@ __all__ = [
     "create_learner",
     "learner_entry",
     "meta_trainable_learners",
+    "needs_last_stage",
 ]

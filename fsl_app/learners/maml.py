@@ -37,9 +37,11 @@ import torch.nn.functional as F
 
 from fsl_app.learners.base import FewShotLearner, usable_checkpoint
 from fsl_app.learners.protonet import class_means, simpleshot_normalize
+from fsl_app.plural import counted
 
 if TYPE_CHECKING:
     from fsl_app.pretrained import Checkpoint
+    from fsl_app.stage_cache import LastStage
 
 Parameters = dict[str, torch.Tensor]
 
@@ -176,22 +178,35 @@ def initialisation_parts(tensors: Parameters) -> tuple[Parameters, Parameters, t
 
 
 class MAML(FewShotLearner):
-    """Proto-MAML head adapted to the support by ``inner_steps`` gradient steps.
+    """MAML adapted to the support by a few gradient steps: the image model's last stage and a
+    prototype-initialised classifier when the pictures come with the activations entering that
+    stage, else the Proto-MAML head on the embeddings.
 
-    ``checkpoint`` is a meta-learned initialisation (:class:`fsl_app.pretrained.Checkpoint`,
-    which :func:`fsl_app.learners.create_learner` finds for the backbone). Without one, or
-    with one made for another embedding size, the adapter starts as the identity and the
-    classifier from the prototypes, and ``notes_`` says so, with ``missing_reason`` (why the
-    factory found none) when given. ``inner_steps``, ``inner_lr`` and ``temperature`` left at
-    ``None`` come from the checkpoint (its learned Meta-SGD step sizes and temperature), else
-    from the module defaults; a given ``inner_lr`` replaces every step size. ``hidden`` and
-    ``seed`` (the size and the fixed random draw of W1) matter only without a checkpoint.
+    **Last stage** (the default where it applies): ``stage`` is the backbone's
+    :class:`fsl_app.stage_cache.LastStage` and ``stage_checkpoint`` its meta-learned start
+    (both resolved by :func:`fsl_app.learners.create_learner` when ``last_stage`` is true and a
+    start is shipped for the backbone). Each row then holds the picture's embedding followed by
+    its activations entering the last stage, flattened (:attr:`EmbeddedSet.inputs
+    <fsl_app.embedded_set.EmbeddedSet.inputs>`); :class:`LastStageMAML` adapts the stage on the
+    support and scores queries through the adapted stage. Rows that carry only embeddings get
+    the head below, and ``notes_`` says so.
 
-    After ``fit``: ``head_`` holds the adapted tensors (classifier ``weight``
-    of shape (n_classes, dim)), ``mean_`` the support mean (dim,),
-    ``support_losses_`` the support cross-entropy before each step and after
-    the last, ``checkpoint_`` the checkpoint used (or None), ``notes_`` plain-language
-    remarks about the initialisation.
+    **Head**: ``checkpoint`` is a meta-learned initialisation of the adapter (:class:`fsl_app.
+    pretrained.Checkpoint`). Without one, or with one made for another embedding size, the
+    adapter starts as the identity and the classifier from the prototypes, and ``notes_`` says
+    so, with ``missing_reason`` (why the factory found none) when given. ``inner_steps``,
+    ``inner_lr`` and ``temperature`` left at ``None`` come from the checkpoint (its learned
+    Meta-SGD step sizes and temperature), else from the module defaults; a given ``inner_lr``
+    replaces every step size. ``hidden`` and ``seed`` (the size and the fixed random draw of W1)
+    matter only without a checkpoint. ``inner_steps`` and ``temperature`` apply to the last
+    stage too.
+
+    After ``fit``: ``support_losses_`` the support cross-entropy before each step and after the
+    last, ``temperature_``, ``inner_steps_``, ``adapts_last_stage_`` (which of the two ran),
+    ``notes_`` plain-language remarks about the start; with the last stage ``stage_`` (the
+    fitted :class:`LastStageMAML`), else ``head_`` (the adapted tensors, classifier ``weight``
+    of shape (n_classes, dim)), ``mean_`` the support mean (dim,) and ``checkpoint_`` the
+    checkpoint used (or None).
     """
 
     name: ClassVar[str] = "maml"
@@ -207,6 +222,9 @@ class MAML(FewShotLearner):
         temperature: float | None = None,
         hidden: int = DEFAULT_HIDDEN,
         seed: int = 0,
+        last_stage: bool = True,
+        stage: LastStage | None = None,
+        stage_checkpoint: Checkpoint | None = None,
     ):
         self.checkpoint = checkpoint
         self.missing_reason = missing_reason
@@ -215,8 +233,59 @@ class MAML(FewShotLearner):
         self.temperature = temperature
         self.hidden = hidden
         self.seed = seed
+        self.last_stage = last_stage
+        self.stage = stage
+        self.stage_checkpoint = stage_checkpoint
+
+    def stage_row_width(self) -> int | None:
+        """Width of the rows the last stage needs (embedding + activations), or None when this
+        learner adapts only its head."""
+        if not self.last_stage or self.stage is None:
+            return None
+        return self.stage.backbone.embedding_dim + self.stage.input_numel
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
+        width = self.stage_row_width()
+        self.adapts_last_stage_ = support.shape[1] == width
+        if self.adapts_last_stage_:
+            self._fit_stage(support, targets)
+            return
+        if width is not None:
+            self.notes_.append(
+                "MAML adapted only its small model on top of the image model: the pictures "
+                "came without the activations entering the image model's last stage."
+            )
+        self._fit_head(support, targets)
+
+    def _fit_stage(self, support: torch.Tensor, targets: torch.Tensor) -> None:
+        from fsl_app.embeddings import resolve_device
+
+        self.stage_ = LastStageMAML(
+            self.stage,
+            self.stage_checkpoint,
+            steps=self.inner_steps,
+            temperature=self.temperature,
+            device=resolve_device("auto"),
+        ).fit(self._activations(support), targets)
+        self.support_losses_ = self.stage_.support_losses_
+        self.temperature_ = self.stage_.temperature_
+        self.inner_steps_ = self.stage_.steps_
+        start = (
+            f"the start meta-learned for {self.stage_checkpoint.describe()}"
+            if self.stage_checkpoint is not None
+            else "the image model's own weights (no meta-learned start was given)"
+        )
+        self.notes_.append(
+            f"MAML adapted the image model's last stage to your examples "
+            f"({counted(self.inner_steps_, 'step')}), from {start}."
+        )
+
+    def _activations(self, rows: torch.Tensor) -> torch.Tensor:
+        """The activations (n, C, H, W) entering the last stage, from rows of the stage's width."""
+        dim = self.stage.backbone.embedding_dim
+        return rows[:, dim:].reshape(-1, *self.stage.input_shape)
+
+    def _fit_head(self, support: torch.Tensor, targets: torch.Tensor) -> None:
         found = usable_checkpoint(
             self,
             support.shape[1],
@@ -254,7 +323,14 @@ class MAML(FewShotLearner):
         self.mean_ = support.mean(dim=0)
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
+        if self.adapts_last_stage_:
+            return self.stage_.logits(self._activations(query))
         return head_logits(self.head_, query, self.mean_, self.temperature_)
+
+    def logits_module(self) -> torch.nn.Module:
+        if self.adapts_last_stage_:
+            return StageLogits(self.stage_, self.stage.backbone.embedding_dim)
+        return super().logits_module()
 
 
 # --- Last-stage MAML: the inner loop adapts the backbone's last stage too ---------------------
@@ -463,14 +539,47 @@ class LastStageMAML:
         return torch.cat(parts) if parts else torch.zeros(0, self.mean_.numel())
 
     @torch.no_grad()
-    def predict_proba(self, query: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (n_query, n_classes) of ``query`` activations."""
+    def logits(self, query: torch.Tensor) -> torch.Tensor:
+        """Class scores (n_query, n_classes) of ``query`` activations, on the CPU."""
         features = self.embed(query).to(self.device)
         h = simpleshot_normalize(features, "cl2", self.mean_)
         logits = (h @ self.classifier_["weight"].T + self.classifier_["bias"]) / self.temperature_
-        return logits.softmax(dim=1).cpu()
+        return logits.cpu()
+
+    def predict_proba(self, query: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (n_query, n_classes) of ``query`` activations."""
+        return self.logits(query).softmax(dim=1)
 
 
 def _prefixed(tensors: Parameters, prefix: str) -> Parameters:
     """The entries of ``tensors`` whose names start with ``prefix``, without it."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class StageLogits(torch.nn.Module):
+    """A fitted :class:`LastStageMAML` as a module: rows (n, dim + C*H*W) -> logits (n, k).
+
+    The rows are those the ``maml`` learner takes (the embedding, then the activations entering
+    the last stage); the module holds a copy of the stage with the adapted weights, so it can
+    be exported (ONNX) and runs without the learner.
+    """
+
+    def __init__(self, fitted: LastStageMAML, embedding_dim: int):
+        import copy
+
+        super().__init__()
+        self.tail = copy.deepcopy(fitted.stage.tail).cpu().eval()
+        self.tail.load_state_dict({k: v.cpu() for k, v in fitted.stage_.items()}, strict=False)
+        self.pool = copy.deepcopy(fitted.stage.model.global_pool).cpu()
+        self.embedding_dim = embedding_dim
+        self.input_shape = tuple(fitted.stage.input_shape)
+        self.register_buffer("mean", fitted.mean_.cpu())
+        self.register_buffer("weight", fitted.classifier_["weight"].cpu())
+        self.register_buffer("bias", fitted.classifier_["bias"].cpu())
+        self.temperature = float(fitted.temperature_)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        activations = rows[:, self.embedding_dim :].reshape(-1, *self.input_shape)
+        features = self.pool(self.tail(activations)).flatten(1)
+        h = F.normalize(features - self.mean, dim=1)
+        return (h @ self.weight.T + self.bias) / self.temperature

@@ -46,6 +46,10 @@ class LearnerEntry:
     # Reads statistics of the base classes shipped as a checkpoint like a meta-trained head's
     # (``pretrained/<name>-<backbone>.safetensors``), though nothing is meta-trained.
     base_statistics: bool = False
+    # Adapts the image model's last stage where a meta-learned start of it is shipped for the
+    # backbone (``pretrained/maml-stage-<backbone>.safetensors``): it then takes, per picture,
+    # the embedding followed by the activations entering that stage (see needs_last_stage).
+    adapts_last_stage: bool = False
 
     @property
     def meta_trainable(self) -> bool:
@@ -71,7 +75,8 @@ class LearnerEntry:
         ``backbone``, never ``checkpoint`` (tensors the factory resolves, not a file to open)."""
         signature = inspect.signature(self.learner_class.__init__)
         names = {name for name in signature.parameters if name != "self"}
-        return frozenset((names - {"checkpoint", "missing_reason"}) | {"backbone"})
+        resolved = {"checkpoint", "missing_reason", "stage", "stage_checkpoint"}
+        return frozenset((names - resolved) | {"backbone"})
 
     @property
     def label(self) -> str:
@@ -123,6 +128,7 @@ LEARNERS: dict[str, LearnerEntry] = {
             "fsl_app.learners.maml:MAML",
             onnx_exportable=True,
             trainer_path="fsl_app.training.maml:MAMLTrainer",
+            adapts_last_stage=True,
         ),
         LearnerEntry(
             "relation",
@@ -235,4 +241,33 @@ def create_learner(
 
         found = pretrained.find(name, backbone or DEFAULT_BACKBONE)
         params = {"checkpoint": found.checkpoint, "missing_reason": found.missing_reason, **params}
+    if needs_last_stage(name, backbone, params) and "stage" not in params:
+        from fsl_app.stage_cache import find_stage_initialisation, last_stage_for
+
+        stage = last_stage_for(_backbone_name(backbone))
+        params = {
+            "stage": stage,
+            "stage_checkpoint": find_stage_initialisation(stage.backbone),
+            **params,
+        }
     return entry.learner_class(**params)
+
+
+def needs_last_stage(
+    name: str, backbone: str | None = None, params: dict[str, Any] | None = None
+) -> bool:
+    """Whether ``name`` with ``params`` on ``backbone`` adapts the image model's last stage, so
+    that its pictures must come with the activations entering it
+    (:attr:`fsl_app.embedded_set.EmbeddedSet.inputs`): a learner that can (``maml``), not
+    switched off (``last_stage=False``), on a backbone with a shipped meta-learned start."""
+    if not learner_entry(name).adapts_last_stage or not (params or {}).get("last_stage", True):
+        return False
+    from fsl_app.stage_cache import stage_start_shipped
+
+    return stage_start_shipped(_backbone_name(backbone))
+
+
+def _backbone_name(backbone: str | None) -> str:
+    from fsl_app.backbones import DEFAULT_BACKBONE
+
+    return backbone or DEFAULT_BACKBONE
