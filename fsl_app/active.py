@@ -122,20 +122,22 @@ def rank(
     n_members: int = 10,
     augmented_pools: Sequence[ArrayLike] = (),
     normalize: Normalization = "cl2",
+    embedding_dim: int | None = None,
 ) -> list[Suggestion]:
     """The ``k`` pool images most worth labeling next, best first, each with its reason.
 
     ``support`` (n_labeled, dim) and ``labels`` are the labeled embeddings (may
     be empty: the representative strategies then pick a first set to label);
-    ``pool`` (n_pool, dim) the unlabeled ones. ``learner_factory`` makes the
-    fresh learner whose probabilities the uncertain strategies read, unless ``model`` (fitted
-    on exactly this support, e.g. the classifier whose predictions the user sees) is given;
-    ``bald``
-    fits ``n_members`` more on bootstrap resamples of the support, plus one
-    prediction per array of ``augmented_pools`` (augmented views of the pool,
-    see :func:`fsl_app.trust.uncertainty.ensemble_probabilities`). ``seed`` fixes
-    every random choice. Indices are distinct; ``k`` beyond the pool size
-    returns the whole pool, an empty pool returns [].
+    ``pool`` (n_pool, dim) the unlabeled ones. Rows may be wider than the embedding (what a
+    learner that adapts the last stage takes, :attr:`fsl_app.embedded_set.EmbeddedSet.inputs`):
+    ``embedding_dim`` then says where the embedding ends, and the grouping reads only it.
+    ``learner_factory`` makes the fresh learner whose probabilities the uncertain strategies
+    read, unless ``model`` (fitted on exactly this support, e.g. the classifier whose
+    predictions the user sees) is given; ``bald`` fits ``n_members`` more on bootstrap
+    resamples of the support, plus one prediction per array of ``augmented_pools`` (augmented
+    views of the pool, see :func:`fsl_app.trust.uncertainty.ensemble_probabilities`). ``seed``
+    fixes every random choice. Indices are distinct; ``k`` beyond the pool size returns the
+    whole pool, an empty pool returns [].
     """
     try:
         chosen = STRATEGIES[strategy]
@@ -161,6 +163,7 @@ def rank(
         n_members=n_members,
         augmented_pools=augmented_pools,
         normalize=normalize,
+        embedding_dim=embedding_dim,
     )
     if chosen.needs_model and problem.model is None:
         raise ValueError(
@@ -222,6 +225,7 @@ class _Problem:
         n_members: int,
         augmented_pools: Sequence[ArrayLike],
         normalize: Normalization,
+        embedding_dim: int | None = None,
     ):
         self.pool = np.asarray(pool, dtype=np.float32)
         self.labels = np.asarray(labels)
@@ -245,6 +249,7 @@ class _Problem:
         self.n_members = n_members
         self.augmented_pools = augmented_pools
         self.normalize = normalize
+        self.embedding_dim = embedding_dim
 
     # -- the model's view -------------------------------------------------
 
@@ -295,7 +300,8 @@ class _Problem:
 
         from fsl_app.learners.protonet import simpleshot_normalize
 
-        features = torch.as_tensor(np.concatenate([self.support, self.pool]))
+        rows = np.concatenate([self.support, self.pool])[:, : self.embedding_dim]
+        features = torch.as_tensor(rows)
         return simpleshot_normalize(features, self.normalize, features.mean(dim=0)).numpy()
 
     @property
@@ -643,7 +649,8 @@ def suggest(
     none of the classes) and pictures with the bytes of an example are left out of the pool.
     Without a classifier a strategy that needs one gives way to ``auto``.
     """
-    support, labels, example_ids = embedded.examples()
+    _, labels, example_ids = embedded.examples()
+    inputs = embedded.inputs  # what the classifier takes: the embeddings, or wider
     left_out = {*skipped, *example_ids}
     pool_rows = [
         i
@@ -655,12 +662,13 @@ def suggest(
     chosen = strategy if classifier is not None or not STRATEGIES[strategy].needs_model else "auto"
     suggestions = rank(
         chosen,
-        support=support,
+        support=inputs[embedded.labeled],
         labels=labels,
-        pool=embedded.embeddings[pool_rows],
+        pool=inputs[pool_rows],
         k=k,
         learner_factory=classifier.refit_factory if classifier is not None else create_learner,
         model=classifier,
         seed=seed,
+        embedding_dim=embedded.embedding_dim,
     )
     return [(pool_rows[s.index], s) for s in suggestions]

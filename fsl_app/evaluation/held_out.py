@@ -131,8 +131,14 @@ def evaluate_held_out(
     learner: str = DEFAULT_LEARNER,
     strictness: float = DEFAULT_STRICTNESS,
     params: Mapping[str, Any] | None = None,
+    backbone: str | None = None,
+    embedding_dim: int | None = None,
 ) -> HeldOutEvaluation:
     """Held-out evaluation of the project's classifier on its labeled images.
+
+    ``support`` holds the rows the learner takes (:attr:`fsl_app.embedded_set.EmbeddedSet.
+    inputs`; ``embedding_dim`` says where the embedding ends when they are wider), ``backbone``
+    the image model that made them (a meta-trained learner looks up its start by it).
 
     ValueError when fewer than two classes have two or more images: nothing can be held out.
     """
@@ -149,8 +155,12 @@ def evaluate_held_out(
     held, predicted, confidence, unknown = [], [], [], []
     for fold in range(folds.max() + 1):
         out = folds == fold
-        model = CalibratedClassifier(learner, strictness=strictness, **dict(params or {}))
-        result = model.fit(support[~out], labels_array[~out]).predict_calibrated(support[out])
+        image_model = {"backbone": backbone} if backbone else {}
+        model = CalibratedClassifier(
+            learner, strictness=strictness, **image_model, **dict(params or {})
+        )
+        model.fit(support[~out], labels_array[~out], embedding_dim=embedding_dim)
+        result = model.predict_calibrated(support[out])
         held.extend(np.flatnonzero(out).tolist())
         predicted.extend(str(p) for p in result.prediction)
         confidence.extend(result.confidence.tolist())

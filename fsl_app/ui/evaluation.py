@@ -20,9 +20,17 @@ from fsl_app.ui.session import ProjectSettings
 def _evaluate(
     _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float
 ) -> HeldOutEvaluation | str:
-    support, labels, ids = _embedded.examples()
+    _, labels, ids = _embedded.examples()
     try:
-        return evaluate_held_out(support, labels, ids, learner=learner, strictness=strictness)
+        return evaluate_held_out(
+            _embedded.inputs[_embedded.labeled],
+            labels,
+            ids,
+            learner=learner,
+            strictness=strictness,
+            backbone=_embedded.backbone,
+            embedding_dim=_embedded.embedding_dim,
+        )
     except ValueError as err:
         return str(err)
 
