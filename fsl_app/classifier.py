@@ -106,8 +106,9 @@ class CalibratedClassifier:
 
     Rows are what the learner takes: embeddings (n, dim), or for a learner that adapts the
     image model's last stage the embedding followed by the activations entering that stage
-    (:attr:`fsl_app.embedded_set.EmbeddedSet.inputs`); ``embedding_dim`` then says where the
-    embedding ends, and "none of these" and the explanations read only that part.
+    (:attr:`fsl_app.embedded_set.EmbeddedSet.inputs`); ``embedding_dim`` (default: the whole
+    row) then says where the embedding ends, and "none of these" and the explanations read
+    only that part.
 
     After ``fit``: ``learner_`` (fitted on every example), ``classes_``,
     ``temperature_``, ``open_set_``, ``threshold_``, what it was fitted on
@@ -122,10 +123,12 @@ class CalibratedClassifier:
         learner: str = DEFAULT_LEARNER,
         *,
         strictness: float = DEFAULT_STRICTNESS,
+        embedding_dim: int | None = None,
         **params: Any,
     ):
         self.learner = learner
         self.strictness = strictness
+        self.embedding_dim = embedding_dim
         self.params = params
 
     def fit(
@@ -136,7 +139,6 @@ class CalibratedClassifier:
         ids: Sequence[str] | None = None,
         unlabeled: ArrayLike | None = None,
         negatives: ArrayLike | None = None,
-        embedding_dim: int | None = None,
     ) -> CalibratedClassifier:
         """Fit on ``support`` (n_support, width) and ``labels`` (n_support,).
 
@@ -144,9 +146,8 @@ class CalibratedClassifier:
         to calibration's refits (a semi-supervised learner learns from them; the others ignore
         them). ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are
         none of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
-        ``embedding_dim`` (default: the whole width) is where each row's embedding ends.
         """
-        self._keep_examples(support, labels, ids, embedding_dim)
+        self._keep_examples(support, labels, ids)
         self.unlabeled_ = _pool(unlabeled, self.support_.shape[-1])
         self.learner_ = self._make_learner().fit(
             self.support_, self.labels_, unlabeled=self.unlabeled_
@@ -199,8 +200,8 @@ class CalibratedClassifier:
         cost of one fit instead of the calibration's many. ``temperature`` and the
         fitted ``open_set`` are taken as given.
         """
-        model = cls(learner, strictness=strictness, **params)
-        model._keep_examples(support, labels, ids, embedding_dim)
+        model = cls(learner, strictness=strictness, embedding_dim=embedding_dim, **params)
+        model._keep_examples(support, labels, ids)
         model.unlabeled_ = _pool(unlabeled, model.support_.shape[-1])
         model.learner_ = model._make_learner().fit(
             model.support_, model.labels_, unlabeled=model.unlabeled_
@@ -315,10 +316,9 @@ class CalibratedClassifier:
         support: ArrayLike,
         labels: Sequence,
         ids: Sequence[str] | None,
-        embedding_dim: int | None,
     ) -> None:
         self.support_ = np.asarray(support, dtype=np.float32)
-        self.embedding_dim_ = int(embedding_dim or self.support_.shape[-1])
+        self.embedding_dim_ = int(self.embedding_dim or self.support_.shape[-1])
         self.labels_ = np.asarray(labels)
         if ids is not None and len(ids) != len(self.labels_):
             raise ValueError(f"Got {len(ids)} ids for {len(self.labels_)} examples.")
@@ -403,7 +403,13 @@ def fit_classifier(
     # The image model goes with the learner's parameters: a meta-trained learner looks up its
     # checkpoint by it, here and wherever a saved model is loaded.
     backbone = {"backbone": embedded.backbone} if embedded.backbone else {}
-    model = CalibratedClassifier(learner, strictness=strictness, **backbone, **dict(params or {}))
+    model = CalibratedClassifier(
+        learner,
+        strictness=strictness,
+        embedding_dim=embedded.embedding_dim,
+        **backbone,
+        **dict(params or {}),
+    )
     model.fit(
         support[order],
         [labels[i] for i in order],
@@ -412,7 +418,6 @@ def fit_classifier(
         # from the examples alone.
         unlabeled=embedded.pool() if embedded.stage is None else None,
         negatives=embedded.negatives(),
-        embedding_dim=embedded.embedding_dim,
     )
     # A class still without examples is left out, and the model says so wherever it is shown.
     if note := waiting_note(embedded.class_counts()):

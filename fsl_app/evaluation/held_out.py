@@ -157,10 +157,13 @@ def evaluate_held_out(
         out = folds == fold
         image_model = {"backbone": backbone} if backbone else {}
         model = CalibratedClassifier(
-            learner, strictness=strictness, **image_model, **dict(params or {})
+            learner,
+            strictness=strictness,
+            embedding_dim=embedding_dim,
+            **image_model,
+            **dict(params or {}),
         )
-        model.fit(support[~out], labels_array[~out], embedding_dim=embedding_dim)
-        result = model.predict_calibrated(support[out])
+        result = model.fit(support[~out], labels_array[~out]).predict_calibrated(support[out])
         held.extend(np.flatnonzero(out).tolist())
         predicted.extend(str(p) for p in result.prediction)
         confidence.extend(result.confidence.tolist())
