@@ -193,3 +193,78 @@ def test_predict_refuses_fine_tuning_a_saved_model(tmp_path, capsys):
     code = main(["predict", "--bundle", str(bundle), "--images", str(tmp_path), "--fine-tune",
                  "pmf"])  # fmt: skip
     assert code == 2 and "leave out --fine-tune" in capsys.readouterr().err
+
+
+# --- The maml learner adapts the last stage by default ------------------------------------
+
+
+def embedded_photos(backbone, photos, classes, shots, queries=3):
+    """An EmbeddedSet of real photos (``shots`` examples, ``queries`` to sort per class), with
+    the activations entering the last stage (as the app and every command make it)."""
+    from fsl_app.embedded_set import EmbeddedSet, for_learner
+
+    paths = [p for name in classes for p in photos[name][: shots + queries]]
+    labels = [name if i < shots else None for name in classes for i in range(shots + queries)]
+    embedder = Embedder(backbone)
+    embedded = embedder.embed(paths)
+    plain = EmbeddedSet(
+        ids=embedded.ids,
+        names=[str(p) for p in paths],
+        labels=labels,
+        embeddings=embedded.embeddings,
+        classes=list(classes),
+        backbone=backbone.name,
+    )
+    return plain, for_learner(plain, embedder, "maml", None, paths.__getitem__)
+
+
+def test_maml_adapts_the_last_stage_by_default_and_says_so(backbone, photos):
+    from fsl_app.classifier import fit_classifier, predict_set
+    from fsl_app.learners import create_learner, needs_last_stage
+
+    assert needs_last_stage("maml", backbone.name)
+    assert not needs_last_stage("maml", backbone.name, {"last_stage": False})
+    assert not needs_last_stage("protonet", backbone.name)
+    assert not needs_last_stage("maml", "tf_efficientnet_lite1")  # no start shipped for it
+    plain, wide = embedded_photos(backbone, photos, ("bird", "flower", "fruit"), shots=2)
+    assert plain.stage is None and wide.stage.shape == (len(plain.ids), 192 * 7 * 7)
+    assert wide.inputs.shape == (len(plain.ids), 1280 + 192 * 7 * 7)
+    np.testing.assert_array_equal(wide.inputs[:, :1280], plain.embeddings)
+
+    model = fit_classifier(wide, learner="maml")
+    learner = model.learner_
+    assert learner.adapts_last_stage_ and learner.support_losses_[-1] < learner.support_losses_[0]
+    assert any("adapted the image model's last stage" in note for note in model.notes)
+    predictions = predict_set(model, wide)
+    truth = [name for name in ("bird", "flower", "fruit") for _ in range(3)]
+    assert np.mean([p.prediction == t for p, t in zip(predictions, truth, strict=True)]) >= 0.6
+    # "None of these" and the explanations read the embedding part: the same as protonet's
+    # detector on the plain set, and neighbours are examples.
+    assert model.threshold_ == pytest.approx(fit_classifier(plain).threshold_)
+    assert set(predictions[0].neighbours) <= set(wide.example_ids)
+
+    # Rows that carry only the embedding get the head, and the learner says why.
+    support, labels, _ = plain.examples()
+    head = create_learner("maml").fit(support, labels)
+    assert not head.adapts_last_stage_
+    assert any("without the activations" in note for note in head.notes_)
+    # The adapted stage as a module (what a model file exports) gives the learner's logits.
+    rows = torch.as_tensor(wide.inputs[~wide.labeled])
+    with torch.no_grad():
+        exported = learner.logits_module()(rows).double().numpy()
+    np.testing.assert_allclose(exported, learner.decision_function(rows.numpy()), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_maml_with_its_last_stage(capsys):
+    from fsl_app.cli import main
+
+    code = main(
+        ["evaluate", "--dataset", "tuxpaint-photos", "--per-class", "8", "--learner",
+         "protonet", "maml", "--episodes", "4", "--shots", "2", "--queries", "3", "--ways", "3"]
+    )  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip()}
+    assert set(rows) == {"protonet", "maml"}
+    assert float(rows["maml"][3].rstrip("%")) > 50  # 3-way: chance is 33%

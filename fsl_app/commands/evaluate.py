@@ -19,7 +19,7 @@ from fsl_app.evaluation.episodes import (
     evaluate_learner,
     sample_episodes,
 )
-from fsl_app.learners import available_learners, create_learner
+from fsl_app.learners import available_learners, create_learner, needs_last_stage
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -78,9 +78,37 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
+    from fsl_app.embedded_set import EmbeddedSet, for_learner
+
     dataset = _load(args)
     with open_embedder(args) as embedder:
         embedded = embedder.embed(dataset.sources, progress=progress_bar(dataset.name))
+        backbone = embedder.backbone.name
+        sources = [dataset.sources[i] for i in embedded.indices]
+        pictures = EmbeddedSet(
+            ids=embedded.ids,
+            names=[str(source) for source in sources],
+            labels=[None] * len(sources),
+            embeddings=embedded.embeddings,
+            classes=[],
+            backbone=backbone,
+        )
+        # Each learner gets the rows it takes: a learner that adapts the image model's last
+        # stage also the activations entering it, computed once for all such learners.
+        adapting = [name for name in args.learner if needs_last_stage(name, backbone)]
+        wide = (
+            for_learner(
+                pictures,
+                embedder,
+                adapting[0],
+                None,
+                sources.__getitem__,
+                progress=progress_bar("last stage"),
+            ).inputs
+            if adapting
+            else None
+        )
+    rows = {name: wide if name in adapting else embedded.embeddings for name in args.learner}
     if embedded.errors:
         print(f"skipped {len(embedded.errors)} unreadable image(s)", file=sys.stderr)
     labels = np.asarray(dataset.labels)[embedded.indices]
@@ -101,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {args.ways}-way {shots}-shot ...", file=sys.stderr)
             results.append(
                 evaluate_learner(
-                    _learner_factory(name, args.calibration),
-                    embedded.embeddings,
+                    _learner_factory(name, args.calibration, backbone, embedded.embeddings),
+                    rows[name],
                     labels,
                     episodes,
                     name=name,
@@ -117,13 +145,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _learner_factory(name: str, calibrated: bool) -> Callable[[], Classifier]:
-    """Fresh learners as the app uses them: calibrated, with "none of these" off for scoring."""
+def _learner_factory(
+    name: str, calibrated: bool, backbone: str, embeddings: np.ndarray
+) -> Callable[[], Classifier]:
+    """Fresh learners as the app uses them (calibrated, with "none of these" off for scoring),
+    on ``backbone``, whose ``embeddings`` begin each row."""
     if calibrated:
         from fsl_app.classifier import CalibratedClassifier
 
-        return lambda: CalibratedClassifier(name, strictness=0)
-    return lambda: create_learner(name)
+        return lambda: CalibratedClassifier(
+            name, strictness=0, embedding_dim=embeddings.shape[1], backbone=backbone
+        )
+    return lambda: create_learner(name, backbone=backbone)
 
 
 def _load(args: argparse.Namespace) -> LabeledImages:
