@@ -213,6 +213,13 @@ class CalibratedClassifier:
         model.notes = list(notes)
         return model
 
+    @property
+    def needs_last_stage(self) -> bool:
+        """Whether the rows it takes carry, after the embedding, the activations entering the
+        image model's last stage (its learner adapts that stage): wider than the embedding."""
+        self._check_fitted()
+        return self.embedding_dim_ < self.support_.shape[-1]
+
     def embeddings_of(self, rows: ArrayLike) -> np.ndarray:
         """The embedding part (n, dim) of rows this classifier takes (n, width)."""
         return np.asarray(rows, dtype=np.float32)[:, : self.embedding_dim_]

@@ -9,6 +9,7 @@ from fsl_app.commands.predict import (
     add_examples_option,
     add_images_option,
     add_learner_options,
+    read_for_learner,
     report_examples,
 )
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with open_embedder(args) as embedder:
         embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
         report_examples(embedded.unreadable, [embedded.left_out.note()])
+        embedded = read_for_learner(embedded, embedder, args.learner)
         classifier = fit_classifier(embedded, learner=args.learner, strictness=args.strictness)
         path = save_bundle(args.out, classifier, backbone=embedder.backbone)
         if args.onnx:

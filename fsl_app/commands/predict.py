@@ -20,6 +20,7 @@ from fsl_app.trust.open_set import DEFAULT_STRICTNESS
 if TYPE_CHECKING:
     from fsl_app.classifier import CalibratedClassifier, Prediction
     from fsl_app.embedded_set import EmbeddedSet, Unreadable
+    from fsl_app.embeddings import Embedder
 
     Result = Prediction | Unreadable
 
@@ -166,13 +167,15 @@ def run(args: argparse.Namespace) -> int:
         report_examples([], [embedded.left_out.note()])
     else:
         args.backbone = args.backbone or DEFAULT_BACKBONE
+        learner = args.learner or DEFAULT_LEARNER
         with open_embedder(args) as embedder:
             embedder = fine_tuned_embedder(args, embedder)
             embedded = embed_folders(embedder, args.examples, args.images, progress=progress_bar)
+            embedded = read_for_learner(embedded, embedder, learner)
         report_examples(embedded.unreadable, [embedded.left_out.note()])
         classifier = fit_classifier(
             embedded,
-            learner=args.learner or DEFAULT_LEARNER,
+            learner=learner,
             strictness=DEFAULT_STRICTNESS if args.strictness is None else args.strictness,
         )
     predictions = predict_set(classifier, embedded)
@@ -212,7 +215,49 @@ def _bundle_and_images(args: argparse.Namespace) -> tuple[CalibratedClassifier, 
     args.backbone = bundle.backbone_name
     with open_embedder(args) as embedder:
         check_backbone(bundle, embedder.backbone)
-        return bundle.classifier, embed_folders(embedder, None, args.images, progress=progress_bar)
+        embedded = embed_folders(embedder, None, args.images, progress=progress_bar)
+        return bundle.classifier, read_for_classifier(embedded, embedder, bundle.classifier)
+
+
+def read_for_learner(
+    embedded: EmbeddedSet, embedder: Embedder, learner: str, params: dict | None = None
+) -> EmbeddedSet:
+    """``embedded`` as ``learner`` takes it (:func:`fsl_app.embedded_set.for_learner`): with
+    each picture's activations entering the image model's last stage when the learner adapts
+    that stage (from the cache beside the embeddings, else read again from its file)."""
+    from fsl_app.embedded_set import for_learner
+
+    return for_learner(
+        embedded,
+        embedder,
+        learner,
+        params,
+        _file_of(embedded),
+        progress=progress_bar("for the last stage", description="Reading"),
+    )
+
+
+def read_for_classifier(
+    embedded: EmbeddedSet, embedder: Embedder, classifier: CalibratedClassifier
+) -> EmbeddedSet:
+    """``embedded`` as a fitted (e.g. saved) ``classifier`` takes it: with the activations
+    entering the last stage exactly when its rows carry them."""
+    if not classifier.needs_last_stage:
+        return embedded
+    from fsl_app.embedded_set import with_last_stage
+    from fsl_app.stage_cache import stage_embedder_beside
+
+    return with_last_stage(
+        embedded,
+        stage_embedder_beside(embedder),
+        _file_of(embedded),
+        progress=progress_bar("for the last stage", description="Reading"),
+    )
+
+
+def _file_of(embedded: EmbeddedSet):
+    """Where to read row i of a set made from folders again: its file (its name is its path)."""
+    return lambda row: Path(embedded.names[row])
 
 
 def report_examples(unreadable: Sequence[Unreadable], notes: Sequence[str]) -> None:

@@ -14,6 +14,7 @@ from fsl_app.commands.predict import (
     add_examples_option,
     add_images_option,
     print_table,
+    read_for_learner,
     report_examples,
 )
 from fsl_app.errors import UnusableInputError
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         embedded = embed_folders(
             embedder, args.examples, args.images, min_classes=0, progress=progress_bar
         )
+        # The rows the learner takes: the suggestions' numbers are its calibrated answers.
+        embedded = read_for_learner(embedded, embedder, args.learner)
     report_examples(embedded.unreadable, [embedded.left_out.note()])
     for skipped in embedded.unreadable:
         if not skipped.labeled:

@@ -1,13 +1,16 @@
 """A fitted classifier in one portable file: all it takes to classify new images elsewhere.
 
 A bundle is a safetensors file, never a pickle, so opening one cannot run code.
-Its tensors hold the numbers: the support embeddings with their label indices,
+Its tensors hold the numbers: the support rows (embeddings; for a learner that adapts the image
+model's last stage, each embedding followed by the activations entering that stage) with their
+label indices,
 on which the learner is refitted (learners fit deterministically, so the
 prototypes or the adapted head come back), and the calibration as it was
 fitted (temperature, "none of these" prototypes, threshold and the pictures a
 person said are none of these), never recalibrated on load. Its metadata holds
 the names: format and version, backbone name and id, learner and parameters,
-classes in column order, strictness, notes, creation time and app version.
+classes in column order, strictness, notes, where each row's embedding ends, creation time and
+app version.
 
 Embeddings mean something only for the backbone that made them, so a bundle
 names the backbone's id and :func:`check_backbone` refuses any other.
@@ -30,11 +33,16 @@ from fsl_app import __version__
 from fsl_app.backbones import Backbone, import_timm
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.files import write_atomically
-from fsl_app.learners import LEARNERS, NotFittedError, learner_entry
+from fsl_app.learners import LEARNERS, NotFittedError, learner_entry, needs_last_stage
 from fsl_app.trust.open_set import OpenSetDetector
 
 FORMAT_NAME = "fsl_app.bundle"
-FORMAT_VERSION = 1
+# Format 2: the rows may carry the activations entering the last stage after the embedding
+# (``embedding_dim`` in the metadata says where the embedding ends). A model whose rows are
+# embeddings only is still written as format 1, so older versions of fsl_app open it; they refuse
+# a format 2 file as "saved by a newer version" instead of misreading it.
+FORMAT_VERSION = 2
+PLAIN_FORMAT_VERSION = 1
 # A refit on another machine may differ in the last bits (BLAS, torch version). A learner that
 # depends on a file outside the bundle (MAML's meta-learned initialisation) and finds another
 # one differs by far more, and is refused rather than allowed to answer differently.
@@ -49,8 +57,10 @@ class BundleError(ValueError):
 class Bundle:
     """A model read by :func:`load_bundle`.
 
-    ``classifier`` is fitted, ready to ``predict`` embeddings of shape (n,
-    dim) made by the backbone ``backbone_id``; ``classes`` is its column
+    ``classifier`` is fitted, ready to ``predict`` rows of shape (n, width) made by the
+    backbone ``backbone_id``: embeddings, or, when ``classifier.needs_last_stage``, embeddings
+    followed by the activations entering the last stage
+    (:func:`fsl_app.embedded_set.with_last_stage`); ``classes`` is its column
     order. ``created`` is an ISO 8601 UTC time, ``version`` the format version
     and ``app_version`` the fsl_app version that saved it.
     """
@@ -68,8 +78,10 @@ class Bundle:
 def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> bytes:
     """The bundle of ``classifier`` as bytes, e.g. for a download button.
 
-    The classifier keeps the examples it was fitted on; they must be embeddings by
-    ``backbone`` (another embedding size raises ``ValueError``).
+    The classifier keeps the examples it was fitted on; their embeddings must be by
+    ``backbone`` (another embedding size raises ``ValueError``). Rows that carry the
+    activations entering the last stage are saved whole (float32, as fitted), so the model
+    refitted on load answers exactly as this one.
     """
     if not hasattr(classifier, "learner_"):
         raise NotFittedError("Fit the classifier before saving it: there is nothing to save yet.")
@@ -78,9 +90,10 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         raise ValueError("Only a classifier fitted on class names (strings) can be saved.")
     targets = np.searchsorted(classifier.classes_, classifier.labels_).astype(np.int64)
     support = np.ascontiguousarray(classifier.support_, dtype=np.float32)
-    if support.shape[1] != backbone.embedding_dim:
+    if classifier.embedding_dim_ != backbone.embedding_dim:
         raise ValueError(
-            f"The classifier was fitted on {support.shape[1]}-d embeddings but {backbone.name} "
+            f"The classifier was fitted on {classifier.embedding_dim_}-d embeddings but "
+            f"{backbone.name} "
             f"makes {backbone.embedding_dim}-d embeddings."
         )
     open_set = classifier.open_set_
@@ -102,7 +115,9 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
     }
     metadata = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(
+            FORMAT_VERSION if classifier.needs_last_stage else PLAIN_FORMAT_VERSION
+        ),
         "backbone": backbone.name,
         "backbone_id": backbone.id,
         "learner": classifier.learner,
@@ -112,6 +127,7 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         "open_set_reason": json.dumps(open_set.reason_),
         "notes": json.dumps(classifier.notes),
         "example_ids": json.dumps(classifier.ids_),
+        "embedding_dim": str(classifier.embedding_dim_),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fsl_app_version": __version__,
     }
@@ -157,7 +173,7 @@ def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = 
             f"{label} was saved by a newer version of fsl_app (model format {version}); "
             "update the app to open it."
         )
-    if int(version) != FORMAT_VERSION:
+    if int(version) < PLAIN_FORMAT_VERSION:
         raise BundleError(
             f"{label} uses model format {version}, which this version of fsl_app cannot read."
         )
@@ -178,6 +194,8 @@ def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = 
         )
     try:
         classifier, classes = _rebuild(learner, tensors, metadata)
+    except _LastStageMissing as err:
+        raise BundleError(f"{label} {err}") from None
     except (KeyError, IndexError, ValueError, TypeError) as err:
         raise BundleError(f"{label} is damaged ({err}): export the model again.") from None
     logits = classifier.learner_.decision_function(tensors["support"])
@@ -237,6 +255,10 @@ def _header_metadata(data: bytes) -> dict[str, str] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
+class _LastStageMissing(ValueError):
+    """The model adapts the image model's last stage, which cannot be done here."""
+
+
 def _rebuild(
     learner: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]
 ) -> tuple[CalibratedClassifier, list[str]]:
@@ -245,6 +267,10 @@ def _rebuild(
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise ValueError("its class names are not a list of names")
     support, targets = tensors["support"], tensors["labels"]
+    # Files from before rows could carry last-stage activations hold embeddings only.
+    embedding_dim = int(metadata.get("embedding_dim", support.shape[1]))
+    if not 0 < embedding_dim <= support.shape[1]:
+        raise ValueError(f"its embedding size is {embedding_dim}")
     if targets.dtype.kind not in "iu" or not ((targets >= 0) & (targets < len(classes))).all():
         raise ValueError("its labels are not class indices")
     strictness = float(metadata["strictness"])
@@ -274,11 +300,21 @@ def _rebuild(
         # A model file from before "none of these" pictures were kept has none.
         negatives=tensors.get("open_set.negatives"),
     )
+    params = _learner_params(learner, metadata)
+    if embedding_dim < support.shape[1] and not needs_last_stage(
+        learner, metadata["backbone"], params
+    ):
+        raise _LastStageMissing(
+            f"adapts the image model's last stage from a start meta-learned for it "
+            f"(pretrained/maml-stage-{metadata['backbone']}.safetensors), which this "
+            "installation of fsl_app does not have: open it where fsl_app ships that file, or "
+            "export the model again here."
+        )
     classifier = CalibratedClassifier.from_fitted_state(
         learner,
         support,
         np.asarray(classes)[targets],
-        params=_learner_params(learner, metadata),
+        params=params,
         strictness=strictness,
         temperature=temperature,
         open_set=open_set,
@@ -286,10 +322,11 @@ def _rebuild(
         ids=json.loads(metadata.get("example_ids", "null")),
         # A model file from before learners used the pictures still to sort has none.
         unlabeled=tensors.get("unlabeled"),
+        embedding_dim=embedding_dim,
     )
     if classifier.classes_.tolist() != classes:
         raise ValueError("its classes do not match its examples")
-    if open_set.prototypes_.shape != (len(classes), support.shape[1]):
+    if open_set.prototypes_.shape != (len(classes), embedding_dim):
         raise ValueError("its calibration does not match its examples")
     if tensors["support_logits"].shape != (len(support), len(classes)):
         raise ValueError("its learner check does not match its examples")

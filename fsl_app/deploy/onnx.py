@@ -17,7 +17,14 @@ The head is the fitted learner's logits as a torch module
 can trace it (ProtoNet with the cosine metric, MAML, relation, siamese); the
 linear probe and matching networks carry their fitted state over into small
 modules of their own. :data:`ONNX_LEARNERS` are the registry's ONNX-able
-learners. Every export is checked: onnxruntime runs the graph on
+learners.
+
+A model that adapts the image model's last stage (MAML, ``classifier.needs_last_stage``)
+takes rows of the embedding followed by the activations entering that stage: its graph runs the
+backbone up to that stage once, rounds the activations to float16 as the activation cache
+keeps them, pools them through the backbone's own last stage for the embedding, and hands the
+row to the learner's module (its copy of the adapted stage); "none of these" reads the
+embedding part. Every export is checked: onnxruntime runs the graph on
 a probe batch and must agree with torch, or nothing is written.
 
 onnx, onnxscript (torch's exporter) and onnxruntime are imported only here,
@@ -61,6 +68,7 @@ OPSET = 18
 TOLERANCE = 1e-4
 PROBE_BATCH = 2
 _EMBEDDING = "embedding"
+_ROWS = "rows"  # embedding + last-stage activations, for a model that adapts that stage
 _HEAD_PREFIX = "head/"
 _INSTALL = "pip install onnx onnxruntime onnxscript"
 _DOC = (
@@ -101,18 +109,20 @@ def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> 
     device = next(backbone.model.parameters()).device
     backbone.to("cpu")
     try:
+        wide = bundle.classifier.needs_last_stage
         probe = _probe_pixels(backbone)
         with torch.no_grad():
-            embedding = backbone.embed(probe)
+            rows = _EmbedWithStage(backbone)(probe) if wide else backbone.embed(probe)
         try:
             logits = bundle.classifier.learner_.logits_module()
         except ValueError as err:
             raise OnnxExportError(str(err)) from None
         head = _Head(bundle, logits)
+        between = _ROWS if wide else _EMBEDDING
         graph = onnx.compose.merge_models(
-            _backbone_onnx(backbone),
-            _head_onnx(head, embedding),
-            io_map=[(_EMBEDDING, _EMBEDDING)],
+            _backbone_onnx(backbone, wide=wide),
+            _head_onnx(head, rows, between),
+            io_map=[(between, between)],
             producer_name="fsl_app",
             producer_version=__version__,
             name=f"fsl_app {bundle.learner} on {backbone.name}",
@@ -123,7 +133,7 @@ def export_onnx(bundle: Bundle, backbone: Backbone, path: str | os.PathLike) -> 
     onnx.helper.set_model_props(graph, _metadata(bundle, backbone))
     data = graph.SerializeToString()
     classifier = bundle.classifier
-    _check(data, probe, classifier.predict_calibrated(embedding.numpy()), classifier.threshold_)
+    _check(data, probe, classifier.predict_calibrated(rows.numpy()), classifier.threshold_)
     return write_atomically(path, data)
 
 
@@ -225,7 +235,10 @@ def preprocessing(backbone: Backbone) -> dict[str, Any]:
 
 
 class _Head(nn.Module):
-    """Embeddings (n, dim) to probabilities (n, n_classes), distance (n,) and unknown (n,).
+    """Rows (n, width) to probabilities (n, n_classes), distance (n,) and unknown (n,).
+
+    The rows are the classifier's: embeddings (n, dim), or embeddings followed by the
+    activations entering the last stage, whose embedding part "none of these" reads.
 
     Mirrors :meth:`CalibratedClassifier.predict`, in float64 where it is:
     the softmax of the logits over the temperature, and the open-set
@@ -238,6 +251,7 @@ class _Head(nn.Module):
         super().__init__()
         classifier = bundle.classifier
         self.logits = logits
+        self.embedding_dim = classifier.embedding_dim_ if classifier.needs_last_stage else None
         self.register_buffer(
             "temperature", torch.tensor(classifier.temperature_, dtype=torch.float64)
         )
@@ -252,9 +266,10 @@ class _Head(nn.Module):
             else None
         )
 
-    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.logits(embedding).double()
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.logits(rows).double()
         probabilities = (logits / self.temperature).softmax(dim=1)
+        embedding = rows if self.embedding_dim is None else rows[:, : self.embedding_dim]
         features = embedding.double()
         # fsl_app.trust.open_set.power_normalize: signed square root, then unit rows.
         features = F.normalize(features.sign() * features.abs().sqrt(), dim=1)
@@ -277,18 +292,40 @@ class _Embed(nn.Module):
         return self.backbone.embed(pixels)
 
 
-def _backbone_onnx(backbone: Backbone) -> onnx.ModelProto:
-    cached = _backbone_graph.get(backbone.id)
+class _EmbedWithStage(nn.Module):
+    """Pixels to rows (n, dim + C*H*W): the pooled embedding followed by the activations
+    entering the last stage, rounded to float16 as :func:`~fsl_app.embedded_set.with_last_stage`
+    keeps them. The backbone runs once: the embedding is those activations (unrounded) through
+    the backbone's own last stage, the layers :meth:`Backbone.embed` ends with."""
+
+    def __init__(self, backbone: Backbone):
+        from fsl_app.stage_cache import LastStage
+
+        super().__init__()
+        self.model = backbone.model
+        self.stage = LastStage(backbone)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        activations = self.stage.stem(pixels)
+        embedding = self.stage.pooled(activations)
+        kept = activations.to(torch.float16).to(torch.float32).flatten(1)
+        return torch.cat([embedding, kept], dim=1)
+
+
+def _backbone_onnx(backbone: Backbone, *, wide: bool = False) -> onnx.ModelProto:
+    key = f"{backbone.id}/{_ROWS if wide else _EMBEDDING}"
+    cached = _backbone_graph.get(key)
     if cached is None:
-        cached = _to_onnx(_Embed(backbone), _probe_pixels(backbone), INPUT_NAME, [_EMBEDDING])
+        module, output = (_EmbedWithStage, _ROWS) if wide else (_Embed, _EMBEDDING)
+        cached = _to_onnx(module(backbone), _probe_pixels(backbone), INPUT_NAME, [output])
         _backbone_graph.clear()
-        _backbone_graph[backbone.id] = cached
+        _backbone_graph[key] = cached
     return cached
 
 
-def _head_onnx(head: _Head, embedding: torch.Tensor) -> onnx.ModelProto:
+def _head_onnx(head: _Head, rows: torch.Tensor, input_name: str) -> onnx.ModelProto:
     onnx = _require("onnx")
-    graph = _to_onnx(head, embedding, _EMBEDDING, list(OUTPUT_NAMES))
+    graph = _to_onnx(head, rows, input_name, list(OUTPUT_NAMES))
     # The two graphs were named independently: prefix the head's inner names, not its ends.
     return onnx.compose.add_prefix(graph, _HEAD_PREFIX, rename_inputs=False, rename_outputs=False)
 
@@ -355,6 +392,8 @@ def _metadata(bundle: Bundle, backbone: Backbone) -> dict[str, str]:
         "backbone": backbone.name,
         "backbone_id": backbone.id,
         "embedding_dim": backbone.embedding_dim,
+        # The graph runs the model's last stage as adapted to the examples (MAML).
+        "adapts_last_stage": bool(classifier.needs_last_stage),
         "outputs": {
             "probabilities": "(batch, n_classes) float32, calibrated; columns in 'classes' order",
             "distance": "(batch,) float32, cosine distance to the nearest class (open set)",
