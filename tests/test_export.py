@@ -16,6 +16,7 @@ from fsl_app.classifier import CalibratedClassifier
 from fsl_app.cli import main
 from fsl_app.deploy.bundle import (
     FORMAT_VERSION,
+    PLAIN_FORMAT_VERSION,
     BundleError,
     bundle_bytes,
     check_backbone,
@@ -127,6 +128,21 @@ def test_none_of_these_pictures_are_kept_and_old_bundles_without_them_load(backb
     assert len(old.open_set_.negatives_) == 0
 
 
+def test_a_bundle_from_before_rows_could_be_wider_than_the_embedding_loads(backbone, embedded):
+    """Older files name no embedding size: their rows are embeddings, whole."""
+    live = fitted(embedded)
+    data = bundle_bytes(live, backbone=backbone)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    assert header["embedding_dim"] == str(backbone.embedding_dim)
+    del header["embedding_dim"]
+    old = load_bundle(safetensors.numpy.save(safetensors.numpy.load(data), metadata=header))
+    assert old.classifier.embedding_dim_ == backbone.embedding_dim
+    assert not old.classifier.needs_last_stage
+    np.testing.assert_array_equal(
+        old.classifier.predict_proba(embedded.query), live.predict_proba(embedded.query)
+    )
+
+
 def test_one_example_per_class_keeps_the_calibration_notes(backbone, embedded):
     first = [embedded.labels.index(c) for c in ("bird", "flower", "fruit")]
     support, labels = embedded.support[first], [embedded.labels[i] for i in first]
@@ -146,7 +162,8 @@ def test_save_bundle_writes_one_file_that_names_its_backbone(backbone, embedded,
     assert list(path.parent.iterdir()) == [path], "no temporary file is left behind"
     bundle = load_bundle(path)
     assert (bundle.backbone_name, bundle.backbone_id) == (backbone.name, backbone.id)
-    assert bundle.version == FORMAT_VERSION
+    # Rows of embeddings only: the plain format, which older versions of fsl_app read too.
+    assert bundle.version == PLAIN_FORMAT_VERSION
     assert datetime.fromisoformat(bundle.created).tzinfo is not None
     check_backbone(bundle, backbone)
 
@@ -171,8 +188,8 @@ def rewritten(data: bytes, *, tensors=None, **metadata: str) -> bytes:
 
 DAMAGES = {
     "newer version": (
-        lambda d: rewritten(d, format_version="2"),
-        "was saved by a newer version of fsl_app (model format 2); update the app",
+        lambda d: rewritten(d, format_version=str(FORMAT_VERSION + 1)),
+        f"was saved by a newer version of fsl_app (model format {FORMAT_VERSION + 1}); update",
     ),
     "older version": (lambda d: rewritten(d, format_version="0"), "uses model format 0"),
     "other format": (lambda d: rewritten(d, format="other.app"), "not a model file saved by"),
@@ -185,6 +202,10 @@ DAMAGES = {
         "made with the backbone 'no_such_backbone', which this version of fsl_app does not know",
     ),
     "unknown learner": (lambda d: rewritten(d, learner="svm"), "the learner 'svm', which"),
+    "an embedding wider than the rows": (
+        lambda d: rewritten(d, embedding_dim="2000"),
+        "its embedding size is 2000",
+    ),
     "labels out of range": (
         lambda d: rewritten(d, tensors={"labels": np.full(15, 7)}),
         "is damaged",
