@@ -25,8 +25,8 @@ import numpy as np
 from fsl_app.backbones import load_backbone
 from fsl_app.classifier import Prediction
 from fsl_app.deploy.bundle import Bundle, check_backbone, load_bundle
-from fsl_app.embedded_set import EmbeddedSet, with_last_stage
-from fsl_app.embeddings import Embedder, NoCache
+from fsl_app.embedded_set import EmbeddedSet
+from fsl_app.embeddings import EmbeddedImages, Embedder, NoCache
 from fsl_app.errors import UnusableInputError
 from fsl_app.files import (
     LeftOut,
@@ -36,7 +36,7 @@ from fsl_app.files import (
     utf8_text,
     write_atomically_with,
 )
-from fsl_app.stage_cache import stage_embedder_beside
+from fsl_app.stage_cache import StageEmbedder
 
 COLUMNS = ("path", "prediction", "confidence", "unknown", "error")
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -50,9 +50,12 @@ T = TypeVar("T")
 class BundlePredictor:
     """A bundle's classifier with its backbone: paths in, one output row per path out.
 
-    For a model that adapts the image model's last stage (``classifier.needs_last_stage``)
-    each chunk's pictures also go through the image model up to that stage, and their rows
-    are the embedding followed by those activations, as when the model was made.
+    For a model that adapts the image model's last stage (``classifier.needs_last_stage``) a
+    picture's row is its embedding followed by its activations entering that stage, as when
+    the model was made: each picture is read once and goes once through the image model up to
+    that stage (:class:`~fsl_app.stage_cache.StageEmbedder`), and its embedding is those
+    activations through the backbone's own last stage, the layers :meth:`Backbone.embed` ends
+    with. Nothing is kept between chunks.
     """
 
     def __init__(self, bundle: Bundle | str | os.PathLike, *, device="auto", batch_size=32):
@@ -60,12 +63,10 @@ class BundlePredictor:
         backbone = load_backbone(self.bundle.backbone_name)
         check_backbone(self.bundle, backbone)
         self.embedder = Embedder(backbone, device=device, batch_size=batch_size, cache=NoCache())
-        # Beside a NoCache embedder the activations are kept nowhere either.
-        self.stage_embedder = (
-            stage_embedder_beside(self.embedder)
-            if self.bundle.classifier.needs_last_stage
-            else None
-        )
+        if self.bundle.classifier.needs_last_stage:
+            self.embedder = StageEmbedder(
+                backbone, device=device, batch_size=batch_size, cache=NoCache()
+            )
 
     def predict(self, paths: Sequence[str], names: Sequence[str] | None = None) -> list[Row]:
         """One row per path, in order; ``names`` (default: the paths) fill the path column."""
@@ -74,37 +75,39 @@ class BundlePredictor:
         rows: list[Row] = [{}] * len(paths)
         for index, message in embedded.errors:
             rows[index] = error_row(names[index], message)
+        staged = isinstance(self.embedder, StageEmbedder)
         pictures = EmbeddedSet(
             ids=embedded.ids,
             names=[names[i] for i in embedded.indices],
             labels=[None] * len(embedded.ids),
-            embeddings=embedded.embeddings,
+            embeddings=self._pooled(embedded) if staged else embedded.embeddings,
             classes=[],
             backbone=self.bundle.backbone_name,
+            # float16, as the activation cache keeps them wherever the model was made
+            stage=embedded.embeddings.astype(np.float16) if staged else None,
         )
-        if self.stage_embedder is not None and embedded.ids:
-            try:
-                pictures = with_last_stage(
-                    pictures,
-                    self.stage_embedder,
-                    lambda row: Path(paths[embedded.indices[row]]),
-                )
-            except UnusableInputError as err:
-                # A picture changed or went away between the two reads: it alone gets the
-                # error row, the others of the chunk are predicted one by one.
-                if len(paths) == 1:
-                    return [error_row(names[0], str(err))]
-                return [
-                    row
-                    for path, name in zip(paths, names, strict=True)
-                    for row in self.predict([path], [name])
-                ]
         predictions = self.bundle.classifier.predict_pictures(
             pictures.inputs, ids=pictures.ids, names=pictures.names
         )
         for index, prediction in zip(embedded.indices, predictions, strict=True):
             rows[index] = prediction_row(prediction)
         return rows
+
+    def _pooled(self, embedded: EmbeddedImages) -> np.ndarray:
+        """The embeddings (n, dim) of pictures whose activations entering the last stage the
+        stage embedder made: those activations through the backbone's last stage."""
+        import torch
+
+        from fsl_app.embeddings import autocast_for
+
+        activations = self.embedder.activations(embedded)
+        device, size = self.embedder.device, self.embedder.batch_size
+        parts = [np.zeros((0, self.embedder.backbone.embedding_dim), np.float32)]
+        with torch.inference_mode(), autocast_for(device):
+            for start in range(0, len(activations), size):
+                batch = activations[start : start + size].to(device)
+                parts.append(self.embedder.stage.pooled(batch).float().cpu().numpy())
+        return np.concatenate(parts)
 
 
 def prediction_row(prediction: Prediction) -> Row:
