@@ -169,3 +169,20 @@ def test_a_file_that_needs_a_last_stage_start_this_computer_lacks_is_refused(
     )
     assert code == 2 and out == "" and "Traceback" not in err
     assert "maml-stage-tf_efficientnet_lite0.safetensors" in err
+
+
+def test_suggest_quotes_the_model_that_adapts_the_last_stage(maml_model, capsys):
+    """`suggest --learner maml` ranks by the same model `predict --learner maml` answers with."""
+    folders = maml_model.folders
+    common = ["--examples", folders.support, "--images", folders.query, "--learner", "maml",
+              "--format", "json", "--device", "cpu"]  # fmt: skip
+    code, out, err = run_cli(capsys, "suggest", *common, "--strategy", "margin", "--k", "9")
+    assert code == 0, err
+    suggested = json.loads(out)
+    code, out, _ = run_cli(capsys, "predict", *common)
+    predicted = {row["path"]: row for row in json.loads(out)}
+    assert len(suggested) == 9 and {row["path"] for row in suggested} == set(predicted)
+    for row in suggested:
+        expected = predicted[row["path"]]
+        assert row["prediction"] == expected["prediction"]
+        assert f"{expected['confidence']:.0%}" in row["reason"]
