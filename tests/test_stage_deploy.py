@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import FewShotFolders, make_folders
+from test_export import rewritten
 
 from fsl_app.classifier import fit_classifier
 from fsl_app.cli import main
 from fsl_app.deploy.bundle import BundleError, bundle_bytes, load_bundle
 from fsl_app.embedded_set import embed_folders, for_learner
-from fsl_app.embeddings import Embedder, EmbeddingCache
+from fsl_app.embeddings import Embedder, EmbeddingCache, resolve_device
 from fsl_app.images import load_image
 from fsl_app.stage_cache import LastStage
 
@@ -186,3 +187,15 @@ def test_suggest_quotes_the_model_that_adapts_the_last_stage(maml_model, capsys)
         expected = predicted[row["path"]]
         assert row["prediction"] == expected["prediction"]
         assert f"{expected['confidence']:.0%}" in row["reason"]
+
+
+def test_a_file_made_on_another_kind_of_device_that_answers_otherwise_says_so(maml_model):
+    """On a GPU the last stage adapts in mixed precision: a refit on a CPU differs, and the
+    refusal names the devices (the answers are compared, never assumed to differ)."""
+    data = maml_model.bundle.read_bytes()
+    elsewhere = "mps" if resolve_device("auto").type != "mps" else "cuda"
+    moved = rewritten(data, fitted_on=elsewhere)
+    assert load_bundle(moved).classifier.needs_last_stage  # same answers: it loads
+    differs = rewritten(moved, tensors={"support_logits": np.zeros((12, 3), np.float32)})
+    with pytest.raises(BundleError, match=r"was made on an? [A-Za-z ]*GPU, .* export it again"):
+        load_bundle(differs, name="maml.fslbundle")

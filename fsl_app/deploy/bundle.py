@@ -128,6 +128,9 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         "notes": json.dumps(classifier.notes),
         "example_ids": json.dumps(classifier.ids_),
         "embedding_dim": str(classifier.embedding_dim_),
+        # Where a learner that adapts the last stage ran (mixed precision on a GPU), to name
+        # it when a refit elsewhere answers otherwise.
+        "fitted_on": _fitting_device() if classifier.needs_last_stage else "",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fsl_app_version": __version__,
     }
@@ -202,6 +205,15 @@ def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = 
     if not np.allclose(
         logits, tensors["support_logits"], rtol=LOGIT_TOLERANCE, atol=LOGIT_TOLERANCE
     ):
+        made_on, here = metadata.get("fitted_on", ""), _fitting_device()
+        if classifier.needs_last_stage and made_on and made_on != here:
+            names = {"cuda": "a GPU", "mps": "an Apple GPU", "cpu": "a CPU"}
+            raise BundleError(
+                f"{label} was made on {names.get(made_on, made_on)}, where its learner "
+                f"'{learner}' adapts the image model with other arithmetic than here on "
+                f"{names.get(here, here)}, so it would answer differently: export it again on "
+                "this computer, or use it on one like the computer that made it."
+            )
         raise BundleError(
             f"{label} answers differently here than where it was made (its learner "
             f"'{learner}' depends on files that differ on this computer): export it again here."
@@ -253,6 +265,13 @@ def _header_metadata(data: bytes) -> dict[str, str] | None:
         return None
     metadata = header.get("__metadata__") or {}
     return metadata if isinstance(metadata, dict) else None
+
+
+def _fitting_device() -> str:
+    """The kind of device a learner that adapts the last stage fits on here (its "auto")."""
+    from fsl_app.embeddings import resolve_device
+
+    return resolve_device("auto").type
 
 
 class _LastStageMissing(ValueError):
