@@ -392,6 +392,24 @@ def for_learner(
     return with_last_stage(embedded, stage_embedder_beside(embedder), source_of, progress=progress)
 
 
+def for_classifier(
+    embedded: EmbeddedSet,
+    embedder: Embedder,
+    classifier,
+    source_of: Callable[[int], ImageSource],
+    *,
+    progress: ProgressCallback | None = None,
+) -> EmbeddedSet:
+    """``embedded`` as a fitted (e.g. saved) ``classifier`` takes it: with the activations
+    entering the last stage exactly when its rows carry them (``classifier.needs_last_stage``).
+    """
+    if not classifier.needs_last_stage:
+        return embedded
+    from fsl_app.stage_cache import stage_embedder_beside
+
+    return with_last_stage(embedded, stage_embedder_beside(embedder), source_of, progress=progress)
+
+
 def with_last_stage(
     embedded: EmbeddedSet,
     stage_embedder: StageEmbedder,

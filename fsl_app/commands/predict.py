@@ -242,14 +242,12 @@ def read_for_classifier(
 ) -> EmbeddedSet:
     """``embedded`` as a fitted (e.g. saved) ``classifier`` takes it: with the activations
     entering the last stage exactly when its rows carry them."""
-    if not classifier.needs_last_stage:
-        return embedded
-    from fsl_app.embedded_set import with_last_stage
-    from fsl_app.stage_cache import stage_embedder_beside
+    from fsl_app.embedded_set import for_classifier
 
-    return with_last_stage(
+    return for_classifier(
         embedded,
-        stage_embedder_beside(embedder),
+        embedder,
+        classifier,
         _file_of(embedded),
         progress=progress_bar("for the last stage", description="Reading"),
     )
