@@ -348,7 +348,13 @@ class MAML(FewShotLearner):
 
 STAGE_PREFIX = "stage."
 CLASSIFIER_KEYS = ("weight", "bias")
-DEFAULT_STAGE_STEPS = 5
+# Steps when adapting to the user's examples. The shipped start was meta-learned with 3 inner
+# steps, and more steps at use help, as in the MAML paper (5 in training, 10 at test): on the
+# same 5-shot episodes (100, 5-way) 3 / 6 / 10 steps scored 64.2 / 65.0 / 65.1% on held-out
+# clip art and 85.4 / 85.6 / 86.0% on Tux Paint photos (protonet 63.4 / 83.6); at 1 shot
+# (200 episodes) the number of steps hardly matters (45.3-45.8%, 69.8-70.3%; protonet 45.2 /
+# 68.2). About 0.5 s at 1 shot and 3.5 s at 5 shots per 5-way fit on one CPU thread.
+DEFAULT_STAGE_STEPS = 10
 DEFAULT_STAGE_STEP = 3e-4  # relative change of each stage tensor per step (1e-2 overshot)
 DEFAULT_CLASSIFIER_LR = 0.1
 
@@ -480,7 +486,7 @@ class LastStageMAML:
         if self.checkpoint is None:
             start = self.stage.parameters()
             sizes = uniform_stage_step_sizes(start)
-            temperature, steps = DEFAULT_TEMPERATURE, DEFAULT_STAGE_STEPS
+            temperature = DEFAULT_TEMPERATURE
         else:
             tensors = self.checkpoint.tensors
             start = {
@@ -492,8 +498,7 @@ class LastStageMAML:
                 if k.startswith(STEP_SIZE_PREFIX)
             }
             temperature = math.exp(tensors["log_temperature"].item())
-            steps = int(self.checkpoint.metadata["inner_steps"])
-        steps = steps if self.steps is None else self.steps
+        steps = DEFAULT_STAGE_STEPS if self.steps is None else self.steps
         temperature = temperature if self.temperature is None else self.temperature
         return start, sizes, float(temperature), int(steps)
 
