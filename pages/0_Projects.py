@@ -193,10 +193,11 @@ with st.form("model_settings"):
             {"device": device, "learner": learner, "strictness": strictness},
         )
         st.success("Saved. Every page now uses these settings.")
-fine_tuning_panel(store, project.id, settings.backbone, settings.device)
-if settings.learner != DEFAULT_LEARNER:
+# The form's values: what is saved, also in the run that saves them.
+fine_tuning_panel(store, project.id, settings.backbone, device, learner)
+if learner != DEFAULT_LEARNER:
     st.caption(
-        f"This project learns with '{LEARNERS[settings.learner].display_name}' instead of the "
+        f"This project learns with '{LEARNERS[learner].display_name}' instead of the "
         f"default '{LEARNERS[DEFAULT_LEARNER].display_name}'."
     )
 with st.expander("Advanced: the technical names", icon=":material/science:"):

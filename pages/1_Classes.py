@@ -10,7 +10,7 @@ from fsl_app.embedded_set import embed_uploads, few_example_hints
 from fsl_app.plural import counted
 from fsl_app.project.store import ProjectClass, StoreError
 from fsl_app.ui.evaluation import label_suspects
-from fsl_app.ui.session import classifier_or_none, load_embedded, project_page
+from fsl_app.ui.session import classifier_or_none, load_embedded, prepared_for, project_page
 from fsl_app.ui.widgets import (
     add_report_messages,
     camera_shot,
@@ -176,6 +176,9 @@ def preview(name: str, data: bytes, uploader: str, classifier) -> None:
     if tested.unreadable:
         st.warning(plain(f"'{name}' cannot be tested: {tested.unreadable[0].reason}"))
         return
+    # As the classifier takes its pictures (with the last stage's activations for the learner
+    # that fine-tunes it), read from the bytes given.
+    tested = prepared_for(tested, embedder, settings.learner, lambda _: data)
     prediction = predict_set(classifier, tested)[0]
     picture = thumbnail_of(data)
     if picture is not None:

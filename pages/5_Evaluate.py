@@ -122,7 +122,7 @@ if st.button("Compare all of them", key="compare", icon=":material/compare_arrow
     progress = st.progress(0.0, text=f"Measuring '{LEARNERS[learners[0]].display_name}'…")
     table = st.empty()
     rows, details = [], []
-    for done, (learner, result, seconds) in enumerate(compare_learners(embedded, settings), 1):
+    for done, (learner, result, seconds) in enumerate(compare_learners(page.set_for, settings), 1):
         entry = LEARNERS[learner]
         if result is not None:
             rows.append(

@@ -15,6 +15,7 @@ from fsl_app.plural import counted
 from fsl_app.project.io import table_csv
 from fsl_app.trust.badges import BADGES, MARKED
 from fsl_app.ui.model_file import open_model_file
+from fsl_app.ui.session import prepared_for
 from fsl_app.ui.widgets import plain, thumbnail_of
 
 st.title("Sort pictures with a model file")
@@ -62,6 +63,17 @@ def progress(done: int, total: int) -> None:
 
 pictures = embed_uploads(opened.embedder, uploads, progress=progress)
 bar.empty()
+if bundle.classifier.support_.shape[1] != bundle.classifier.embedding_dim_:
+    # A model that fine-tunes the image model's last stage takes each picture's activations
+    # entering that stage too, read from the bytes given.
+    content = {image_sha256(data): data for _, data in uploads}
+    pictures = prepared_for(
+        pictures,
+        opened.embedder,
+        bundle.classifier.learner,
+        lambda row: content[pictures.ids[row]],
+        params=bundle.classifier.params,
+    )
 predictions = predict_set(bundle.classifier, pictures)
 for unreadable in pictures.unreadable:
     st.warning(plain(f"'{unreadable.name}' was left out: {unreadable.reason}"))

@@ -4,7 +4,7 @@ or settings change."""
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import streamlit as st
 
@@ -16,30 +16,49 @@ from fsl_app.ui.resources import examples_key
 from fsl_app.ui.session import ProjectSettings
 
 
-@st.cache_resource(show_spinner="Measuring accuracy…", max_entries=32)
-def _evaluate(
-    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float
-) -> HeldOutEvaluation | str:
-    _, labels, ids = _embedded.examples()
+def _held_out(embedded: EmbeddedSet, learner: str, strictness: float) -> HeldOutEvaluation | str:
+    _, labels, ids = embedded.examples()
     try:
         return evaluate_held_out(
-            _embedded.inputs[_embedded.labeled],
+            embedded.inputs[embedded.labeled],
             labels,
             ids,
             learner=learner,
             strictness=strictness,
-            backbone=_embedded.backbone,
-            embedding_dim=_embedded.embedding_dim,
+            backbone=embedded.backbone,
+            embedding_dim=embedded.embedding_dim,
         )
     except ValueError as err:
         return str(err)
 
 
+@st.cache_resource(show_spinner="Measuring accuracy…", max_entries=32)
+def _evaluate(
+    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float
+) -> HeldOutEvaluation | str:
+    return _held_out(_embedded, learner, strictness)
+
+
+@st.cache_resource(
+    show_spinner="Measuring accuracy: the image model's last stage is fine-tuned again on each "
+    "part of your examples, held out in turn (some seconds to a minute on a CPU)…",
+    max_entries=32,
+)
+def _evaluate_with_stage(
+    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float
+) -> HeldOutEvaluation | str:
+    return _held_out(_embedded, learner, strictness)
+
+
 def held_out_evaluation(
     embedded: EmbeddedSet, settings: ProjectSettings, learner: str | None = None
 ) -> tuple[HeldOutEvaluation | None, str | None]:
-    """(evaluation, None), or (None, what to add first) when nothing can be held out."""
-    result = _evaluate(
+    """(evaluation, None), or (None, what to add first) when nothing can be held out.
+
+    ``embedded`` is the set as ``learner`` (default: the project's) takes it
+    (:meth:`fsl_app.ui.session.ProjectPage.set_for`)."""
+    evaluate = _evaluate if embedded.stage is None else _evaluate_with_stage
+    result = evaluate(
         embedded,
         examples_key(embedded, settings.backbone),
         learner or settings.learner,
@@ -51,14 +70,15 @@ def held_out_evaluation(
 
 
 def compare_learners(
-    embedded: EmbeddedSet, settings: ProjectSettings
+    set_for: Callable[[str], EmbeddedSet], settings: ProjectSettings
 ) -> Iterator[tuple[str, HeldOutEvaluation | None, float]]:
     """Every registered learner's held-out evaluation on the project, one at a time as each
     is done, as (learner, evaluation or None when nothing can be held out, seconds taken), so a
-    page can show each result as soon as it is ready."""
+    page can show each result as soon as it is ready. ``set_for(learner)`` gives the project's
+    pictures as that learner takes them (:meth:`fsl_app.ui.session.ProjectPage.set_for`)."""
     for learner in available_learners():
         started = time.perf_counter()
-        evaluation, _ = held_out_evaluation(embedded, settings, learner=learner)
+        evaluation, _ = held_out_evaluation(set_for(learner), settings, learner=learner)
         yield learner, evaluation, time.perf_counter() - started
 
 

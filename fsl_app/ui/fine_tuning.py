@@ -1,16 +1,65 @@
-"""The fine-tuning panel of the model settings: what each way to fine-tune the image model would
-cost on this project, measured on the device in use.
+"""The fine-tuning panel of the model settings: what fine-tuning the image model costs on this
+project, measured on the device in use.
 
-The numbers come from :func:`fsl_app.training.finetune.estimate_seconds` (a tiny timed run,
-extrapolated to the project's examples and pictures), cached per (model, device, counts). The
-app's pages classify with the image model as shipped; fine-tuning runs from the command line
-(``python -m fsl_app predict --fine-tune last-stage-maml|pmf``), and this panel says how long it
-would take here, and which runs would be refused as too long.
+In the app, the way of learning "Class centres, then fine-tuned" (``maml``) fine-tunes the image
+model's last stage on the project's examples at every refit, where a meta-learned start of that
+stage is shipped for the image model (:func:`fsl_app.learners.needs_last_stage`). How long such
+a refit takes comes from :func:`refit_seconds`: one real fit of that learner, timed on a few
+rows of the right width, extrapolated to the project's examples and pictures (the estimate
+helpers of :mod:`fsl_app.training.finetune` time the command line's fine-tuning, which also
+adapts on flipped and zoomed views and embeds every picture again: not what a refit does).
+
+The command line's fine-tuning (``python -m fsl_app predict --fine-tune last-stage-maml|pmf``)
+comes from :func:`fsl_app.training.finetune.estimate_seconds` (a tiny timed run,
+extrapolated), cached per (model, device, counts), with the runs that would be refused as too
+long.
 """
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import streamlit as st
+
+from fsl_app.learners import LEARNERS, needs_last_stage
+
+FINE_TUNED = "maml"  # the way of learning that fine-tunes the image model's last stage
+TIMED_PER_CLASS = 2  # examples per class of the timed fit (2 classes)
+
+
+@st.cache_data(show_spinner="Timing one fine-tuning of the last stage on this device…")
+def _seconds_per_example(backbone_name: str) -> tuple[float, float]:
+    """Seconds one fit of the fine-tuning learner takes per example, and one prediction per
+    picture, measured on a fit of 2 classes x :data:`TIMED_PER_CLASS` rows of the real width
+    (the image model's last stage as shipped with its meta-learned start)."""
+    from fsl_app.learners import create_learner
+    from fsl_app.stage_cache import last_stage_for
+
+    stage = last_stage_for(backbone_name)
+    width = stage.backbone.embedding_dim + stage.input_numel
+    n = 2 * TIMED_PER_CLASS
+    rows = np.random.default_rng(0).random((n, width), dtype=np.float32)
+    labels = ["a", "b"] * TIMED_PER_CLASS
+    learner = create_learner(FINE_TUNED, backbone=backbone_name)
+    learner.fit(rows[:2], labels[:2])  # the first fit pays for what later ones reuse
+    started = time.perf_counter()
+    learner.fit(rows, labels)
+    fitted = time.perf_counter()
+    learner.predict_proba(rows)
+    return (fitted - started) / n, (time.perf_counter() - fitted) / n
+
+
+def refit_seconds(backbone_name: str, n_examples: int, n_images: int) -> float:
+    """About how long the fine-tuning learner takes to learn the project again after a change:
+    a calibrated fit (one fit on every example, and one per calibration fold on the others)
+    and its predictions for the examples held out and the pictures to sort."""
+    from fsl_app.learners.maml import MAML
+
+    per_example, per_picture = _seconds_per_example(backbone_name)
+    folds = MAML.calibration_folds
+    fitted_rows = n_examples * (1 + (folds - 1))  # every example, and (folds-1)/folds per fold
+    return fitted_rows * per_example + (n_examples + n_images) * per_picture
 
 
 @st.cache_data(show_spinner="Timing a small fine-tuning run on this device…", max_entries=32)
@@ -32,15 +81,55 @@ def _estimates(backbone_name: str, device: str, n_examples: int, n_images: int) 
     return out
 
 
-def fine_tuning_panel(store, project_id: int, backbone_name: str, device: str) -> None:
-    """Draw, in an expander, each fine-tuning method with its time on this project's examples
-    and pictures to sort, on ``device``, when asked (timing takes a few seconds)."""
+def in_app_panel(backbone_name: str, learner: str, n_examples: int, n_images: int) -> None:
+    """What the fine-tuning way of learning does in the app, whether this project uses it, and
+    (when asked) how long one refit takes here."""
+    name = LEARNERS[FINE_TUNED].display_name
+    if not needs_last_stage(FINE_TUNED, backbone_name):
+        st.write(
+            f"'{name}' fine-tunes the image model's last stage only with the fast image model "
+            "(the default): with this one it tunes a small model on top of the image model."
+        )
+        return
+    st.write(
+        f"'{name}' fine-tunes the image model's last stage on your examples, here in the app, "
+        "each time the examples change: it starts from a version of that stage prepared on "
+        "other pictures and adjusts it to your classes. "
+        + (
+            "This project learns that way."
+            if learner == FINE_TUNED
+            else "Choose it under 'How it learns your classes' above."
+        )
+        + " Each picture is prepared once for it (a little more than reading it)."
+    )
+    if n_examples < 2:
+        return
+    if st.button("Measure how long a refit takes here", key="refit_time"):
+        from fsl_app.training.finetune import describe_seconds
+
+        seconds = refit_seconds(backbone_name, n_examples, n_images)
+        st.write(
+            f"**About {describe_seconds(seconds)}** after each change to the examples "
+            f"({n_examples} examples, {n_images} pictures to sort, on this device); the other "
+            "ways of learning take well under a second."
+        )
+
+
+def fine_tuning_panel(
+    store, project_id: int, backbone_name: str, device: str, learner: str = ""
+) -> None:
+    """Draw, in an expander, what fine-tuning the image model does in the app (the way of
+    learning that fine-tunes its last stage; ``learner`` is the project's), and each
+    command-line fine-tuning method with its time on this project's examples and pictures to
+    sort, on ``device``, when asked (timing takes a few seconds)."""
     from fsl_app.training.finetune import FINE_TUNING, describe_seconds
 
     images = store.list_images(project_id)
     n_examples = sum(image.class_name is not None for image in images)
     n_images = len(images) - n_examples
-    with st.expander("Fine-tuning the image model (command line)"):
+    with st.expander("Fine-tuning the image model"):
+        in_app_panel(backbone_name, learner, n_examples, n_images)
+        st.markdown("**From the command line**")
         if n_examples < 2:
             st.write("Add examples to at least two classes to see how long fine-tuning takes.")
             return

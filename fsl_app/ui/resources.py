@@ -23,6 +23,9 @@ from fsl_app.embeddings import CACHE_PATH_ENV, Embedder, EmbeddingCache
 from fsl_app.project.store import Store, StoreError, default_data_dir
 
 EMBEDDING_CACHE_NAME = "embeddings.sqlite"
+FINE_TUNING_SPINNER = (
+    "Fine-tuning the image model's last stage on your examples (a few fits, seconds on a CPU)…"
+)
 
 
 def data_dir() -> Path:
@@ -68,13 +71,26 @@ def get_embedder(backbone_name: str, device: str = "auto") -> Embedder:
     return _embedder(backbone_name, device, str(embedding_cache_path()))
 
 
+def _fit(embedded: EmbeddedSet, learner: str, strictness: float, params_json: str):
+    return fit_classifier(
+        embedded, learner=learner, strictness=strictness, params=json.loads(params_json)
+    )
+
+
 @st.cache_resource(show_spinner="Learning your classes…", max_entries=16)
 def _fitted(
     _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float, params_json: str
 ) -> CalibratedClassifier:
-    return fit_classifier(
-        _embedded, learner=learner, strictness=strictness, params=json.loads(params_json)
-    )
+    return _fit(_embedded, learner, strictness, params_json)
+
+
+# The learner that fine-tunes the image model's last stage fits it several times (calibration):
+# seconds on a CPU, so its wait says what it is doing.
+@st.cache_resource(show_spinner=FINE_TUNING_SPINNER, max_entries=16)
+def _fitted_with_stage(
+    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float, params_json: str
+) -> CalibratedClassifier:
+    return _fit(_embedded, learner, strictness, params_json)
 
 
 def fitted_classifier(
@@ -86,8 +102,10 @@ def fitted_classifier(
     params: Mapping[str, Any] | None = None,
 ) -> CalibratedClassifier:
     """The project's classifier, refitted only when what it is fitted on (:func:`fit_key`)
-    or its settings change."""
-    return _fitted(
+    or its settings change. ``embedded`` is the set as the learner takes it
+    (:func:`fsl_app.embedded_set.for_learner`)."""
+    fitted = _fitted if embedded.stage is None else _fitted_with_stage
+    return fitted(
         embedded,
         fit_key(embedded, backbone_key),
         learner,
@@ -98,14 +116,16 @@ def fitted_classifier(
 
 def examples_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
     """What a judgment of the examples alone depends on (held-out accuracy, suspect labels):
-    the embeddings' backbone, every (id, label) of the examples and the classes. Pictures
-    still to sort do not change it, so uploading them recomputes nothing of that."""
+    the embeddings' backbone, every (id, label) of the examples, the classes, and whether the
+    rows carry the activations entering the last stage (what the learner that fine-tunes it
+    takes: the same examples without them are other rows). Pictures still to sort do not
+    change it, so uploading them recomputes nothing of that."""
     labeled = tuple(
         (image_id, label)
         for image_id, label in zip(embedded.ids, embedded.labels, strict=True)
         if label is not None
     )
-    return (backbone_key, labeled, tuple(embedded.classes))
+    return (backbone_key, labeled, tuple(embedded.classes), embedded.stage is not None)
 
 
 def fit_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:

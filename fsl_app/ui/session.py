@@ -7,15 +7,16 @@ one and stops the page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import streamlit as st
 
 from fsl_app import warmup
 from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
 from fsl_app.classifier import CalibratedClassifier
-from fsl_app.embedded_set import EmbeddedSet, embed_project
-from fsl_app.embeddings import Embedder
+from fsl_app.embedded_set import EmbeddedSet, embed_project, for_learner
+from fsl_app.embeddings import Embedder, ImageSource
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
@@ -25,6 +26,7 @@ from fsl_app.ui.resources import fitted_classifier, get_embedder, open_store
 from fsl_app.ui.widgets import plain, show_flashed
 
 PROJECT_KEY = "project_id"
+PREPARING = "Preparing your pictures for fine-tuning (once per picture)"
 MAX_PROJECT_ID = 2**63 - 1  # SQLite's largest integer: a larger id overflows in a query
 
 
@@ -130,6 +132,42 @@ def load_embedded(store: Store, project: Project, embedder: Embedder) -> Embedde
     return embedded
 
 
+def prepared_for(
+    embedded: EmbeddedSet,
+    embedder: Embedder,
+    learner: str,
+    source_of: Callable[[int], ImageSource],
+    *,
+    params: dict | None = None,
+) -> EmbeddedSet:
+    """``embedded`` as ``learner`` (with ``params``) takes it
+    (:func:`fsl_app.embedded_set.for_learner`): for the learner that fine-tunes the image
+    model's last stage, each picture with the activations entering that stage, computed once
+    per picture (a progress bar meanwhile) and read from their cache afterwards; for the
+    others, unchanged and at no cost.
+
+    ``embedded`` is the set of embeddings alone (``stage`` None). A picture that cannot be read
+    again leaves fine-tuning out for now, with a warning; the page and the pictures stay.
+    """
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{PREPARING}: {done} of {total}")
+
+    try:
+        return for_learner(embedded, embedder, learner, params, source_of, progress=progress)
+    except (UnusableInputError, StoreError) as err:
+        st.warning(
+            plain(
+                f"{err} Until then the image model is not fine-tuned: only the small model "
+                "on top of it learns your classes."
+            )
+        )
+        return embedded
+    finally:
+        bar.empty()
+
+
 def classifier_or_none(page: ProjectPage, *, explain: bool = True) -> CalibratedClassifier | None:
     """The fitted classifier, or None after saying what to add first (when ``explain``)."""
     problems = page.embedded.readiness()
@@ -168,12 +206,28 @@ class ProjectPage:
     project: Project
     settings: ProjectSettings
     embedder: Embedder
+    # As the project's learner takes it: with the last stage's activations for the learner
+    # that fine-tunes that stage (EmbeddedSet.inputs), else the embeddings alone.
     embedded: EmbeddedSet
+
+    def set_for(self, learner: str) -> EmbeddedSet:
+        """The project's pictures as ``learner`` takes them (each learner compared gets its
+        own: the one that fine-tunes the last stage with its activations, the others without)."""
+        if learner == self.settings.learner:
+            return self.embedded
+        return prepared_for(
+            replace(self.embedded, stage=None), self.embedder, learner, self.source_of
+        )
+
+    def source_of(self, row: int) -> ImageSource:
+        """The file of the picture in row ``row`` of :attr:`embedded`."""
+        return self.store.image_path(self.embedded.ids[row])
 
 
 def project_page(title: str, intro: str | None = None) -> ProjectPage:
     """The page's heading and messages from the last action, then the open project's
-    embeddings (with a progress bar for pictures not read yet); stops the page, saying why,
+    pictures as its learner takes them (with a progress bar for pictures not read yet,
+    :func:`prepared_for`); stops the page, saying why,
     when no project is open or its image model cannot be loaded."""
     store = store_or_stop()
     project = open_project(store)
@@ -184,4 +238,13 @@ def project_page(title: str, intro: str | None = None) -> ProjectPage:
     wait_until_ready()
     settings = ProjectSettings.of(project)
     embedder = embedder_or_stop(settings)
-    return ProjectPage(store, project, settings, embedder, load_embedded(store, project, embedder))
+    embedded = load_embedded(store, project, embedder)
+    return ProjectPage(
+        store,
+        project,
+        settings,
+        embedder,
+        prepared_for(
+            embedded, embedder, settings.learner, lambda i: store.image_path(embedded.ids[i])
+        ),
+    )
