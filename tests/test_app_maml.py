@@ -115,6 +115,13 @@ def test_fine_tuning_the_last_stage_works_on_every_page(data_dir, photos, backbo
     go(at, "6_Export")
     assert not at.exception, at.exception
 
+    # The model settings say, when asked, how long a refit takes on this device.
+    go(at, "0_Projects")
+    at.button(key="refit_time").click().run()
+    assert not at.exception, at.exception
+    estimate = next(m.value for m in at.markdown if "after each change to the examples" in m.value)
+    assert estimate.startswith("**About ") and f"({3 * EXAMPLES} examples" in estimate
+
 
 def test_each_learner_compared_gets_the_pictures_as_it_takes_them(data_dir, photos, backbone):  # noqa: F811
     """The comparison on Evaluate gives the learner that fine-tunes the last stage the wide rows

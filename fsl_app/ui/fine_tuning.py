@@ -25,41 +25,41 @@ import streamlit as st
 from fsl_app.learners import LEARNERS, needs_last_stage
 
 FINE_TUNED = "maml"  # the way of learning that fine-tunes the image model's last stage
-TIMED_PER_CLASS = 2  # examples per class of the timed fit (2 classes)
+MAX_TIMED_EXAMPLES = 40  # a timed fit on more examples is extrapolated from this many
 
 
 @st.cache_data(show_spinner="Timing one fine-tuning of the last stage on this device…")
-def _seconds_per_example(backbone_name: str) -> tuple[float, float]:
-    """Seconds one fit of the fine-tuning learner takes per example, and one prediction per
-    picture, measured on a fit of 2 classes x :data:`TIMED_PER_CLASS` rows of the real width
-    (the image model's last stage as shipped with its meta-learned start)."""
+def _timed_fit(backbone_name: str, n_examples: int) -> tuple[float, float]:
+    """Seconds one fit of the fine-tuning learner takes on ``n_examples`` rows of the real
+    width (2 classes; the image model's last stage with its meta-learned start), and seconds
+    per picture of a prediction by it."""
     from fsl_app.learners import create_learner
     from fsl_app.stage_cache import last_stage_for
 
     stage = last_stage_for(backbone_name)
     width = stage.backbone.embedding_dim + stage.input_numel
-    n = 2 * TIMED_PER_CLASS
-    rows = np.random.default_rng(0).random((n, width), dtype=np.float32)
-    labels = ["a", "b"] * TIMED_PER_CLASS
+    rows = np.random.default_rng(0).random((n_examples, width), dtype=np.float32)
+    labels = [("a", "b")[i % 2] for i in range(n_examples)]
     learner = create_learner(FINE_TUNED, backbone=backbone_name)
     learner.fit(rows[:2], labels[:2])  # the first fit pays for what later ones reuse
     started = time.perf_counter()
     learner.fit(rows, labels)
     fitted = time.perf_counter()
     learner.predict_proba(rows)
-    return (fitted - started) / n, (time.perf_counter() - fitted) / n
+    return fitted - started, (time.perf_counter() - fitted) / n_examples
 
 
 def refit_seconds(backbone_name: str, n_examples: int, n_images: int) -> float:
     """About how long the fine-tuning learner takes to learn the project again after a change:
-    a calibrated fit (one fit on every example, and one per calibration fold on the others)
-    and its predictions for the examples held out and the pictures to sort."""
+    a calibrated fit (one fit on every example and one per calibration fold, each timed like a
+    fit on every example) and its predictions for the examples held out and the pictures to
+    sort. Measured on this device as it is now (other work on it slows a refit too)."""
     from fsl_app.learners.maml import MAML
 
-    per_example, per_picture = _seconds_per_example(backbone_name)
-    folds = MAML.calibration_folds
-    fitted_rows = n_examples * (1 + (folds - 1))  # every example, and (folds-1)/folds per fold
-    return fitted_rows * per_example + (n_examples + n_images) * per_picture
+    timed = max(2, min(n_examples, MAX_TIMED_EXAMPLES))
+    fit, per_picture = _timed_fit(backbone_name, timed)
+    fits = 1 + MAML.calibration_folds
+    return fits * fit * n_examples / timed + (n_examples + n_images) * per_picture
 
 
 @st.cache_data(show_spinner="Timing a small fine-tuning run on this device…", max_entries=32)
