@@ -125,8 +125,7 @@ LEARNERS: dict[str, LearnerEntry] = {
             "Class centres, then fine-tuned",
             "Model-Agnostic Meta-Learning (MAML), from a prototype start",
             "starts from the class centres and fine-tunes the image model's last stage on your "
-            "examples (with the fast image model; with others, a small model on top of it); "
-            "seconds per change on a CPU",
+            "examples; seconds per change on a CPU",
             "fsl_app.learners.maml:MAML",
             onnx_exportable=True,
             trainer_path="fsl_app.training.maml:MAMLTrainer",

@@ -152,10 +152,13 @@ def prepared_for(
     bar = st.empty()
 
     def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"{PREPARING}: {done} of {total}")
+        bar.progress(done / max(total, 1), text=f"Pictures prepared: {done} of {total}")
 
     try:
-        return for_learner(embedded, embedder, learner, params, source_of, progress=progress)
+        # The bar moves once a first batch is done; the spinner (shown only after half a
+        # second) says what happens until then.
+        with st.spinner(f"{PREPARING}…"):
+            return for_learner(embedded, embedder, learner, params, source_of, progress=progress)
     except (UnusableInputError, StoreError) as err:
         st.warning(
             plain(
