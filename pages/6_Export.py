@@ -55,10 +55,13 @@ else:
     if note := waiting_note(embedded.class_counts()):  # the file covers the classes with examples
         st.info(plain(note))
     if st.button("Prepare the model file", key="prepare_bundle"):
-        st.session_state["bundle"] = (
-            state_now,
-            bundle_bytes(classifier, backbone=embedder.backbone),
-        )
+        try:
+            st.session_state["bundle"] = (
+                state_now,
+                bundle_bytes(classifier, backbone=embedder.backbone),
+            )
+        except ValueError as err:  # a model the file cannot hold: say why, keep the page
+            st.error(plain(f"The model file cannot be made: {err}"))
     if (bundle := prepared("bundle")) is not None:
         st.download_button(
             "Download the model",

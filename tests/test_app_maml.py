@@ -114,6 +114,11 @@ def test_fine_tuning_the_last_stage_works_on_every_page(data_dir, photos, backbo
 
     go(at, "6_Export")
     assert not at.exception, at.exception
+    at.button(key="prepare_bundle").click().run()
+    assert not at.exception, at.exception
+    made = [b for b in at.get("download_button") if b.proto.label == "Download the model"]
+    refused = [e.value for e in at.error if e.value.startswith("The model file cannot be made")]
+    assert len(made) + len(refused) == 1  # made, or refused with a sentence
 
     # The model settings say, when asked, how long a refit takes on this device.
     go(at, "0_Projects")

@@ -54,3 +54,30 @@ def test_pictures_to_sort_refit_the_classifier_but_not_the_judgment_of_the_examp
     assert fit_key(more, "b") != fit_key(embedded, "b")
     marked = replace(embedded, none_of_these=frozenset({"c"}))
     assert fit_key(marked, "b") != fit_key(embedded, "b")
+
+
+def test_pictures_to_sort_refit_nothing_for_the_learner_that_fine_tunes_the_last_stage():
+    """That learner learns from the examples alone (no pool): a new picture to sort must not
+    cost seconds of fine-tuning, but a picture marked "none of these" still refits (the
+    open-set detector learns from it), and the same examples without the activations are
+    other rows (another key)."""
+    plain = EmbeddedSet(
+        ids=["a", "b", "c"],
+        names=["a", "b", "c"],
+        labels=["bird", "fish", None],
+        embeddings=np.eye(3, dtype=np.float32),
+        classes=["bird", "fish"],
+    )
+    wide = replace(plain, stage=np.ones((3, 4), np.float16))
+    more = replace(
+        wide,
+        ids=[*wide.ids, "d"],
+        names=[*wide.names, "d"],
+        labels=[*wide.labels, None],
+        embeddings=np.eye(4, 3, dtype=np.float32),
+        stage=np.ones((4, 4), np.float16),
+    )
+    assert fit_key(more, "b") == fit_key(wide, "b")
+    assert fit_key(replace(wide, none_of_these=frozenset({"c"})), "b") != fit_key(wide, "b")
+    assert fit_key(wide, "b") != fit_key(plain, "b")
+    assert examples_key(wide, "b") != examples_key(plain, "b")

@@ -132,9 +132,11 @@ def fit_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:
     """What the fitted classifier depends on: :func:`examples_key`, the pictures still to sort
     (a semi-supervised learner learns from them) and those marked "none of these" (the
     open-set detector's negatives): any of them changing must refit, or answers would not
-    move."""
+    move. A set carrying the last stage's activations is learned from its examples alone
+    (:func:`fsl_app.classifier.fit_classifier`): new pictures to sort then refit nothing, which
+    spares seconds of fine-tuning."""
     return (
         *examples_key(embedded, backbone_key),
-        tuple(embedded.unlabeled_ids),
+        tuple(embedded.unlabeled_ids) if embedded.stage is None else (),
         tuple(sorted(embedded.none_of_these)),
     )
