@@ -9,13 +9,14 @@ import streamlit as st
 
 from fsl_app.classifier import predict_set
 from fsl_app.deploy.batch import COLUMNS, error_row, prediction_row
-from fsl_app.embedded_set import embed_uploads
+from fsl_app.embedded_set import embed_uploads, for_classifier
+from fsl_app.errors import UnusableInputError
 from fsl_app.images import image_sha256
 from fsl_app.plural import counted
 from fsl_app.project.io import table_csv
 from fsl_app.trust.badges import BADGES, MARKED
 from fsl_app.ui.model_file import open_model_file
-from fsl_app.ui.session import prepared_for
+from fsl_app.ui.session import with_preparing_progress
 from fsl_app.ui.widgets import plain, thumbnail_of
 
 st.title("Sort pictures with a model file")
@@ -63,17 +64,22 @@ def progress(done: int, total: int) -> None:
 
 pictures = embed_uploads(opened.embedder, uploads, progress=progress)
 bar.empty()
-if bundle.classifier.support_.shape[1] != bundle.classifier.embedding_dim_:
-    # A model that fine-tunes the image model's last stage takes each picture's activations
-    # entering that stage too, read from the bytes given.
-    content = {image_sha256(data): data for _, data in uploads}
-    pictures = prepared_for(
-        pictures,
-        opened.embedder,
-        bundle.classifier.learner,
-        lambda row: content[pictures.ids[row]],
-        params=bundle.classifier.params,
+# A model that fine-tuned the image model's last stage takes each picture's activations
+# entering that stage too, read from the bytes given.
+content = {image_sha256(data): data for _, data in uploads}
+try:
+    pictures = with_preparing_progress(
+        lambda progress: for_classifier(
+            pictures,
+            opened.embedder,
+            bundle.classifier,
+            lambda row: content[pictures.ids[row]],
+            progress=progress,
+        )
     )
+except UnusableInputError as err:
+    st.error(plain(str(err)))
+    st.stop()
 predictions = predict_set(bundle.classifier, pictures)
 for unreadable in pictures.unreadable:
     st.warning(plain(f"'{unreadable.name}' was left out: {unreadable.reason}"))

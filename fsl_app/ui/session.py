@@ -16,7 +16,7 @@ from fsl_app import warmup
 from fsl_app.backbones import DEFAULT_BACKBONE, BackboneError
 from fsl_app.classifier import CalibratedClassifier
 from fsl_app.embedded_set import EmbeddedSet, embed_project, for_learner
-from fsl_app.embeddings import Embedder, ImageSource
+from fsl_app.embeddings import Embedder, ImageSource, ProgressCallback
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, available_learners
 from fsl_app.project.store import Project, Store, StoreError
@@ -137,28 +137,21 @@ def prepared_for(
     embedder: Embedder,
     learner: str,
     source_of: Callable[[int], ImageSource],
-    *,
-    params: dict | None = None,
 ) -> EmbeddedSet:
-    """``embedded`` as ``learner`` (with ``params``) takes it
-    (:func:`fsl_app.embedded_set.for_learner`): for the learner that fine-tunes the image
-    model's last stage, each picture with the activations entering that stage, computed once
-    per picture (a progress bar meanwhile) and read from their cache afterwards; for the
-    others, unchanged and at no cost.
+    """``embedded`` as ``learner`` takes it (:func:`fsl_app.embedded_set.for_learner`): for the
+    learner that fine-tunes the image model's last stage, each picture with the activations
+    entering that stage, computed once per picture (:func:`with_preparing_progress`) and read
+    from their cache afterwards; for the others, unchanged and at no cost.
 
     ``embedded`` is the set of embeddings alone (``stage`` None). A picture that cannot be read
     again leaves fine-tuning out for now, with a warning; the page and the pictures stay.
     """
-    bar = st.empty()
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Pictures prepared: {done} of {total}")
-
     try:
-        # The bar moves once a first batch is done; the spinner (shown only after half a
-        # second) says what happens until then.
-        with st.spinner(f"{PREPARING}…"):
-            return for_learner(embedded, embedder, learner, params, source_of, progress=progress)
+        return with_preparing_progress(
+            lambda progress: for_learner(
+                embedded, embedder, learner, None, source_of, progress=progress
+            )
+        )
     except (UnusableInputError, StoreError) as err:
         st.warning(
             plain(
@@ -167,6 +160,23 @@ def prepared_for(
             )
         )
         return embedded
+
+
+def with_preparing_progress(
+    prepare: Callable[[ProgressCallback], EmbeddedSet],
+) -> EmbeddedSet:
+    """``prepare(progress)`` (:func:`fsl_app.embedded_set.for_learner` or ``for_classifier``)
+    with a progress bar while pictures go through the image model up to its last stage, and a
+    spinner saying what happens until the first batch moves the bar."""
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Pictures prepared: {done} of {total}")
+
+    try:
+        # The spinner shows only after half a second: a set read from the cache shows nothing.
+        with st.spinner(f"{PREPARING}…"):
+            return prepare(progress)
     finally:
         bar.empty()
 
