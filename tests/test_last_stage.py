@@ -234,7 +234,7 @@ def test_maml_adapts_the_last_stage_by_default_and_says_so(backbone, photos):
     model = fit_classifier(wide, learner="maml")
     learner = model.learner_
     assert learner.adapts_last_stage_ and learner.support_losses_[-1] < learner.support_losses_[0]
-    assert any("adapted the image model's last stage" in note for note in model.notes)
+    assert any("Fine-tuned the image model's last stage" in note for note in model.notes)
     predictions = predict_set(model, wide)
     truth = [name for name in ("bird", "flower", "fruit") for _ in range(3)]
     assert np.mean([p.prediction == t for p, t in zip(predictions, truth, strict=True)]) >= 0.6
@@ -247,7 +247,7 @@ def test_maml_adapts_the_last_stage_by_default_and_says_so(backbone, photos):
     support, labels, _ = plain.examples()
     head = create_learner("maml").fit(support, labels)
     assert not head.adapts_last_stage_
-    assert any("without the activations" in note for note in head.notes_)
+    assert any("without what its last stage needs" in note for note in head.notes_)
     # The adapted stage as a module (what a model file exports) gives the learner's logits.
     rows = torch.as_tensor(wide.inputs[~wide.labeled])
     with torch.no_grad():

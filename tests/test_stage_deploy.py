@@ -71,7 +71,7 @@ def test_the_model_file_answers_exactly_as_the_live_model(backbone, photos, tmp_
     assert restored.needs_last_stage and restored.learner_.adapts_last_stage_
     assert restored.embedding_dim_ == backbone.embedding_dim and bundle.version == 2
     assert restored.notes == live.notes
-    assert any("adapted the image model's last stage" in note for note in restored.notes)
+    assert any("Fine-tuned the image model's last stage" in note for note in restored.notes)
     queries = wide.inputs[~wide.labeled]
     expected, got = live.predict_calibrated(queries), restored.predict_calibrated(queries)
     np.testing.assert_array_equal(got.probabilities, expected.probabilities)
@@ -93,7 +93,7 @@ def test_predict_with_the_file_equals_predict_with_the_examples(maml_model, caps
     from_file = run_cli(capsys, "predict", "--bundle", maml_model.bundle, *images)
     assert from_file == live, "same exit code, same answers, same notes"
     code, out, err = live
-    assert code == 0 and "adapted the image model's last stage" in err
+    assert code == 0 and "Fine-tuned the image model's last stage" in err
     rows = json.loads(out)
     assert sum(row["prediction"] == folders.true_class(row["path"]) for row in rows) >= 7
 

@@ -252,8 +252,8 @@ class MAML(FewShotLearner):
             return
         if width is not None:
             self.notes_.append(
-                "MAML adapted only its small model on top of the image model: the pictures "
-                "came without the activations entering the image model's last stage."
+                "Fine-tuned only a small model on top of the image model: the pictures came "
+                "without what its last stage needs."
             )
         self._fit_head(support, targets)
 
@@ -270,14 +270,15 @@ class MAML(FewShotLearner):
         self.support_losses_ = self.stage_.support_losses_
         self.temperature_ = self.stage_.temperature_
         self.inner_steps_ = self.stage_.steps_
+        # Plain words: the app shows this note on its pages (the file is named by its card).
         start = (
-            f"the start meta-learned for {self.stage_checkpoint.describe()}"
+            "a version of it prepared on clip art of other subjects"
             if self.stage_checkpoint is not None
-            else "the image model's own weights (no meta-learned start was given)"
+            else "the image model as shipped (no prepared start was found)"
         )
         self.notes_.append(
-            f"MAML adapted the image model's last stage to your examples "
-            f"({counted(self.inner_steps_, 'step')}), from {start}."
+            f"Fine-tuned the image model's last stage on your examples "
+            f"({counted(self.inner_steps_, 'small step')}), starting from {start}."
         )
 
     def _activations(self, rows: torch.Tensor) -> torch.Tensor:
