@@ -128,7 +128,7 @@ def main() -> None:
                         if args.rows and not any(name.startswith(r) for r in args.rows):
                             continue
                         rows = features
-                        if needs_last_stage(name):
+                        if name in available_learners() and needs_last_stage(name):
                             activations = views["original"].flatten(1).numpy()
                             rows = np.concatenate([features, activations], axis=1)
                         result = evaluate_learner(make, rows, labels, episodes, name=name)
