@@ -9,6 +9,7 @@ SHA-256 of each picture's bytes, so building the set again after a label changes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,10 +77,11 @@ class EmbeddedSet:
     def embedding_dim(self) -> int:
         return int(self.embeddings.shape[1])
 
-    @property
+    @functools.cached_property
     def inputs(self) -> np.ndarray:
         """What a classifier is fitted on and predicts from, (n, dim [+ C*H*W]) float32: the
-        embeddings, followed by the last-stage activations when the set carries them."""
+        embeddings, followed by the last-stage activations when the set carries them (joined
+        once per set: a page asks for it once per card)."""
         if self.stage is None:
             return self.embeddings
         return np.concatenate([self.embeddings, self.stage.astype(np.float32)], axis=1)

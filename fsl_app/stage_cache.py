@@ -126,6 +126,27 @@ class LastStage:
                 x = functional_call(self.tail, params, (activations,))
         return self.model.forward_head(x, pre_logits=True)
 
+    def pooled_in_batches(
+        self,
+        activations: torch.Tensor,
+        params: dict[str, torch.Tensor] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """:meth:`pooled` of many ``activations`` (n, C, H, W), a batch at a time on ``device``
+        (mixed precision on a GPU), without gradients: float32 (n, embedding_dim) on the CPU."""
+        import torch
+
+        from fsl_app.embeddings import autocast_for
+
+        parts = [torch.zeros(0, self.backbone.embedding_dim)]
+        with torch.no_grad(), autocast_for(torch.device(device)):
+            for start in range(0, len(activations), batch_size):
+                batch = activations[start : start + batch_size].to(device).float()
+                parts.append(self.pooled(batch, params).float().cpu())
+        return torch.cat(parts)
+
     @property
     def input_numel(self) -> int:
         """Numbers per picture entering the stage (C * H * W): the width of its cached rows."""

@@ -96,18 +96,10 @@ class BundlePredictor:
     def _pooled(self, embedded: EmbeddedImages) -> np.ndarray:
         """The embeddings (n, dim) of pictures whose activations entering the last stage the
         stage embedder made: those activations through the backbone's last stage."""
-        import torch
-
-        from fsl_app.embeddings import autocast_for
-
         activations = self.embedder.activations(embedded)
-        device, size = self.embedder.device, self.embedder.batch_size
-        parts = [np.zeros((0, self.embedder.backbone.embedding_dim), np.float32)]
-        with torch.inference_mode(), autocast_for(device):
-            for start in range(0, len(activations), size):
-                batch = activations[start : start + size].to(device)
-                parts.append(self.embedder.stage.pooled(batch).float().cpu().numpy())
-        return np.concatenate(parts)
+        return self.embedder.stage.pooled_in_batches(
+            activations, device=self.embedder.device, batch_size=self.embedder.batch_size
+        ).numpy()
 
 
 def prediction_row(prediction: Prediction) -> Row:

@@ -536,13 +536,9 @@ class LastStageMAML:
         """Pooled features (n, dim) of ``activations`` through the adapted stage, on the CPU."""
         if not hasattr(self, "stage_"):
             raise RuntimeError("Call fit() before embed().")
-        parts = [
-            self._pooled(activations[i : i + batch_size].to(self.device).float(), self.stage_)
-            .float()
-            .cpu()
-            for i in range(0, len(activations), batch_size)
-        ]
-        return torch.cat(parts) if parts else torch.zeros(0, self.mean_.numel())
+        return self.stage.pooled_in_batches(
+            activations, self.stage_, device=self.device, batch_size=batch_size
+        )
 
     @torch.no_grad()
     def logits(self, query: torch.Tensor) -> torch.Tensor:
@@ -575,7 +571,13 @@ class StageLogits(torch.nn.Module):
 
         super().__init__()
         self.tail = copy.deepcopy(fitted.stage.tail).cpu().eval()
-        self.tail.load_state_dict({k: v.cpu() for k, v in fitted.stage_.items()}, strict=False)
+        # strict=False: the adapted tensors are the stage's parameters, not its batch-norm
+        # statistics; a name that is not the stage's would be a bug, not a missing buffer.
+        loaded = self.tail.load_state_dict(
+            {k: v.cpu() for k, v in fitted.stage_.items()}, strict=False
+        )
+        if loaded.unexpected_keys:
+            raise ValueError(f"Not tensors of the last stage: {loaded.unexpected_keys}")
         self.pool = copy.deepcopy(fitted.stage.model.global_pool).cpu()
         self.embedding_dim = embedding_dim
         self.input_shape = tuple(fitted.stage.input_shape)

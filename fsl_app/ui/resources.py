@@ -71,26 +71,16 @@ def get_embedder(backbone_name: str, device: str = "auto") -> Embedder:
     return _embedder(backbone_name, device, str(embedding_cache_path()))
 
 
-def _fit(embedded: EmbeddedSet, learner: str, strictness: float, params_json: str):
-    return fit_classifier(
-        embedded, learner=learner, strictness=strictness, params=json.loads(params_json)
-    )
-
-
-@st.cache_resource(show_spinner="Learning your classes…", max_entries=16)
+# The fit is cached without a spinner of its own, so the caller says what the wait is for: the
+# learner that fine-tunes the image model's last stage fits it several times (calibration),
+# seconds on a CPU. A cache hit returns before st.spinner shows anything.
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _fitted(
     _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float, params_json: str
 ) -> CalibratedClassifier:
-    return _fit(_embedded, learner, strictness, params_json)
-
-
-# The learner that fine-tunes the image model's last stage fits it several times (calibration):
-# seconds on a CPU, so its wait says what it is doing.
-@st.cache_resource(show_spinner=FINE_TUNING_SPINNER, max_entries=16)
-def _fitted_with_stage(
-    _embedded: EmbeddedSet, key: tuple, learner: str, strictness: float, params_json: str
-) -> CalibratedClassifier:
-    return _fit(_embedded, learner, strictness, params_json)
+    return fit_classifier(
+        _embedded, learner=learner, strictness=strictness, params=json.loads(params_json)
+    )
 
 
 def fitted_classifier(
@@ -104,14 +94,14 @@ def fitted_classifier(
     """The project's classifier, refitted only when what it is fitted on (:func:`fit_key`)
     or its settings change. ``embedded`` is the set as the learner takes it
     (:func:`fsl_app.embedded_set.for_learner`)."""
-    fitted = _fitted if embedded.stage is None else _fitted_with_stage
-    return fitted(
-        embedded,
-        fit_key(embedded, backbone_key),
-        learner,
-        strictness,
-        json.dumps(dict(params or {}), sort_keys=True),
-    )
+    with st.spinner("Learning your classes…" if embedded.stage is None else FINE_TUNING_SPINNER):
+        return _fitted(
+            embedded,
+            fit_key(embedded, backbone_key),
+            learner,
+            strictness,
+            json.dumps(dict(params or {}), sort_keys=True),
+        )
 
 
 def examples_key(embedded: EmbeddedSet, backbone_key: str) -> tuple:

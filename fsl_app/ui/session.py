@@ -251,13 +251,7 @@ def project_page(title: str, intro: str | None = None) -> ProjectPage:
     wait_until_ready()
     settings = ProjectSettings.of(project)
     embedder = embedder_or_stop(settings)
-    embedded = load_embedded(store, project, embedder)
-    return ProjectPage(
-        store,
-        project,
-        settings,
-        embedder,
-        prepared_for(
-            embedded, embedder, settings.learner, lambda i: store.image_path(embedded.ids[i])
-        ),
+    page = ProjectPage(store, project, settings, embedder, load_embedded(store, project, embedder))
+    return replace(
+        page, embedded=prepared_for(page.embedded, embedder, settings.learner, page.source_of)
     )
