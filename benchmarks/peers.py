@@ -12,9 +12,10 @@ default's, and the default's margin over the best peer. ``--candidate NAME`` put
 registered learner in the default's place, to see whether it should become the default; its
 inductive self (fitted without the pool) is printed beside it, not counted as a peer.
 
-A second table checks the candidate on the pool sizes a real project has, against its
-inductive self on the same episodes: a pool of one picture (each scored query alone), and a
-pool of every picture of the data set outside the support (most of them of other classes;
+A second table checks the candidate on the pools a real project has, against its inductive
+self on the same episodes: a pool of one picture (each scored query alone), a pool of one
+class (each class's queries alone, as when a folder of one kind is sorted), and a pool of
+every picture of the data set outside the support (most of them of other classes;
 the learner and the app keep a seeded 500 of them), scoring the episode's queries.
 
 Peers' per-episode accuracies are kept beside the embedding cache (``peers/``, keyed by the
@@ -173,8 +174,14 @@ def accuracy(method: Method, features: np.ndarray, batch: list[tuple]) -> np.nda
 
 
 def pool_sizes(candidate: str, features: np.ndarray, batch: list[tuple]) -> dict[str, np.ndarray]:
-    """Accuracy per episode of ``candidate`` with no pool, a pool of one and a large pool."""
-    scores: dict[str, list[float]] = {"no pool": [], "pool of 1": [], "large pool": []}
+    """Accuracy per episode of ``candidate`` with no pool, a pool of one, a pool of one class
+    (each class's queries in turn: a folder of one kind of picture to sort) and a large pool."""
+    scores: dict[str, list[float]] = {
+        "no pool": [],
+        "pool of 1": [],
+        "pool of one class": [],
+        "large pool": [],
+    }
     for support, targets, pool, pool_targets in batch:
         scored = pool[pool_targets >= 0]
         truth = pool_targets[pool_targets >= 0]
@@ -187,6 +194,12 @@ def pool_sizes(candidate: str, features: np.ndarray, batch: list[tuple]) -> dict
             for row in scored
         ]
         scores["pool of 1"].append(float((np.asarray(single) == truth).mean()))
+        right = [
+            fit(features[support], targets, unlabeled=features[rows]).predict(features[rows]) == k
+            for k in np.unique(truth)
+            for rows in [scored[truth == k]]
+        ]
+        scores["pool of one class"].append(float(np.concatenate(right).mean()))
         large = fit(features[support], targets, unlabeled=features[others])
         scores["large pool"].append(float((large.predict(features[scored]) == truth).mean()))
     return {name: np.asarray(values) for name, values in scores.items()}
@@ -260,8 +273,10 @@ def main() -> None:
     print("| default's 95% ± | " + " | ".join(f"{h:.1f}" for h in half_widths) + " | | |")
     if not args.skip_pool_sizes:
         print(f"\n{args.candidate} against its inductive self, balanced episodes; accuracy %")
-        print("| data set | shots | no pool | pool of 1 | large pool (pictures) |")
-        print("|---|---|---|---|---|")
+        print(
+            "| data set | shots | no pool | pool of 1 | pool of one class | large pool (pictures) |"
+        )
+        print("|---|---|---|---|---|---|")
         for dataset, (features, labels) in data.items():
             for shots in (1, 5):
                 batch = episodes(labels, shots, "balanced", args.episodes)
