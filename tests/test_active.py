@@ -285,8 +285,9 @@ def test_suggest_command_prints_json_and_skips_unreadable_files(labeling_folders
     header, *lines = out.strip().splitlines()
     assert code == 0
     assert header.split() == ["rank", "path", "score", "prediction", "reason"]
+    # A close call names both classes; with no close call left, the class it is sure of.
     assert len(lines) == 2 and all(
-        "'bird'" in line and "'flower'" in line and "%" in line for line in lines
+        ("'bird'" in line or "'flower'" in line) and "%" in line for line in lines
     )
 
 

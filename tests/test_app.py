@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fsl_app.embeddings import describe_device
+from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
 from fsl_app.project.demo import DEMO_EXAMPLES_PER_CLASS
 from fsl_app.project.store import Store
 from fsl_app.ui.widgets import plain
@@ -244,7 +245,8 @@ def test_demo_project_runs_every_page(data_dir):
     at.button(key="compare").click().run()
     assert not at.exception
     table = at.dataframe[-2].value  # the last one holds the technical names, under Advanced
-    assert {"Class centres (in use)", "Nearest examples", "Straight boundaries"} <= set(
+    in_use = f"{LEARNERS[DEFAULT_LEARNER].display_name} (in use)"
+    assert {in_use, "Class centres", "Nearest examples", "Straight boundaries"} <= set(
         table["how it learns"]
     )
 

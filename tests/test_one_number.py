@@ -120,13 +120,14 @@ def test_csv_and_the_predict_command_give_the_same_probabilities(demo, backbone,
                 predictions[row["sha256"]].confidence, abs=1e-4
             )
 
-    # The project's examples as folders, and three of its pictures to sort as files.
+    # The project's examples as folders, and its pictures to sort as files: the default learner
+    # learns from the pictures still to sort, so the command gets the same ones as the app.
     examples = tmp_path / "examples"
     with zipfile.ZipFile(io.BytesIO(export_dataset_zip(store, project.id))) as archive:
         archive.extractall(examples)
     images = tmp_path / "images"
     images.mkdir()
-    chosen = list(predictions.values())[:3]
+    chosen = list(predictions.values())
     for prediction in chosen:
         (images / f"{prediction.id[:12]}.png").write_bytes(store.image_bytes(prediction.id))
     bundle = tmp_path / "model.fslbundle"

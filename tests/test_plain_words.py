@@ -13,7 +13,7 @@ from test_app import data_dir, go, shown, start  # noqa: F401 (data_dir is a fix
 
 from fsl_app.backbones import BACKBONE_WORDS, WHEEL_BACKBONES, backbone_words
 from fsl_app.evaluation.held_out import evaluate_held_out
-from fsl_app.learners import LEARNERS
+from fsl_app.learners import DEFAULT_LEARNER, LEARNERS
 from fsl_app.project.demo import DEMO_PROJECT_NAME, open_demo_project
 from fsl_app.project.store import Store
 from fsl_app.projection import LAYOUT_WORDS, METHODS, map_figure, map_points
@@ -166,7 +166,7 @@ def test_pages_speak_plainly_and_the_demo_opens_once(data_dir):  # noqa: F811
     assert_plain(at)
     table = at.dataframe[-2].value  # the last one is the technical table, in its expander
     assert list(table["how it learns"]) == [
-        entry.display_name + (" (in use)" if name == "protonet" else "")
+        entry.display_name + (" (in use)" if name == DEFAULT_LEARNER else "")
         for name, entry in LEARNERS.items()
     ]
     assert len(at.dataframe[-1].value) == len(LEARNERS)
