@@ -109,9 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument(
-        "--learners", default=f"{DEFAULT_LEARNER},protonet,matching,linear,maml"
-    )
+    parser.add_argument("--learners", default=f"{DEFAULT_LEARNER},protonet,matching,linear,maml")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +143,8 @@ def main() -> None:
         store.close()
 
         pages = time_pages(data_dir, project_id, pool, args.rounds)
-        print(f"\nWhole page rerun after a label (AppTest, the default learner, {DEFAULT_LEARNER}, median of {args.rounds})")
+        default = f"the default learner, {DEFAULT_LEARNER}"
+        print(f"\nWhole page rerun after a label (AppTest, {default}, median of {args.rounds})")
         print("| page | seconds | target |\n|---|---|---|")
         for page, seconds in pages.items():
             verdict = "PASS" if seconds < TARGET_SECONDS else "MISS"
