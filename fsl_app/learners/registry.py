@@ -99,8 +99,7 @@ LEARNERS: dict[str, LearnerEntry] = {
             "soft_kmeans",
             "Class centres that learn from your pictures",
             "transductive soft k-means over ProtoNet",
-            "like class centres, then moves each centre a little towards the pictures still "
-            "to sort that look like it; the default",
+            "the default; moves each class centre a little towards the pictures to sort like it",
             "fsl_app.learners.soft_kmeans:SoftKMeans",
             onnx_exportable=True,
         ),
