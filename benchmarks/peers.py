@@ -118,6 +118,30 @@ def easyfsl(cls_name: str, **params) -> Method:
     return run
 
 
+def soft_kmeans_ren(steps: int = 3, temperature: float = 0.1) -> Method:
+    """Soft k-means as Ren et al. 2018 publish it (arXiv:1803.00676), without the guards of
+    this project's ``soft_kmeans``: class means of the raw embeddings, then ``steps`` times
+    every pool picture soft-assigned by cosine similarity over ``temperature`` and each class
+    mean recomputed from its examples (weight 1) and the pool (its soft assignments)."""
+
+    def run(support, targets, pool):
+        one_hot = torch.nn.functional.one_hot(targets, int(targets.max()) + 1).to(support.dtype)
+        sums, counts = one_hot.T @ support, one_hot.sum(0)
+        prototypes = sums / counts[:, None]
+        pool_directions = torch.nn.functional.normalize(pool, dim=1)
+
+        def scores():
+            directions = torch.nn.functional.normalize(prototypes, dim=1)
+            return pool_directions @ directions.T / temperature
+
+        for _ in range(steps):
+            weights = scores().softmax(dim=1)
+            prototypes = (sums + weights.T @ pool) / (counts + weights.sum(0))[:, None]
+        return scores().argmax(dim=1).numpy()
+
+    return run
+
+
 def logistic(support, targets, pool) -> np.ndarray:
     return ours("linear")(support, targets, pool)
 
@@ -145,7 +169,7 @@ def methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
         "PT-MAP (easyfsl, L2)": easyfsl("PTMAP", feature_normalization=2),
         "centred-L2 nearest mean": ours("protonet", normalize="cl2"),
         "L2 logistic regression": logistic,
-        "soft k-means (3 steps)": ours("protonet", transductive_steps=3),
+        "soft k-means (3 steps)": soft_kmeans_ren(steps=3),
     }
 
 

@@ -19,7 +19,6 @@ from fsl_app.learners import (
     create_learner,
     meta_trainable_learners,
 )
-from fsl_app.learners.protonet import soft_kmeans_prototypes
 from fsl_app.trust.open_set import OpenSetDetector
 
 
@@ -247,64 +246,20 @@ def test_linear_two_class_logits_agree_with_scikit_learn_probabilities():
     )
 
 
-# Transductive soft k-means refinement (Ren et al. 2018)
-
-
-def squared_distance_logits(query, prototypes):
-    return -torch.cdist(query, prototypes).pow(2)
-
-
-def test_soft_kmeans_pulls_a_prototype_toward_its_query_cluster():
-    support = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
-    targets = torch.tensor([0, 1])
-    query = torch.tensor([[0.9, 0.1], [1.0, -0.1], [1.1, 0.0]])
-    refined = soft_kmeans_prototypes(
-        support.clone(), support, targets, query, squared_distance_logits, steps=3
-    )
-    assert 0.0 < refined[0, 0] < 1.0  # between the support point and the queries
-    torch.testing.assert_close(refined[1], support[1], atol=1e-6, rtol=0)  # nothing claimed it
-
-
-def shifted_task(seed=0):
-    """Queries drawn 1.8 to the right of the support: a domain shift."""
-    rng = np.random.default_rng(seed)
-    support = np.array([[0, 0], [0, 0.2], [4, 0], [4, 0.2]], dtype=np.float32)
-    centres = np.repeat([[1.8, 0.0], [5.8, 0.0]], 20, axis=0)
-    query = (centres + 0.3 * rng.normal(size=centres.shape)).astype(np.float32)
-    return support, ["a", "a", "b", "b"], query, np.repeat(["a", "b"], 20)
-
-
-def test_transduction_follows_shifted_queries():
-    support, labels, query, truth = shifted_task()
-    params = dict(metric="euclidean", normalize="none")
-    inductive = ProtoNet(**params).fit(support, labels)
-    transductive = ProtoNet(**params, transductive_steps=5).fit(support, labels)
-    inductive_accuracy = (inductive.predict(query) == truth).mean()
-    transductive_accuracy = (transductive.predict(query) == truth).mean()
-    assert transductive_accuracy > inductive_accuracy and transductive_accuracy >= 0.95
-    np.testing.assert_allclose(transductive.prototypes_, inductive.prototypes_)  # kept as fit
+# Inductive: a picture's probabilities do not depend on the other pictures
 
 
 @pytest.mark.parametrize("normalize", ["none", "l2", "cl2"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_zero_transductive_steps_is_plain_protonet(metric, normalize):
+def test_protonet_scores_each_query_alone(metric, normalize):
     support, labels = blobs()
     query, _ = blobs(n_per_class=4, seed=1, spread=1.5)
-    params = dict(metric=metric, normalize=normalize)
-    plain = ProtoNet(**params).fit(support, labels)
-    off = ProtoNet(**params, transductive_steps=0).fit(support, labels)
-    np.testing.assert_array_equal(off.predict_proba(query), plain.predict_proba(query))
-    # inductive: a query's probabilities do not depend on the other queries in the call
+    model = ProtoNet(metric=metric, normalize=normalize).fit(support, labels, unlabeled=query)
     np.testing.assert_allclose(
-        off.predict_proba(query[:1])[0], off.predict_proba(query)[0], atol=1e-6
+        model.predict_proba(query[:1])[0], model.predict_proba(query)[0], atol=1e-6
     )
-
-
-def test_transductive_probabilities_depend_on_the_query_batch():
-    support, labels, query, _ = shifted_task()
-    model = ProtoNet(metric="euclidean", normalize="none", transductive_steps=3)
-    model.fit(support, labels)
-    assert not np.allclose(model.predict_proba(query[:1])[0], model.predict_proba(query)[0])
+    plain = ProtoNet(metric=metric, normalize=normalize).fit(support, labels)
+    np.testing.assert_array_equal(model.predict_proba(query), plain.predict_proba(query))
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))

@@ -119,15 +119,9 @@ def test_protonet_onnx_answers_as_torch_on_real_photos(protonet_onnx, real):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("learner", "params"),
-    [(name, {}) for name in available_learners() if name != "protonet"]
-    # Soft k-means over the query batch: the graph refines the prototypes on its batch too.
-    + [("protonet", {"transductive_steps": 2})],
-    ids=lambda value: value if isinstance(value, str) else "-".join(map(str, value.values())),
-)
-def test_every_learner_exports_and_answers_as_torch(backbone, real, tmp_path, learner, params):
-    bundle = _bundle(backbone, real, learner, **params)
+@pytest.mark.parametrize("learner", available_learners())
+def test_every_learner_exports_and_answers_as_torch(backbone, real, tmp_path, learner):
+    bundle = _bundle(backbone, real, learner)
     model = OnnxModel(export_onnx(bundle, backbone, tmp_path / f"{learner}.onnx"))
     _assert_same_answers(model, bundle, real)
     assert model.metadata["learner"] == learner

@@ -36,8 +36,8 @@ class MatchingNet(FewShotLearner):
     on Tux Paint, +0.2 +- 0.3 on Fashion-MNIST, paired over 300 episodes) and
     far better calibrated (ECE 0.02-0.15 against 0.09-0.28).
 
-    Without prototypes, the soft k-means refinement of ``ProtoNet`` has nothing
-    to move, so this learner has no transductive option.
+    Without prototypes, soft k-means (``soft_kmeans``) has nothing to move, so
+    this learner ignores the pictures still to sort.
     """
 
     name: ClassVar[str] = "matching"

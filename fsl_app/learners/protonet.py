@@ -3,15 +3,13 @@
 Each class is the mean of its support embeddings (its prototype); a query's
 logits are its negative squared Euclidean distances to the prototypes, or its
 cosine similarities to them, divided by a temperature. Embeddings may first be
-normalised as in SimpleShot (Wang et al. 2019, arXiv:1911.04623), and the
-prototypes may be refined on the unlabeled queries by soft k-means (Ren et al.,
-ICLR 2018, arXiv:1803.00676). The normalisation and the refinement are plain
-functions here so the other embedding-space learners reuse them.
+normalised as in SimpleShot (Wang et al. 2019, arXiv:1911.04623). The normalisation
+and the class means are plain functions here so the other embedding-space learners
+reuse them. Prototypes refined on the pictures still to sort are :mod:`soft_kmeans`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -60,30 +58,6 @@ def class_means(features: torch.Tensor, targets: torch.Tensor, n_classes: int) -
     return (one_hot.T @ features) / one_hot.sum(dim=0).unsqueeze(1)
 
 
-def soft_kmeans_prototypes(
-    prototypes: torch.Tensor,
-    support: torch.Tensor,
-    targets: torch.Tensor,
-    query: torch.Tensor,
-    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    steps: int,
-) -> torch.Tensor:
-    """Prototypes refined on unlabeled queries by soft k-means (Ren et al. 2018, arXiv:1803.00676).
-
-    Starting from ``prototypes`` (n_classes, dim), each step soft-assigns the
-    ``query`` (n_query, dim) with ``softmax(logits(query, prototypes))`` and
-    recomputes every prototype as the weighted mean of its ``support``
-    examples (n_support, dim; weight 1, classes from ``targets``) and of all
-    queries (weight = their soft assignment to it). Returns (n_classes, dim).
-    """
-    one_hot = F.one_hot(targets, len(prototypes)).to(support.dtype)  # (n_support, n_classes)
-    labeled_sums, labeled_counts = one_hot.T @ support, one_hot.sum(0)
-    for _ in range(steps):
-        weights = logits(query, prototypes).softmax(dim=1)  # (n_query, n_classes)
-        prototypes = (labeled_sums + weights.T @ query) / (labeled_counts + weights.sum(0))[:, None]
-    return prototypes
-
-
 class ProtoNet(FewShotLearner):
     """Nearest class mean.
 
@@ -105,14 +79,9 @@ class ProtoNet(FewShotLearner):
     sharper. With cosine, ``"l2"`` only makes each support example weigh the
     same in its prototype (measured a tie).
 
-    ``transductive_steps > 0`` makes ``predict_proba(query)`` refine the
-    prototypes on that batch of queries by soft k-means before scoring, so a
-    query's probabilities then depend on the other queries in the call;
-    ``prototypes_`` stays the inductive ones from ``fit``. With 3 steps it
-    gained 1.6 to 10.7 points on the episodes above (most at 1 shot), whose
-    queries are balanced over the classes; with ``"none"`` it also made the
-    Fashion-MNIST probabilities overconfident (ECE 0.38). It is off by
-    default because an app's query batch may be one image or one class.
+    It learns from the examples alone (``unlabeled`` is ignored), so a picture's
+    probabilities never depend on the other pictures to sort; :class:`SoftKMeans`
+    (``soft_kmeans``, the default learner) also learns from them.
     """
 
     name: ClassVar[str] = "protonet"
@@ -122,23 +91,18 @@ class ProtoNet(FewShotLearner):
         metric: Metric = "cosine",
         temperature: float | None = None,
         normalize: Normalization = "none",
-        transductive_steps: int = 0,
     ):
         self.metric = metric
         self.temperature = temperature
         self.normalize = normalize
-        self.transductive_steps = transductive_steps
 
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         if self.metric not in ("euclidean", "cosine"):
             raise ValueError(f"Unknown metric '{self.metric}': use 'euclidean' or 'cosine'.")
         check_normalization(self.normalize)
-        if int(self.transductive_steps) < 0:
-            raise ValueError("transductive_steps must be 0 (off) or a positive number of steps.")
         self.mean_ = support.mean(dim=0)
-        self.support_ = simpleshot_normalize(support, self.normalize, self.mean_)
-        self.targets_ = targets
-        self.prototypes_ = class_means(self.support_, targets, int(targets.max()) + 1)
+        support = simpleshot_normalize(support, self.normalize, self.mean_)
+        self.prototypes_ = class_means(support, targets, int(targets.max()) + 1)
 
     def logits_module(self) -> torch.nn.Module:
         if self.metric != "cosine":
@@ -152,17 +116,7 @@ class ProtoNet(FewShotLearner):
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         query = simpleshot_normalize(query, self.normalize, self.mean_)
-        prototypes = self.prototypes_
-        if self.transductive_steps:
-            prototypes = soft_kmeans_prototypes(
-                prototypes,
-                self.support_,
-                self.targets_,
-                query,
-                self._scores,
-                int(self.transductive_steps),
-            )
-        return self._scores(query, prototypes)
+        return self._scores(query, self.prototypes_)
 
     def _scores(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         if self.metric == "cosine":
