@@ -216,7 +216,8 @@ def load_bundle(path_or_bytes: str | os.PathLike | bytes, *, name: str | None = 
             )
         raise BundleError(
             f"{label} answers differently here than where it was made (its learner "
-            f"'{learner}' depends on files that differ on this computer): export it again here."
+            f"'{learner}' depends on files that differ on this computer, or works differently "
+            "in this version of fsl_app): export it again here."
         )
     return Bundle(
         classifier=classifier,
