@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 from datetime import datetime
@@ -25,6 +26,7 @@ from fsl_app.deploy.bundle import (
 )
 from fsl_app.embeddings import Embedder
 from fsl_app.learners import NotFittedError, available_learners
+from fsl_app.learners.soft_kmeans import SoftKMeans
 
 # Every test here embeds real photos with the real backbone.
 pytestmark = pytest.mark.slow
@@ -93,6 +95,28 @@ def test_a_semi_supervised_model_comes_back_with_the_pool_it_learned_from(backbo
     np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-6)
     inductive = CalibratedClassifier("soft_kmeans").fit(embedded.support, embedded.labels)
     assert not np.allclose(inductive.predict_proba(embedded.query), expected.probabilities)
+
+
+def test_a_saved_model_keeps_every_setting_of_its_learner(backbone, embedded, monkeypatch):
+    """A later version that changes a learner's default does not change a saved model: the
+    file holds every setting, so it refits as it was made instead of being refused."""
+    live = CalibratedClassifier("soft_kmeans").fit(
+        embedded.support, embedded.labels, unlabeled=embedded.query
+    )
+    data = saved(live, backbone, embedded)
+    defaults = dict(inspect.signature(SoftKMeans.__init__).parameters)
+    changed = tuple(
+        0.9 if name == "unlabeled_weight" else parameter.default
+        for name, parameter in defaults.items()
+        if parameter.default is not inspect.Parameter.empty
+    )
+    monkeypatch.setattr(SoftKMeans.__init__, "__defaults__", changed)
+    assert SoftKMeans().unlabeled_weight == 0.9
+    restored = load_bundle(data).classifier
+    assert restored.learner_.unlabeled_weight == live.learner_.unlabeled_weight
+    np.testing.assert_allclose(
+        restored.predict_proba(embedded.query), live.predict_proba(embedded.query), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("strictness", [0.0, 1.1])

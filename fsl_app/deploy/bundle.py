@@ -98,7 +98,7 @@ def bundle_bytes(classifier: CalibratedClassifier, *, backbone: Backbone) -> byt
         )
     open_set = classifier.open_set_
     try:
-        params = json.dumps(classifier.params, default=os.fspath)
+        params = json.dumps(_every_setting(classifier), default=os.fspath)
     except TypeError as err:
         raise ValueError(f"The learner's parameters must be plain values: {err}") from None
     tensors = {
@@ -351,6 +351,25 @@ def _rebuild(
     if tensors["support_logits"].shape != (len(support), len(classes)):
         raise ValueError("its learner check does not match its examples")
     return classifier, classes
+
+
+def _every_setting(classifier: CalibratedClassifier) -> dict[str, object]:
+    """The fitted learner's settings, every one a saved model may set (plain values), with
+    those the classifier was built with over them: a file then refits as it was made even
+    after a later version changes a learner's defaults, which it would otherwise refuse as
+    answering differently."""
+    learner = classifier.learner_
+    own = {
+        name: getattr(learner, name)
+        for name in sorted(learner_entry(classifier.learner).parameters)
+        if hasattr(learner, name)
+    }
+    plain = {
+        name: value
+        for name, value in own.items()
+        if value is None or isinstance(value, (str, bool, int, float))
+    }
+    return {**plain, **classifier.params}
 
 
 def _learner_params(learner: str, metadata: dict[str, str]) -> dict[str, object]:
