@@ -10,7 +10,8 @@ pictures of the same episodes. Peers come from easyfsl (``pip install --no-deps 
 which is a benchmark dependency only. Printed: accuracy (%) per cell, the 95% half-width of the
 default's, and the default's margin over the best peer. ``--candidate NAME`` puts another
 registered learner in the default's place, to see whether it should become the default; its
-inductive self (fitted without the pool) is printed beside it, not counted as a peer.
+inductive self (fitted without the pool) and protonet are printed beside it, not counted as
+peers.
 
 A second table checks the candidate on the pools a real project has, against its inductive
 self on the same episodes: a pool of one picture (each scored query alone), a pool of one
@@ -22,7 +23,7 @@ Peers' per-episode accuracies are kept beside the embedding cache (``peers/``, k
 method, the features and the episodes), so trying another candidate reruns only our learners;
 their ms/episode column then reads 0.
 
-    python benchmarks/peers.py [--episodes 200] [--per-class 100] [--candidate soft_kmeans]
+    python benchmarks/peers.py [--episodes 200] [--per-class 100] [--candidate linear]
 """
 
 from __future__ import annotations
@@ -153,14 +154,23 @@ def inductive(name: str) -> Method:
     return run
 
 
-def methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
+def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
+    """This project's rows, never counted as peers: the candidate, its inductive self, the
+    app's default when the candidate is another, and protonet (the default it replaced)."""
     role = "default" if candidate == DEFAULT_LEARNER else "candidate"
-    own = {f"{role} ({candidate})": ours(candidate)}
+    own = {
+        f"{role} ({candidate})": ours(candidate),
+        f"{candidate}, inductive (no pool)": inductive(candidate),
+    }
     if candidate != DEFAULT_LEARNER:
-        own[f"{candidate}, inductive (no pool)"] = inductive(candidate)
         own[f"app default ({DEFAULT_LEARNER})"] = ours()
+    if candidate != "protonet":
+        own["protonet (examples alone)"] = ours("protonet")
+    return own
+
+
+def peer_methods() -> dict[str, Method]:
     return {
-        **own,
         "ProtoNet (easyfsl)": easyfsl("PrototypicalNetworks"),
         "SimpleShot (easyfsl)": easyfsl("SimpleShot", feature_normalization=2),
         "BD-CSPN (easyfsl)": easyfsl("BDCSPN"),
@@ -246,8 +256,9 @@ def main() -> None:
         "Tux": tuxpaint_all(embedder),
         "F-MNIST": fashion_mnist(embedder, args.per_class),
     }
-    everything = methods(args.candidate)
-    own = [name for name in everything if args.candidate in name]
+    own_rows = own_methods(args.candidate)
+    everything = {**own_rows, **peer_methods()}
+    own = list(own_rows)
     chosen = {
         name: method
         for name, method in everything.items()
