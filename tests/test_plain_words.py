@@ -79,6 +79,30 @@ def test_opening_the_demo_twice_opens_the_same_project(tmp_path):
     assert store.list_trash() == []
 
 
+def test_a_demo_cut_short_leaves_no_half_made_demo(tmp_path, monkeypatch):
+    """The app stops while the demo's photos are copied: no project carries the demo's name
+    (the button would open it, half made, from then on); the next click makes a whole one."""
+    store = Store(tmp_path / "data")
+    add_images = store.add_images
+    calls = []
+
+    def cut_short(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return add_images(*args, **kwargs)
+
+    monkeypatch.setattr(store, "add_images", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        open_demo_project(store)
+    assert store.list_projects() == [] and store.list_trash() == []
+    monkeypatch.setattr(store, "add_images", add_images)
+    demo = open_demo_project(store)
+    assert demo.name == DEMO_PROJECT_NAME
+    assert len(store.list_classes(demo.id)) == 5 and len(store.list_images(demo.id)) == 60
+    assert [p.name for p in store.list_projects()] == [DEMO_PROJECT_NAME]
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_map_markers_and_legend_agree_in_2d_and_3d(dims):
     rng = np.random.default_rng(1)

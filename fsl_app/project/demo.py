@@ -18,6 +18,7 @@ from fsl_app.project.store import Project, Store, StoreError
 DEMO_PROJECT_NAME = "Demo: birds, flowers, fruit, road signs, tools"
 DEMO_EXAMPLES_PER_CLASS = 4
 DEMO_UNLABELED_PER_CLASS = 8
+BEING_MADE = " (being made)"
 
 
 def create_demo_project(
@@ -40,12 +41,27 @@ def create_demo_project(
         unlabeled_per_class=unlabeled_per_class,
         seed=seed,
     )
-    project = store.create_project(_free_name(store, name))
-    for class_name, examples in draw.examples.items():
-        store.add_class(project.id, class_name)
-        store.add_images(project.id, [(p.name, p.read_bytes()) for p in examples], class_name)
-    store.add_images(project.id, [(p.name, p.read_bytes()) for p in draw.unlabeled])
-    return store.get_project(project.id)
+    final = _free_name(store, name)
+    # Built under a working name and named the demo only when complete: a build cut short
+    # (the app stopped, an error) never leaves a half-made demo that the button would open
+    # from then on, and another tab never opens one while it is being made.
+    project = store.create_project(_free_name(store, f"{final}{BEING_MADE}"))
+    try:
+        for class_name, examples in draw.examples.items():
+            store.add_class(project.id, class_name)
+            store.add_images(project.id, [(p.name, p.read_bytes()) for p in examples], class_name)
+        store.add_images(project.id, [(p.name, p.read_bytes()) for p in draw.unlabeled])
+    except BaseException:
+        store.discard_project(project.id)
+        raise
+    try:
+        return store.rename_project(project.id, final)
+    except StoreError:
+        store.discard_project(project.id)
+        taken = [p for p in store.list_projects() if p.name.casefold() == final.casefold()]
+        if taken:  # another tab finished the demo first: that one is the demo
+            return taken[0]
+        raise
 
 
 def open_demo_project(store: Store, **options) -> Project:

@@ -444,6 +444,13 @@ class Store:
                 (_now(), project_id),
             )
 
+    def discard_project(self, project_id: int) -> None:
+        """Delete a project for good, at once, without the trash: for one the app was making
+        and did not finish (a half-made demo), which no user made and none should restore.
+        Its image files go at the next :meth:`vacuum_blobs`."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+
     def update_settings(self, project_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``changes`` into the settings and return them all.
 
