@@ -21,7 +21,8 @@ the learner and the app keep a seeded 500 of them), scoring the episode's querie
 
 Peers' per-episode accuracies are kept beside the embedding cache (``peers/``, keyed by the
 method, the features and the episodes), so trying another candidate reruns only our learners;
-their ms/episode column then reads 0.
+their ms/episode column then reads 0. Peers built on this project's learners
+(``PROJECT_CODE_PEERS``) always run.
 
     python benchmarks/peers.py [--episodes 200] [--per-class 100] [--candidate linear]
 """
@@ -46,6 +47,7 @@ from fsl_app.backbones import load_backbone  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
 from fsl_app.learners import DEFAULT_LEARNER, create_learner  # noqa: E402
+from fsl_app.learners.protonet import class_means  # noqa: E402
 
 WAYS, QUERIES, DISTRACTOR_CLASSES = 5, 5, 3
 POOLS = ("balanced", "imbalanced", "distractors")
@@ -128,7 +130,7 @@ def soft_kmeans_ren(steps: int = 3, temperature: float = 0.1) -> Method:
     def run(support, targets, pool):
         one_hot = torch.nn.functional.one_hot(targets, int(targets.max()) + 1).to(support.dtype)
         sums, counts = one_hot.T @ support, one_hot.sum(0)
-        prototypes = sums / counts[:, None]
+        prototypes = class_means(support, targets, len(counts))
         pool_directions = torch.nn.functional.normalize(pool, dim=1)
 
         def scores():
@@ -167,6 +169,11 @@ def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
     if candidate != "protonet":
         own["protonet (examples alone)"] = ours("protonet")
     return own
+
+
+# Peers that run this project's learners: never read from the cache, which holds only code
+# that does not change with this project (clear ``peers/`` after editing a peer here).
+PROJECT_CODE_PEERS = ("centred-L2 nearest mean", "L2 logistic regression")
 
 
 def peer_methods() -> dict[str, Method]:
@@ -228,11 +235,10 @@ def pool_sizes(candidate: str, features: np.ndarray, batch: list[tuple]) -> dict
             for row in scored
         ]
         scores["pool of 1"].append(float((np.asarray(single) == truth).mean()))
-        right = [
-            fit(features[support], targets, unlabeled=features[rows]).predict(features[rows]) == k
-            for k in np.unique(truth)
-            for rows in [scored[truth == k]]
-        ]
+        right = []
+        for k in np.unique(truth):
+            rows = features[scored[truth == k]]
+            right.append(fit(features[support], targets, unlabeled=rows).predict(rows) == k)
         scores["pool of one class"].append(float(np.concatenate(right).mean()))
         large = fit(features[support], targets, unlabeled=features[others])
         scores["large pool"].append(float((large.predict(features[scored]) == truth).mean()))
@@ -271,7 +277,8 @@ def main() -> None:
         features, labels = data[dataset]
         batch = episodes(labels, shots, pool, args.episodes)
         for name, method in chosen.items():
-            cached = None if name in own else peer_cache_path(name, features, batch)
+            uncached = name in own or name in PROJECT_CODE_PEERS
+            cached = None if uncached else peer_cache_path(name, features, batch)
             if cached is not None and cached.exists():
                 results[name].append(np.load(cached))
                 continue

@@ -364,12 +364,12 @@ def _every_setting(classifier: CalibratedClassifier) -> dict[str, object]:
         for name in sorted(learner_entry(classifier.learner).parameters)
         if hasattr(learner, name)
     }
-    plain = {
-        name: value
-        for name, value in own.items()
-        if value is None or isinstance(value, (str, bool, int, float))
-    }
-    return {**plain, **classifier.params}
+    return {**{name: value for name, value in own.items() if _plain(value)}, **classifier.params}
+
+
+def _plain(value: object) -> bool:
+    """A setting a model file may carry: a name, a switch or a number, nothing to open."""
+    return value is None or isinstance(value, (str, bool, int, float))
 
 
 def _learner_params(learner: str, metadata: dict[str, str]) -> dict[str, object]:
@@ -385,8 +385,7 @@ def _learner_params(learner: str, metadata: dict[str, str]) -> dict[str, object]
     if unknown:
         raise ValueError(f"it sets learner parameters this app does not take: {', '.join(unknown)}")
     for name, value in params.items():
-        plain = value is None or isinstance(value, (str, bool, int, float))
-        if not plain or (isinstance(value, float) and not math.isfinite(value)):
+        if not _plain(value) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"its learner parameter '{name}' is {value!r}")
     if params.get("backbone", metadata["backbone"]) != metadata["backbone"]:
         raise ValueError("its learner names another backbone than the model")

@@ -58,9 +58,9 @@ def create_demo_project(
         return store.rename_project(project.id, final)
     except StoreError:
         store.discard_project(project.id)
-        taken = [p for p in store.list_projects() if p.name.casefold() == final.casefold()]
-        if taken:  # another tab finished the demo first: that one is the demo
-            return taken[0]
+        taken = _named(store, final)
+        if taken is not None:  # another tab finished the demo first: that one is the demo
+            return taken
         raise
 
 
@@ -68,12 +68,12 @@ def open_demo_project(store: Store, **options) -> Project:
     """The demo project: the one already there, else the one deleted lately (restored), else a
     new one (:func:`create_demo_project`, with ``options``). A second click on "Open the demo
     project" opens the demo, with what the user did in it, instead of making "Demo (2)"."""
-    name = options.get("name", DEMO_PROJECT_NAME).casefold()
-    existing = [p for p in store.list_projects() if p.name.casefold() == name]
-    if existing:
-        return existing[0]
+    name = options.get("name", DEMO_PROJECT_NAME)
+    existing = _named(store, name)
+    if existing is not None:
+        return existing
     for item in store.list_trash():
-        if item.kind == "project" and item.name.casefold() == name:
+        if item.kind == "project" and item.name.casefold() == name.casefold():
             store.restore(item)
             return store.get_project(item.id)
     return create_demo_project(store, **options)
@@ -109,6 +109,11 @@ def draw_demo(
         )
     order = rng.permutation(len(pool))
     return DemoDraw(examples, [pool[i][0] for i in order], [pool[i][1] for i in order])
+
+
+def _named(store: Store, name: str) -> Project | None:
+    """The project called ``name`` (names are unique regardless of case), if there is one."""
+    return next((p for p in store.list_projects() if p.name.casefold() == name.casefold()), None)
 
 
 def _free_name(store: Store, name: str) -> str:
