@@ -173,7 +173,7 @@ def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
 
 # Peers that run this project's learners: never read from the cache, which holds only code
 # that does not change with this project (clear ``peers/`` after editing a peer here).
-PROJECT_CODE_PEERS = ("centred-L2 nearest mean", "L2 logistic regression")
+PROJECT_CODE_PEERS = ("centred-L2 nearest mean", "L2 logistic regression", "Proto-MAML head")
 
 
 def peer_methods() -> dict[str, Method]:
@@ -186,6 +186,9 @@ def peer_methods() -> dict[str, Method]:
         "PT-MAP (easyfsl, L2)": easyfsl("PTMAP", feature_normalization=2),
         "centred-L2 nearest mean": ours("protonet", normalize="cl2"),
         "L2 logistic regression": logistic,
+        # Triantafillou et al. 2020: a classifier initialised from the prototypes, fine-tuned
+        # on the examples by gradient steps (this project's maml on embeddings, no checkpoint).
+        "Proto-MAML head": ours("maml", checkpoint=None, last_stage=False),
         "soft k-means (3 steps)": soft_kmeans_ren(steps=3),
     }
 
