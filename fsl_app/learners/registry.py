@@ -191,14 +191,14 @@ LEARNERS: dict[str, LearnerEntry] = {
         ),
     )
 }
-# soft_kmeans learns from the pictures still to sort and is at or above its inductive self
-# (within noise) on every pool benchmarks/peers.py tries: balanced, imbalanced, with pictures
-# of other classes, of one class, of one picture, of every other picture. On its 12 cells
-# (200 episodes) it beats protonet by 2.3 points on average (78.3 against 76.0; up to 5.6 at
-# 1 shot) and is better calibrated as the app uses it (python -m fsl_app evaluate): ECE from 3
-# examples a class 0.01-0.03 against protonet's 0.03-0.16 (Tux Paint photos, Fashion-MNIST,
-# held-out clip art, digits), at 1 shot 0.04-0.09 against 0.05-0.21. It does not yet meet
-# issue 12's target of the best peer in every cell plus 2 points on average.
+# soft_kmeans learns from the pictures still to sort and is at or above its inductive self (within
+# noise) on every pool `benchmarks/learners.py --parts peers` tries: balanced, imbalanced, with
+# pictures of other classes, of one class, of one picture, of every other picture. On its 12 cells
+# (200 episodes) it beats protonet by 2.3 points on average (78.3 against 76.0; up to 5.6 at 1 shot)
+# and is better calibrated as the app uses it (python -m fsl_app evaluate): ECE from 3 examples a
+# class 0.01-0.03 against protonet's 0.03-0.16 (Tux Paint photos, Fashion-MNIST, held-out clip art,
+# digits), at 1 shot 0.04-0.09 against 0.05-0.21. It does not yet meet issue 12's target of the best
+# peer in every cell plus 2 points on average.
 DEFAULT_LEARNER = "soft_kmeans"
 
 

@@ -11,8 +11,8 @@ literature never test:
 - the centre weighs every class the same and ignores the pool: centred on examples and pool
   together, a pool of one class (a folder of one kind of picture to sort) pulls the centre
   to that class, its pictures lose what sets them apart: 1-shot tasks fell from 69% without
-  a pool to 50-53% (Tux Paint photos, Fashion-MNIST; ``benchmarks/peers.py``'s second
-  table, 100 episodes);
+  a pool to 50-53% (Tux Paint photos, Fashion-MNIST; the second table of
+  ``benchmarks/learners.py --parts peers``, 100 episodes);
 - a picture still to sort weighs ``unlabeled_weight`` (0.3) of an example (EM-lambda: Nigam
   et al., Machine Learning 2000), so a few pictures wrongly shared to a class do not drag
   it to them and then pull in their look-alikes; at 1 (and centred on examples only), a
@@ -23,21 +23,21 @@ literature never test:
   pool far larger than the examples cannot carry a class away;
 - a pool over ``max_pool`` is subsampled (seeded), so a refit stays fast.
 
-Together they cost balanced 1-shot pools, the literature's episodes, 2-3 points against
-the learner without the first two (``benchmarks/peers.py``, 200 episodes a cell: 76.9 ->
-73.5 on Tux Paint, 76.4 -> 73.7 on Fashion-MNIST), and put every imbalanced, distractor and
-one-class pool at or above the learner without a pool (one class at 1 shot: 73.0 and 74.3
-against 68.4 and 69.0), where before they fell up to 19 points under it. (Measured at
-temperature 0.1; the default 0.15 moves each of these by at most 0.5 points.)
+Together they cost balanced 1-shot pools, the literature's episodes, 2-3 points against the learner
+without the first two (``benchmarks/learners.py --parts peers``, 200 episodes a cell: 76.9 -> 73.5
+on Tux Paint, 76.4 -> 73.7 on Fashion-MNIST), and put every imbalanced, distractor and one-class
+pool at or above the learner without a pool (one class at 1 shot: 73.0 and 74.3 against 68.4 and
+69.0), where before they fell up to 19 points under it. (Measured at temperature 0.1; the default
+0.15 moves each of these by at most 0.5 points.)
 
 A picture of the pool is scored against class centres without its own share in them (a
 leave-one-out that costs one dot product): otherwise it would be compared with centres it
 has pulled towards itself, and its confidence would count its own vote. So a picture gets
 the same kind of number whether it was in the pool or not, and the temperature fitted on
 held-out examples (which are not in the pool) fits the pool's pictures too. Measured on
-fixed-seed 1-shot episodes of Tux Paint photos and Fashion-MNIST (``benchmarks/peers.py``
-pools): expected calibration error 0.14-0.25 without it, 0.03-0.09 with it, for at most
-0.5 points of accuracy.
+fixed-seed 1-shot episodes of Tux Paint photos and Fashion-MNIST (the pools of
+``benchmarks/learners.py --parts peers``): expected calibration error 0.14-0.25 without it,
+0.03-0.09 with it, for at most 0.5 points of accuracy.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class SoftKMeans(FewShotLearner):
     shots: held-out clip art 0.179 / 0.159 -> 0.059 / 0.044, digits 0.163 / 0.139 -> 0.061 /
     0.045, Fashion-MNIST 0.067 / 0.059 -> 0.039 / 0.037, Tux Paint photos 0.035 / 0.023 ->
     0.087 / 0.090 (there it under-promises: 65% shown at 73% right). Accuracy moved by at
-    most 0.5 points in any cell of ``benchmarks/peers.py``.
+    most 0.5 points in any cell of ``benchmarks/learners.py --parts peers``.
     """
 
     name: ClassVar[str] = "soft_kmeans"
