@@ -1,4 +1,6 @@
-"""Every learner on the same episodes: the registered learners, the default against published
+"""Every learner on the same episodes: registered learners, the default against peers, MAML.
+
+The registered learners calibrated as the app uses them, the default learner against published
 few-shot methods, and the three ways to meta-learn MAML's initialisation.
 
 ``--parts registered``: each registered learner (with its shipped checkpoint, if it has one) on
