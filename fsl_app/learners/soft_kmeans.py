@@ -107,7 +107,7 @@ class SoftKMeans(FewShotLearner):
         support, unlabeled = self._transform(support), self._transform(unlabeled)
         one_hot = F.one_hot(targets, n_classes).to(support.dtype)
         labeled_sums, labeled_counts = one_hot.T @ support, one_hot.sum(0)
-        prototypes = class_means(support, targets, n_classes)
+        prototypes = labeled_sums / labeled_counts[:, None]  # the class means
         # Each pool picture's weight in each class centre, as last used: (n_unlabeled, n_classes)
         shares = torch.zeros(len(unlabeled), n_classes)
         for _ in range(self.steps if len(unlabeled) else 0):
