@@ -18,7 +18,7 @@ from fsl_app.project.store import Project, Store, StoreError
 DEMO_PROJECT_NAME = "Demo: birds, flowers, fruit, road signs, tools"
 DEMO_EXAMPLES_PER_CLASS = 4
 DEMO_UNLABELED_PER_CLASS = 8
-BEING_MADE = " (being made)"
+_BEING_MADE = " (being made)"
 
 
 def create_demo_project(
@@ -45,7 +45,7 @@ def create_demo_project(
     # Built under a working name and named the demo only when complete: a build cut short
     # (the app stopped, an error) never leaves a half-made demo that the button would open
     # from then on, and another tab never opens one while it is being made.
-    project = store.create_project(_free_name(store, f"{final}{BEING_MADE}"))
+    project = store.create_project(_free_name(store, f"{final}{_BEING_MADE}"))
     try:
         for class_name, examples in draw.examples.items():
             store.add_class(project.id, class_name)
