@@ -27,6 +27,7 @@ from fsl_app.embeddings import Embedder, EmbeddingCache
 from fsl_app.project.demo import create_demo_project
 from fsl_app.project.io import export_dataset_zip, image_table, table_csv
 from fsl_app.project.store import Project, Store
+from fsl_app.trust.badges import CONFIDENCE_MEANING
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,8 @@ def test_predict_page_and_label_next_show_the_librarys_numbers(demo):
         prediction = by_prefix(predictions, prefix)
         expected = "none of these" if prediction.unknown else f"{prediction.confidence:.0%}"
         assert expected in shown, (prediction.name, shown)
+    # What the numbers promise is said beside them: for pictures of the user's classes only.
+    assert any(CONFIDENCE_MEANING in caption.value for caption in at.caption)
 
     at = open_page(project.id, "4_Label_next")
     reasons = [m.value for m in at.markdown if m.value.startswith("**Suggestion")]

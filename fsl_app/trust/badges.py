@@ -14,6 +14,15 @@ UNSURE_CONFIDENCE = 0.5
 BADGES = ("sure", "fairly sure", "unsure", "none of these", "marked none of these")
 # "marked none of these": the user said so; the model's guess is not shown as an answer.
 MARKED = "marked none of these"
+# What a confidence promises, said once for every page that shows them. It holds for pictures of
+# the user's classes; a picture of another kind can still look like a class (issue 12's
+# project: a hammer shown as a bird at 81-99% in 9 of 30 draws at 4 photos a class), so the
+# sentence does not promise that "none of these" catches every one.
+CONFIDENCE_MEANING = (
+    f'of the pictures of your classes shown as "{SURE_CONFIDENCE:.0%} sure", about '
+    f'{SURE_CONFIDENCE * 10:.0f} in 10 should be right. "None of these" means a picture is '
+    "unlike the examples of every class: it catches many pictures of other things, not all."
+)
 
 
 def badge(confidence: float, unknown: bool) -> str:
