@@ -21,7 +21,7 @@ MARKED = "marked none of these"
 CONFIDENCE_MEANING = (
     f'of the pictures of your classes shown as "{SURE_CONFIDENCE:.0%} sure", about '
     f'{SURE_CONFIDENCE * 10:.0f} in 10 should be right. "None of these" means a picture is '
-    "unlike the examples of every class: it catches many pictures of other things, not all."
+    "unlike the examples of every class; it does not catch every picture of other things."
 )
 
 
