@@ -14,8 +14,8 @@ UNSURE_CONFIDENCE = 0.5
 BADGES = ("sure", "fairly sure", "unsure", "none of these", "marked none of these")
 # "marked none of these": the user said so; the model's guess is not shown as an answer.
 MARKED = "marked none of these"
-# What a confidence promises, said once for every page that shows them. It holds for pictures of
-# the user's classes; a picture of another kind can still look like a class (issue 12's
+# What a confidence promises, in one sentence for every page that shows confidences. It holds for
+# pictures of the user's classes; a picture of another kind can still look like a class (issue 12's
 # project: a hammer shown as a bird at 81-99% in 9 of 30 draws at 4 photos a class), so the
 # sentence does not promise that "none of these" catches every one.
 CONFIDENCE_MEANING = (
