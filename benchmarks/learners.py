@@ -121,9 +121,13 @@ def episodes(labels: np.ndarray, shots: int, pool: str, n: int, seed: int = 0) -
     return out
 
 
-def ours(name: str = DEFAULT_LEARNER, **params) -> Method:
+def ours(name: str = DEFAULT_LEARNER, *, inductive: bool = False, **params) -> Method:
+    """A registered learner fitted as the app fits it (the pool passed as pictures still to
+    sort) or, ``inductive``, on the examples alone; it predicts every pool picture."""
+
     def run(support, targets, pool):
-        learner = create_learner(name, **params).fit(support, targets.numpy(), unlabeled=pool)
+        unlabeled = None if inductive else pool
+        learner = create_learner(name, **params).fit(support, targets.numpy(), unlabeled=unlabeled)
         return learner.predict_proba(pool).argmax(axis=1)
 
     return run
@@ -149,14 +153,13 @@ def soft_kmeans_ren(steps: int = 3, temperature: float = 0.1) -> Method:
     mean recomputed from its examples (weight 1) and the pool (its soft assignments)."""
 
     def run(support, targets, pool):
-        one_hot = torch.nn.functional.one_hot(targets, int(targets.max()) + 1).to(support.dtype)
+        one_hot = F.one_hot(targets, int(targets.max()) + 1).to(support.dtype)
         sums, counts = one_hot.T @ support, one_hot.sum(0)
-        prototypes = class_means(support, targets, len(counts))
-        pool_directions = torch.nn.functional.normalize(pool, dim=1)
+        prototypes = sums / counts[:, None]  # the class means
+        pool_directions = F.normalize(pool, dim=1)
 
         def scores():
-            directions = torch.nn.functional.normalize(prototypes, dim=1)
-            return pool_directions @ directions.T / temperature
+            return pool_directions @ F.normalize(prototypes, dim=1).T / temperature
 
         for _ in range(steps):
             weights = scores().softmax(dim=1)
@@ -204,20 +207,13 @@ def alpha_tim(iterations: int = 1000, lr: float = 1e-4, scale: float = 15.0) -> 
     return run
 
 
-def inductive(name: str) -> Method:
-    def run(support, targets, pool):
-        return create_learner(name).fit(support, targets.numpy()).predict_proba(pool).argmax(1)
-
-    return run
-
-
 def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
     """This project's rows, never counted as peers: the candidate, its inductive self, the
     app's default when the candidate is another, and protonet (the default it replaced)."""
     role = "default" if candidate == DEFAULT_LEARNER else "candidate"
     own = {
         f"{role} ({candidate})": ours(candidate),
-        f"{candidate}, inductive (no pool)": inductive(candidate),
+        f"{candidate}, inductive (no pool)": ours(candidate, inductive=True),
     }
     if candidate != DEFAULT_LEARNER:
         own[f"app default ({DEFAULT_LEARNER})"] = ours()
@@ -352,11 +348,12 @@ def peers_part(embedder: Embedder, args: argparse.Namespace) -> None:
         if not args.only or name in own or any(o in name for o in args.only)
     }
     cells = [(d, s, p) for d in data for s in (1, 5) for p in POOLS]
+    batches = {(d, s, p): episodes(data[d][1], s, p, args.peer_episodes) for d, s, p in cells}
     results: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
     seconds = dict.fromkeys(chosen, 0.0)
     for dataset, shots, pool in cells:
-        features, labels = data[dataset]
-        batch = episodes(labels, shots, pool, args.peer_episodes)
+        features = data[dataset][0]
+        batch = batches[dataset, shots, pool]
         for name, method in chosen.items():
             uncached = name in own or name in PROJECT_CODE_PEERS
             cached = None if uncached else peer_cache_path(name, features, batch)
@@ -402,10 +399,9 @@ def peers_part(embedder: Embedder, args: argparse.Namespace) -> None:
     print(f"\n{args.candidate} against its inductive self, balanced episodes; accuracy %")
     print("| data set | shots | no pool | pool of 1 | pool of one class | large pool (pictures) |")
     print("|---|---|---|---|---|---|")
-    for dataset, (features, labels) in data.items():
+    for dataset, (features, _) in data.items():
         for shots in (1, 5):
-            batch = episodes(labels, shots, "balanced", args.peer_episodes)
-            sizes = pool_sizes(args.candidate, features, batch)
+            sizes = pool_sizes(args.candidate, features, batches[dataset, shots, "balanced"])
             row = " | ".join(f"{100 * v.mean():.1f}" for v in sizes.values())
             print(f"| {dataset} | {shots} | {row} ({len(features) - WAYS * shots}) |")
 
