@@ -37,7 +37,10 @@ classes and on the Tux Paint photos: accuracy and meta-training time.
 
     python benchmarks/learners.py [--parts registered peers meta] [--episodes 300]
         [--peer-episodes 200] [--candidate linear] [--only TIM] [--meta-episodes 400]
-        [--per-class 100]
+        [--per-class 100] [--backbone tf_efficientnet_lite2]
+
+``--backbone`` puts another image model under every learner and peer alike (the shipped
+checkpoints of meta-learned learners are for the default one).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsl_app.backbones import load_backbone  # noqa: E402
+from fsl_app.backbones import DEFAULT_BACKBONE, load_backbone  # noqa: E402
 from fsl_app.classifier import CalibratedClassifier  # noqa: E402
 from fsl_app.datasets import load_dataset  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
@@ -484,8 +487,13 @@ def main() -> None:
         "--skip-pool-sizes", action="store_true", help="peers: the first table only"
     )
     parser.add_argument("--meta-episodes", type=int, default=400, help="tasks per meta-training")
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help="image model whose embeddings every learner and peer shares (default: the app's)",
+    )
     args = parser.parse_args()
-    embedder = Embedder(load_backbone(), cache=EmbeddingCache(default_cache_path()))
+    embedder = Embedder(load_backbone(args.backbone), cache=EmbeddingCache(default_cache_path()))
     if {"registered", "meta"} & set(args.parts):
         photos = embed(embedder, "tuxpaint")  # the five classes the tests measure on
     if "registered" in args.parts:

@@ -56,6 +56,9 @@ learner's mean is 78.3):
   relaxed towards Ren et al.'s as it nears 1/K): 79.6 on these cells and every one-class pool
   above the inductive learner, but no gain on held-out clip art (54.6 against 54.4) or digits
   (67.9 against 68.2), and 3-4 points lost at 1 shot on pools that hold 2 or 3 of the 5 classes.
+- A task-adaptive subspace (TAFSSL: Lichtenstein et al., ECCV 2020): the transformed examples
+  and pool projected on their top 5, 10, 20 or 40 principal directions before the steps. 75.9,
+  78.5, 78.7 and 78.6 on these cells (100 episodes each) against this learner's 78.7 on the same.
 """
 
 from __future__ import annotations
