@@ -294,7 +294,8 @@ def pool_sizes(
         truth = pool_targets[pool_targets >= 0]
         others = np.setdiff1d(np.arange(len(features)), support)
         fit = create_learner(candidate).fit
-        alone = fit(features[support], targets).predict(features[scored])
+        inductive = fit(features[support], targets)
+        alone = inductive.predict(features[scored])
         scores["no pool"].append(float((alone == truth).mean()))
         single = [
             fit(features[support], targets, unlabeled=features[[row]]).predict(features[[row]])[0]
@@ -313,7 +314,7 @@ def pool_sizes(
             )
             fitted = fit(features[support], targets, unlabeled=features[folder])
             right.append(fitted.predict(features[folder]) == k)
-            alone_right.append(fit(features[support], targets).predict(features[folder]) == k)
+            alone_right.append(inductive.predict(features[folder]) == k)
         scores["whole class"].append(float(np.concatenate(right).mean()))
         scores["whole class, no pool"].append(float(np.concatenate(alone_right).mean()))
         large = fit(features[support], targets, unlabeled=features[others])

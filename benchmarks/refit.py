@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.peers import fashion_mnist, tuxpaint_all  # noqa: E402
+from benchmarks.learners import embed  # noqa: E402
 from fsl_app.backbones import load_backbone  # noqa: E402
 from fsl_app.classifier import CalibratedClassifier  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache, default_cache_path  # noqa: E402
@@ -76,8 +76,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, (features, names) in (
-        ("Tux", tuxpaint_all(embedder)),
-        ("F-MNIST", fashion_mnist(embedder, 100)),
+        ("Tux", embed(embedder, "tuxpaint-photos")),
+        ("F-MNIST", embed(embedder, "fashion-mnist-test", 100)),
     ):
         classes = rng.choice(np.unique(names), CLASSES, replace=False)
         support = np.concatenate(
