@@ -281,45 +281,51 @@ def pool_sizes(
     (each class's queries in turn: a folder of one kind of picture to sort), a whole folder of
     one class (every picture of the class outside the support, scored; beside it the learner
     without a pool on the same pictures) and a large pool."""
-    scores: dict[str, list[float]] = {
-        "no pool": [],
-        "pool of 1": [],
-        "pool of one class": [],
-        "whole class": [],
-        "whole class, no pool": [],
-        "large pool": [],
-    }
-    for support, targets, pool, pool_targets in batch:
-        scored = pool[pool_targets >= 0]
-        truth = pool_targets[pool_targets >= 0]
-        others = np.setdiff1d(np.arange(len(features)), support)
-        fit = create_learner(candidate).fit
-        inductive = fit(features[support], targets)
-        alone = inductive.predict(features[scored])
-        scores["no pool"].append(float((alone == truth).mean()))
-        single = [
-            fit(features[support], targets, unlabeled=features[[row]]).predict(features[[row]])[0]
-            for row in scored
+    per_episode = [episode_pool_sizes(candidate, features, labels, *episode) for episode in batch]
+    return {name: np.asarray([e[name] for e in per_episode]) for name in per_episode[0]}
+
+
+def episode_pool_sizes(
+    candidate: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    support: np.ndarray,
+    targets: np.ndarray,
+    pool: np.ndarray,
+    pool_targets: np.ndarray,
+) -> dict[str, float]:
+    """One episode's accuracies for :func:`pool_sizes`."""
+    scored = pool[pool_targets >= 0]
+    truth = pool_targets[pool_targets >= 0]
+
+    def fit(unlabeled: np.ndarray | None = None):
+        # A new learner each time: fit returns the learner itself, refitted in place.
+        return create_learner(candidate).fit(features[support], targets, unlabeled=unlabeled)
+
+    def share_right(folders: list[tuple[int, np.ndarray]], *, with_pool: bool = True) -> float:
+        """Share right when each class ``k``'s ``rows`` are the whole pool, sorted alone (or
+        by the learner without a pool)."""
+        right = [
+            (fit(features[rows]) if with_pool else inductive).predict(features[rows]) == k
+            for k, rows in folders
         ]
-        scores["pool of 1"].append(float((np.asarray(single) == truth).mean()))
-        right = []
-        for k in np.unique(truth):
-            rows = features[scored[truth == k]]
-            right.append(fit(features[support], targets, unlabeled=rows).predict(rows) == k)
-        scores["pool of one class"].append(float(np.concatenate(right).mean()))
-        right, alone_right = [], []
-        for k in range(int(targets.max()) + 1):
-            folder = np.setdiff1d(
-                np.flatnonzero(labels == labels[support[targets == k][0]]), support
-            )
-            fitted = fit(features[support], targets, unlabeled=features[folder])
-            right.append(fitted.predict(features[folder]) == k)
-            alone_right.append(inductive.predict(features[folder]) == k)
-        scores["whole class"].append(float(np.concatenate(right).mean()))
-        scores["whole class, no pool"].append(float(np.concatenate(alone_right).mean()))
-        large = fit(features[support], targets, unlabeled=features[others])
-        scores["large pool"].append(float((large.predict(features[scored]) == truth).mean()))
-    return {name: np.asarray(values) for name, values in scores.items()}
+        return float(np.concatenate(right).mean())
+
+    inductive = fit()
+    single = [fit(features[[row]]).predict(features[[row]])[0] for row in scored]
+    folders = [
+        (k, np.setdiff1d(np.flatnonzero(labels == labels[support[targets == k][0]]), support))
+        for k in range(int(targets.max()) + 1)
+    ]
+    large = fit(features[np.setdiff1d(np.arange(len(features)), support)])
+    return {
+        "no pool": float((inductive.predict(features[scored]) == truth).mean()),
+        "pool of 1": float((np.asarray(single) == truth).mean()),
+        "pool of one class": share_right([(k, scored[truth == k]) for k in np.unique(truth)]),
+        "whole class": share_right(folders),
+        "whole class, no pool": share_right(folders, with_pool=False),
+        "large pool": float((large.predict(features[scored]) == truth).mean()),
+    }
 
 
 def table(rows: list[list[str]], header: list[str]) -> None:

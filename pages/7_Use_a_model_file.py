@@ -14,8 +14,7 @@ from fsl_app.errors import UnusableInputError
 from fsl_app.images import image_sha256
 from fsl_app.plural import counted
 from fsl_app.project.io import table_csv
-from fsl_app.trust.badges import BADGES, CONFIDENCE_MEANING, MARKED
-from fsl_app.trust.calibration import MIN_CLASS_SIZE
+from fsl_app.trust.badges import BADGES, MARKED, confidence_caption
 from fsl_app.ui.model_file import open_model_file
 from fsl_app.ui.session import with_preparing_progress
 from fsl_app.ui.widgets import plain, thumbnail_of
@@ -113,10 +112,7 @@ st.dataframe(
     hide_index=True,
     row_height=64,
 )
-st.caption(
-    "Confidence is tuned on the examples the model was made from, when two of its classes had "
-    f"{MIN_CLASS_SIZE} examples or more: {CONFIDENCE_MEANING}"
-)
+st.caption(confidence_caption("the examples the model was made from"))
 rows = [prediction_row(p) for p in predictions]
 rows += [error_row(u.name, u.reason) for u in pictures.unreadable]
 stem = model_file.name.rsplit(".", 1)[0] or "model"

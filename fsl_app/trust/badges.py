@@ -7,6 +7,8 @@ label check's default, and the label check suggests a move only when the model w
 
 from __future__ import annotations
 
+from fsl_app.trust.calibration import MIN_CLASS_SIZE
+
 # Calibrated confidence below which a prediction is shown as unsure, and at or above which it
 # is shown as sure; in between it is "fairly sure". Calibrated, so "sure" is right about 8 in 10.
 SURE_CONFIDENCE = 0.8
@@ -23,6 +25,15 @@ CONFIDENCE_MEANING = (
     f'{SURE_CONFIDENCE * 10:.0f} in 10 should be right. "None of these" means a picture is '
     "unlike the examples of every class; it does not catch every picture of other things."
 )
+
+
+def confidence_caption(tuned_on: str) -> str:
+    """The caption under a table of confidences: what they are tuned on (``"your own
+    examples"``), from when, and what they promise."""
+    return (
+        f"Confidence is tuned on {tuned_on} once two classes have {MIN_CLASS_SIZE} examples or "
+        f"more: {CONFIDENCE_MEANING}"
+    )
 
 
 def badge(confidence: float, unknown: bool) -> str:
