@@ -48,7 +48,8 @@ from fsl_app.stage_cache import (  # noqa: E402
     find_stage_initialisation,
     open_activation_cache,
 )
-from fsl_app.training.loop import episode_targets, single_threaded  # noqa: E402
+from fsl_app.threads import single_threaded  # noqa: E402
+from fsl_app.training.loop import episode_targets  # noqa: E402
 
 WAYS, QUERIES = 5, 5
 

@@ -22,6 +22,7 @@ from fsl_app.embedded_set import EmbeddedSet, waiting_note
 from fsl_app.errors import UnusableInputError
 from fsl_app.learners import DEFAULT_LEARNER, FewShotLearner, NotFittedError, create_learner
 from fsl_app.learners.base import softmax
+from fsl_app.threads import single_threaded
 from fsl_app.trust.badges import MARKED, badge
 from fsl_app.trust.calibration import MAX_FOLDS, calibrate_temperature
 from fsl_app.trust.explanations import explain
@@ -131,6 +132,7 @@ class CalibratedClassifier:
         self.embedding_dim = embedding_dim
         self.params = params
 
+    @single_threaded()
     def fit(
         self,
         support: ArrayLike,
@@ -224,6 +226,7 @@ class CalibratedClassifier:
         """The embedding part (n, dim) of rows this classifier takes (n, width)."""
         return np.asarray(rows, dtype=np.float32)[:, : self.embedding_dim_]
 
+    @single_threaded()
     def predict_calibrated(self, query: ArrayLike) -> CalibratedPredictions:
         """Calibrated predictions for ``query`` of shape (n_query, width), as arrays."""
         self._check_fitted()
@@ -246,6 +249,7 @@ class CalibratedClassifier:
         """The most probable class of each query, of shape (n_query,), as a learner's."""
         return self.predict_calibrated(query).prediction
 
+    @single_threaded()
     def predict_pictures(
         self,
         embeddings: ArrayLike,

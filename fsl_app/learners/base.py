@@ -21,6 +21,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from fsl_app.errors import NotFittedError
+from fsl_app.threads import single_threaded
 
 if TYPE_CHECKING:
     from fsl_app.pretrained import Checkpoint
@@ -59,7 +60,8 @@ class FewShotLearner(ABC):
         self.n_features_in_ = features.shape[1]
         self.notes_: list[str] = []
         pool = as_unlabeled(unlabeled, features.shape[1])
-        self._fit(features, torch.as_tensor(targets, dtype=torch.long), pool)
+        with single_threaded():
+            self._fit(features, torch.as_tensor(targets, dtype=torch.long), pool)
         return self
 
     def decision_function(self, query: ArrayLike) -> np.ndarray:
@@ -68,7 +70,7 @@ class FewShotLearner(ABC):
         Calibration divides these by a temperature before the softmax.
         """
         features = self._check_query(query)
-        with torch.no_grad():
+        with torch.no_grad(), single_threaded():
             return self._logits(features).double().numpy()
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:

@@ -20,8 +20,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -35,6 +34,7 @@ from fsl_app.evaluation.episodes import Episode, EvaluationResult, evaluate_lear
 from fsl_app.files import write_atomically_with
 from fsl_app.learners import ProtoNet, create_learner, learner_entry
 from fsl_app.pretrained import Checkpoint
+from fsl_app.threads import single_threaded
 from fsl_app.training.config import HeadOptions, MetaTrainingConfig
 
 Tensors = dict[str, torch.Tensor]
@@ -235,22 +235,6 @@ def train_episodically(
                 save_training_state(state_path, params, optimizer, config, done, dim, seconds)
     seconds = seconds_before + time.perf_counter() - started
     return TrainingRun(done, resumed_from, seconds, running_means(recent))
-
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch on one thread inside, as before outside.
-
-    The head's tensors are small, so intra-op threads cost more in hand-offs
-    than they gain: on this busy 2-core machine meta-training ran 6-10x faster
-    on one thread than on two.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def training_tasks(labels: np.ndarray, config: MetaTrainingConfig) -> list[Episode]:

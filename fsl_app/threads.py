@@ -1,0 +1,43 @@
+"""Torch on one thread for small work: fits and predictions on embeddings.
+
+The tensors of a fit on embeddings are small (a few dozen examples, at most 500 pictures to
+sort), so torch's intra-op threads cost more in hand-offs than they gain; and when another
+process is busy on one of the cores, every hand-off waits for it. On a 2-core machine with one
+core busy, a refit after a label (fit, calibrate, predict and explain 500 pictures;
+``benchmarks/refit.py``) took 2.5 s on two threads and 0.2 s on one; meta-training ran 6-10x
+faster on one. The backbone's forward pass, which is large, keeps every thread outside.
+
+Torch's thread count belongs to the whole process, and the app serves several sessions from
+threads: the count drops to one while any caller is inside and comes back when the last one
+leaves, so overlapping callers never leave it at one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+_lock = threading.Lock()
+_inside = 0
+_threads_outside = 1
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch on one thread inside, as before outside (reentrant, and safe across threads)."""
+    global _inside, _threads_outside
+    with _lock:
+        if _inside == 0:
+            _threads_outside = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _inside += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _inside -= 1
+            if _inside == 0:
+                torch.set_num_threads(_threads_outside)
