@@ -213,13 +213,17 @@ def alpha_tim(iterations: int = 1000, lr: float = 1e-4, scale: float = 15.0) -> 
 
 
 def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
-    """This project's rows, never counted as peers: the candidate, its inductive self, the
-    app's default when the candidate is another, and protonet (the default it replaced)."""
+    """This project's rows, never counted as peers: the candidate, its inductive self (and
+    soft_kmeans without its claim check), the app's default when the candidate is another, and
+    protonet (the default it replaced)."""
     role = "default" if candidate == DEFAULT_LEARNER else "candidate"
     own = {
         f"{role} ({candidate})": ours(candidate),
         f"{candidate}, inductive (no pool)": ours(candidate, inductive=True),
     }
+    if candidate == "soft_kmeans":
+        # What the check for a claimed pool share costs where every class has pictures
+        own[f"{candidate}, no claim check"] = ours(candidate, claims=False)
     if candidate != DEFAULT_LEARNER:
         own[f"app default ({DEFAULT_LEARNER})"] = ours()
     if candidate != "protonet":

@@ -9,17 +9,20 @@ faster on one. The backbone's forward pass, which is large, keeps every thread o
 
 Torch's thread count belongs to the whole process, and the app serves several sessions from
 threads: the count drops to one while any caller is inside and comes back when the last one
-leaves, so overlapping callers never leave it at one.
+leaves, so overlapping callers never leave it at one. Set ``FSL_APP_ONE_THREAD=0`` to keep
+torch's threads for this work too (``benchmarks/refit.py`` measures both).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
+ENV = "FSL_APP_ONE_THREAD"
 _lock = threading.Lock()
 _inside = 0
 _threads_outside = 1
@@ -29,6 +32,9 @@ _threads_outside = 1
 def single_threaded() -> Iterator[None]:
     """Run torch on one thread inside, as before outside (reentrant, and safe across threads)."""
     global _inside, _threads_outside
+    if os.environ.get(ENV) == "0":
+        yield
+        return
     with _lock:
         if _inside == 0:
             _threads_outside = torch.get_num_threads()

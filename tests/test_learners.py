@@ -390,6 +390,34 @@ def test_a_pool_of_one_class_does_not_pull_the_other_classes_to_it(tux_embedding
     assert np.mean(gains) >= -0.02
 
 
+def test_a_whole_folder_of_one_class_does_not_pull_the_other_classes_to_it(tux_embeddings):
+    """Every photo of one class to sort (11-35 of them) against 1 example a class: the classes
+    with no picture in the pool have their share claimed and stay at their examples, so the
+    folder is sorted at least as well as without a pool. Without the check, the other classes
+    fill their bounds from small shares of many of the folder's photos and move to it."""
+    features, names = tux_embeddings.features, tux_embeddings.labels
+    gains = {True: [], False: []}
+    claimed = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        rows = {c: rng.permutation(np.flatnonzero(names == c)) for c in np.unique(names)}
+        support = features[[r[0] for r in rows.values()]]
+        labels = np.asarray(list(rows))
+        inductive = create_learner("soft_kmeans").fit(support, labels)
+        for name, r in rows.items():
+            folder = features[r[1:]]
+            right = (inductive.predict(folder) == name).mean()
+            for claims in gains:
+                semi = create_learner("soft_kmeans", claims=claims)
+                semi.fit(support, labels, unlabeled=folder)
+                gains[claims].append((semi.predict(folder) == name).mean() - right)
+                if claims:
+                    claimed.append(int(semi.claimed_.sum()))
+    assert np.mean(gains[True]) >= 0.0
+    assert np.mean(gains[True]) > np.mean(gains[False]) + 0.05
+    assert np.mean(claimed) >= 3  # of the 4 classes with no picture in the folder
+
+
 def test_a_pool_picture_is_scored_against_centres_without_its_own_share(tux_embeddings):
     """A picture that pulled a class centre towards itself must not be sure of it for that
     reason: with a pool of one, that picture is scored against the examples' centres alone

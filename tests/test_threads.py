@@ -80,3 +80,9 @@ def test_a_fit_and_a_prediction_run_on_one_thread(monkeypatch):
     probabilities = model.predict_proba(pool)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert torch.get_num_threads() == 2
+
+
+def test_the_setting_keeps_torchs_threads(monkeypatch):
+    monkeypatch.setenv("FSL_APP_ONE_THREAD", "0")
+    with single_threaded():
+        assert torch.get_num_threads() == 2
