@@ -60,10 +60,10 @@ pictures, or fixing it in part: one scale for every class (the tightest class's;
 shares are, EM class proportions in the assignments (Saerens et al. 2002; Tux Paint balanced 1 shot
 -3.3), a bound scaled by the class's share of the pool, the claim test at every step and on the
 shares' means alone (-2.8 there), and a test on the shares' cosine alone (classes whose shares
-point the same way, cosine above 0.9, grouped under the one whose examples are nearest: Fashion-
-MNIST 5-shot folders still at 78.4 against 83.4). After a claim, the claimant kept without pool
-weight too (Fashion-MNIST 1-shot folders 66.0 against 68.9 without a pool) or the claimed class
-kept the pictures that pick it (64.9).
+point the same way, cosine above 0.9, grouped under the one whose examples are nearest:
+Fashion-MNIST 5-shot folders still at 78.4 against 83.4). After a claim, the claimant kept without
+pool weight too (Fashion-MNIST 1-shot folders 66.0 against 68.9 without a pool) or the claimed
+class kept the pictures that pick it (64.9).
 
 A picture of the pool is scored against class centres without its own share in them (a
 leave-one-out that costs one dot product): otherwise it would be compared with centres it
