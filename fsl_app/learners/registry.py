@@ -192,12 +192,13 @@ LEARNERS: dict[str, LearnerEntry] = {
     )
 }
 # soft_kmeans learns from the pictures still to sort and is at or above its inductive self (within
-# noise) on every pool `benchmarks/learners.py --parts peers` tries: balanced, imbalanced, with
-# pictures of other classes, of one class, of one picture, of every other picture. On its 12 cells
-# (200 episodes) it beats protonet by 2.3 points on average (78.3 against 76.0; up to 5.6 at 1 shot)
-# and is better calibrated as the app uses it (python -m fsl_app evaluate): ECE from 3 examples a
-# class 0.01-0.03 against protonet's 0.03-0.16 (Tux Paint photos, Fashion-MNIST, held-out clip art,
-# digits), at 1 shot 0.04-0.09 against 0.05-0.21. It does not yet meet issue 12's target of the best
+# noise) on the pools `benchmarks/learners.py --parts peers` tries: balanced, imbalanced, with
+# pictures of other classes, of one class (a few pictures or a whole folder), of one picture; not
+# yet on a pool of every other picture at 1 shot on Tux Paint photos (66.3 against 68.4; see its
+# docstring). On its 12 cells (200 episodes) it beats protonet by 1.9 points on average (77.9
+# against 76.0; up to 4.6 at 1 shot). Calibrated as the app uses it (python -m fsl_app evaluate,
+# 200 episodes: Tux Paint photos, Fashion-MNIST, held-out clip art, digits): ECE 0.009-0.057 from
+# 3 examples a class, 0.025-0.126 at 1 shot. It does not yet meet issue 12's target of the best
 # peer in every cell plus 2 points on average.
 DEFAULT_LEARNER = "soft_kmeans"
 
