@@ -132,7 +132,6 @@ class CalibratedClassifier:
         self.embedding_dim = embedding_dim
         self.params = params
 
-    @single_threaded()
     def fit(
         self,
         support: ArrayLike,
@@ -149,6 +148,17 @@ class CalibratedClassifier:
         them). ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are
         none of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
         """
+        with single_threaded(self._small_work(support)):
+            return self._fit(support, labels, ids, unlabeled, negatives)
+
+    def _fit(
+        self,
+        support: ArrayLike,
+        labels: Sequence,
+        ids: Sequence[str] | None,
+        unlabeled: ArrayLike | None,
+        negatives: ArrayLike | None,
+    ) -> CalibratedClassifier:
         self._keep_examples(support, labels, ids)
         self.unlabeled_ = _pool(unlabeled, self.support_.shape[-1])
         self.learner_ = self._make_learner().fit(
@@ -226,14 +236,14 @@ class CalibratedClassifier:
         """The embedding part (n, dim) of rows this classifier takes (n, width)."""
         return np.asarray(rows, dtype=np.float32)[:, : self.embedding_dim_]
 
-    @single_threaded()
     def predict_calibrated(self, query: ArrayLike) -> CalibratedPredictions:
         """Calibrated predictions for ``query`` of shape (n_query, width), as arrays."""
         self._check_fitted()
         query = np.asarray(query, dtype=np.float32)
         self._check_width(query)
-        logits = self.learner_.decision_function(query)
-        distance, unknown = self.open_set_.assess(self.embeddings_of(query))
+        with single_threaded(self._small_work(query)):
+            logits = self.learner_.decision_function(query)
+            distance, unknown = self.open_set_.assess(self.embeddings_of(query))
         return CalibratedPredictions(
             classes=self.classes_,
             probabilities=softmax(logits / self.temperature_),
@@ -249,7 +259,6 @@ class CalibratedClassifier:
         """The most probable class of each query, of shape (n_query,), as a learner's."""
         return self.predict_calibrated(query).prediction
 
-    @single_threaded()
     def predict_pictures(
         self,
         embeddings: ArrayLike,
@@ -270,13 +279,14 @@ class CalibratedClassifier:
             return []
         predicted = self.predict_calibrated(embeddings)
         classes = [str(c) for c in predicted.classes]
-        explanations = explain(
-            self.embeddings_of(self.support_),
-            self.labels_,
-            self.embeddings_of(embeddings),
-            predicted.probabilities,
-            classes,
-        )
+        with single_threaded():  # on embeddings alone
+            explanations = explain(
+                self.embeddings_of(self.support_),
+                self.labels_,
+                self.embeddings_of(embeddings),
+                predicted.probabilities,
+                classes,
+            )
         records = []
         for j, why in enumerate(explanations):
             confidence = float(predicted.confidence[j])
@@ -334,6 +344,12 @@ class CalibratedClassifier:
         if ids is not None and len(ids) != len(self.labels_):
             raise ValueError(f"Got {len(ids)} ids for {len(self.labels_)} examples.")
         self.ids_ = None if ids is None else [str(i) for i in ids]
+
+    def _small_work(self, rows: ArrayLike) -> bool:
+        """Whether fitting on or predicting ``rows`` is small work, run on one torch thread
+        (:mod:`fsl_app.threads`): rows of embeddings are; rows that also carry the activations
+        entering the image model's last stage, which the learner adapts, keep torch's threads."""
+        return self.embedding_dim is None or np.shape(rows)[-1] <= self.embedding_dim
 
     def _check_width(self, query: np.ndarray) -> None:
         width = self.support_.shape[-1]

@@ -86,3 +86,11 @@ def test_the_setting_keeps_torchs_threads(monkeypatch):
     monkeypatch.setenv("FSL_APP_ONE_THREAD", "0")
     with single_threaded():
         assert torch.get_num_threads() == 2
+
+
+def test_rows_that_carry_the_last_stages_activations_keep_torchs_threads():
+    """Adapting the image model's last stage is large work: only embeddings go to one thread."""
+    model = CalibratedClassifier("protonet", embedding_dim=16)
+    assert model._small_work(np.zeros((3, 16), dtype=np.float32))
+    assert not model._small_work(np.zeros((3, 16 + 32), dtype=np.float32))
+    assert CalibratedClassifier("protonet")._small_work(np.zeros((3, 48), dtype=np.float32))

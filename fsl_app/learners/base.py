@@ -60,7 +60,7 @@ class FewShotLearner(ABC):
         self.n_features_in_ = features.shape[1]
         self.notes_: list[str] = []
         pool = as_unlabeled(unlabeled, features.shape[1])
-        with single_threaded():
+        with single_threaded(self._small_work(features)):
             self._fit(features, torch.as_tensor(targets, dtype=torch.long), pool)
         return self
 
@@ -70,7 +70,7 @@ class FewShotLearner(ABC):
         Calibration divides these by a temperature before the softmax.
         """
         features = self._check_query(query)
-        with torch.no_grad(), single_threaded():
+        with torch.no_grad(), single_threaded(self._small_work(features)):
             return self._logits(features).double().numpy()
 
     def predict_proba(self, query: ArrayLike) -> np.ndarray:
@@ -114,6 +114,12 @@ class FewShotLearner(ABC):
     @abstractmethod
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
         """Unnormalised class scores of shape (n_query, n_classes)."""
+
+    def _small_work(self, rows: torch.Tensor) -> bool:
+        """Whether fitting on or scoring ``rows`` is small work, run on one torch thread
+        (:mod:`fsl_app.threads`): embeddings are; a learner that adapts the image model's last
+        stage on rows carrying its activations says otherwise."""
+        return True
 
 
 class CheckpointedLearner(FewShotLearner):

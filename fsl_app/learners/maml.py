@@ -244,6 +244,10 @@ class MAML(FewShotLearner):
             return None
         return self.stage.backbone.embedding_dim + self.stage.input_numel
 
+    def _small_work(self, rows: torch.Tensor) -> bool:
+        # Adapting the last stage on activations is large work: it keeps torch's threads.
+        return rows.shape[1] != self.stage_row_width()
+
     def _fit(self, support: torch.Tensor, targets: torch.Tensor, unlabeled: torch.Tensor) -> None:
         width = self.stage_row_width()
         self.adapts_last_stage_ = support.shape[1] == width
