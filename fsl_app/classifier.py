@@ -148,35 +148,25 @@ class CalibratedClassifier:
         them). ``negatives`` (n_negatives, dim) are embeddings of pictures a person said are
         none of the classes; "none of these" uses them (see :class:`OpenSetDetector`).
         """
-        with single_threaded(self._small_work(support)):
-            return self._fit(support, labels, ids, unlabeled, negatives)
-
-    def _fit(
-        self,
-        support: ArrayLike,
-        labels: Sequence,
-        ids: Sequence[str] | None,
-        unlabeled: ArrayLike | None,
-        negatives: ArrayLike | None,
-    ) -> CalibratedClassifier:
         self._keep_examples(support, labels, ids)
         self.unlabeled_ = _pool(unlabeled, self.support_.shape[-1])
-        self.learner_ = self._make_learner().fit(
-            self.support_, self.labels_, unlabeled=self.unlabeled_
-        )
+        with single_threaded(not self._carries_activations()):
+            self.learner_ = self._make_learner().fit(
+                self.support_, self.labels_, unlabeled=self.unlabeled_
+            )
+            max_folds = getattr(type(self.learner_), "calibration_folds", MAX_FOLDS)
+            temperature = calibrate_temperature(
+                self._make_learner,
+                self.support_,
+                self.labels_,
+                max_folds=max_folds,
+                unlabeled=self.unlabeled_,
+            )
+            self.open_set_ = OpenSetDetector(self.strictness).fit(
+                self.embeddings_of(self.support_), self.labels_, negatives=negatives
+            )
         self.classes_ = self.learner_.classes_
-        max_folds = getattr(type(self.learner_), "calibration_folds", MAX_FOLDS)
-        temperature = calibrate_temperature(
-            self._make_learner,
-            self.support_,
-            self.labels_,
-            max_folds=max_folds,
-            unlabeled=self.unlabeled_,
-        )
         self.temperature_ = temperature.value
-        self.open_set_ = OpenSetDetector(self.strictness).fit(
-            self.embeddings_of(self.support_), self.labels_, negatives=negatives
-        )
         self.threshold_ = self.open_set_.threshold_
         open_set_note = (
             '"None of these" is switched off: every image gets one of your classes.'
@@ -230,6 +220,11 @@ class CalibratedClassifier:
         """Whether the rows it takes carry, after the embedding, the activations entering the
         image model's last stage (its learner adapts that stage): wider than the embedding."""
         self._check_fitted()
+        return self._carries_activations()
+
+    def _carries_activations(self) -> bool:
+        """:attr:`needs_last_stage` once the examples are kept. Work on such rows is large and
+        keeps torch's threads; work on embeddings alone runs on one (:mod:`fsl_app.threads`)."""
         return self.embedding_dim_ < self.support_.shape[-1]
 
     def embeddings_of(self, rows: ArrayLike) -> np.ndarray:
@@ -241,7 +236,7 @@ class CalibratedClassifier:
         self._check_fitted()
         query = np.asarray(query, dtype=np.float32)
         self._check_width(query)
-        with single_threaded(self._small_work(query)):
+        with single_threaded(not self.needs_last_stage):
             logits = self.learner_.decision_function(query)
             distance, unknown = self.open_set_.assess(self.embeddings_of(query))
         return CalibratedPredictions(
@@ -344,12 +339,6 @@ class CalibratedClassifier:
         if ids is not None and len(ids) != len(self.labels_):
             raise ValueError(f"Got {len(ids)} ids for {len(self.labels_)} examples.")
         self.ids_ = None if ids is None else [str(i) for i in ids]
-
-    def _small_work(self, rows: ArrayLike) -> bool:
-        """Whether fitting on or predicting ``rows`` is small work, run on one torch thread
-        (:mod:`fsl_app.threads`): rows of embeddings are; rows that also carry the activations
-        entering the image model's last stage, which the learner adapts, keep torch's threads."""
-        return self.embedding_dim is None or np.shape(rows)[-1] <= self.embedding_dim
 
     def _check_width(self, query: np.ndarray) -> None:
         width = self.support_.shape[-1]

@@ -8,8 +8,10 @@ import torch
 from toy_data import gaussian_blobs
 
 from fsl_app.classifier import CalibratedClassifier
+from fsl_app.learners import create_learner
 from fsl_app.learners.soft_kmeans import SoftKMeans
 from fsl_app.threads import single_threaded
+from fsl_app.trust.open_set import OpenSetDetector
 
 
 @pytest.fixture(autouse=True)
@@ -88,9 +90,25 @@ def test_the_setting_keeps_torchs_threads(monkeypatch):
         assert torch.get_num_threads() == 2
 
 
-def test_rows_that_carry_the_last_stages_activations_keep_torchs_threads():
-    """Adapting the image model's last stage is large work: only embeddings go to one thread."""
-    model = CalibratedClassifier("protonet", embedding_dim=16)
-    assert model._small_work(np.zeros((3, 16), dtype=np.float32))
-    assert not model._small_work(np.zeros((3, 16 + 32), dtype=np.float32))
-    assert CalibratedClassifier("protonet")._small_work(np.zeros((3, 48), dtype=np.float32))
+def test_rows_that_carry_the_last_stages_activations_keep_torchs_threads(monkeypatch):
+    """Adapting the image model's last stage is large work: only a classifier of embeddings
+    does its own work (here, "none of these") on one thread."""
+    counts = []
+    fit = OpenSetDetector.fit
+
+    def counting(self, *args, **kwargs):
+        counts.append(torch.get_num_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenSetDetector, "fit", counting)
+    support, labels = gaussian_blobs(5, 3, 48, 0, 0.3)
+    CalibratedClassifier("protonet", embedding_dim=48).fit(support, labels)
+    CalibratedClassifier("protonet", embedding_dim=16).fit(support, labels)
+    assert counts == [1, 2]
+
+
+def test_maml_adapting_the_last_stage_keeps_torchs_threads():
+    """Only its head's work on embeddings is small; the stage's activations are not."""
+    maml = create_learner("maml")
+    assert not maml._small_work(torch.zeros(1, maml.stage_row_width()))
+    assert maml._small_work(torch.zeros(1, 1280))

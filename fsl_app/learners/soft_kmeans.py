@@ -221,11 +221,11 @@ class SoftKMeans(FewShotLearner):
         is 0 keeps its examples' mean."""
         prototypes = labeled_sums / labeled_counts[:, None]
         shares = torch.zeros(len(unlabeled), len(labeled_counts))
+        # The pool's weight in a class is bounded by a multiple of the examples'.
+        bound = self.pool_weight * labeled_counts * allowed
         for _ in range(self.steps if len(unlabeled) else 0):
             weights = self._assignments(unlabeled, prototypes) * self.unlabeled_weight
             mass = weights.sum(0)
-            # The pool's weight in a class is bounded by a multiple of the examples'.
-            bound = self.pool_weight * labeled_counts * allowed
             shares = weights * (bound / mass.clamp_min(1e-12)).clamp(max=1.0)
             prototypes = (labeled_sums + shares.T @ unlabeled) / (labeled_counts + shares.sum(0))[
                 :, None
@@ -245,10 +245,10 @@ class SoftKMeans(FewShotLearner):
         """
         pool_means = F.normalize(pool_sums, dim=1)
         nearest = (pool_means @ F.normalize(labeled_sums, dim=1).T).argmax(dim=1)
-        classes = torch.arange(len(labeled_counts))
-        alike = (pool_means @ pool_means.T)[classes, nearest] > self.claim_similarity
+        alike = (pool_means * pool_means[nearest]).sum(1) > self.claim_similarity
         has_share = pool_sums.norm(dim=1) > 0
-        return has_share & (nearest != classes) & ((labeled_counts > 1) | alike)
+        other = nearest != torch.arange(len(labeled_counts))
+        return has_share & other & ((labeled_counts > 1) | alike)
 
     def _assignments(self, unlabeled: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         prototypes = F.normalize(prototypes, dim=1)
