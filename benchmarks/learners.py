@@ -214,8 +214,8 @@ def alpha_tim(iterations: int = 1000, lr: float = 1e-4, scale: float = 15.0) -> 
 
 def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
     """This project's rows, never counted as peers: the candidate, its inductive self (and
-    soft_kmeans without its claim check), the app's default when the candidate is another, and
-    protonet (the default it replaced)."""
+    soft_kmeans without its claim check, and with its shares spread in proportion only), the
+    app's default when the candidate is another, and protonet (the default it replaced)."""
     role = "default" if candidate == DEFAULT_LEARNER else "candidate"
     own = {
         f"{role} ({candidate})": ours(candidate),
@@ -224,6 +224,8 @@ def own_methods(candidate: str = DEFAULT_LEARNER) -> dict[str, Method]:
     if candidate == "soft_kmeans":
         # What the check for a claimed pool share costs where every class has pictures
         own[f"{candidate}, no claim check"] = ours(candidate, claims=False)
+        # What filling half of each class's bound from its most confident pictures gains
+        own[f"{candidate}, shares in proportion only"] = ours(candidate, confident_share=0.0)
     if candidate != DEFAULT_LEARNER:
         own[f"app default ({DEFAULT_LEARNER})"] = ours()
     if candidate != "protonet":

@@ -418,6 +418,62 @@ def test_a_whole_folder_of_one_class_does_not_pull_the_other_classes_to_it(tux_e
     assert np.mean(claimed) >= 3  # of the 4 classes with no picture in the folder
 
 
+@pytest.mark.parametrize("shots", [1, 5])
+def test_a_pool_mostly_of_other_things_does_not_hurt(tux_embeddings, shots):
+    """Every photo but the examples to sort, most of them of none of the task's 5 classes:
+    the task's photos among them are sorted about as well as without a pool. With each
+    class's bound filled in proportion to the assignments alone, such pools drew classes
+    onto look-alike photos of other classes (1 shot), and a bound that grew with the
+    examples let that many of them in (5 shots)."""
+    features, names = tux_embeddings.features, tux_embeddings.labels
+    gains = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        classes = rng.choice(np.unique(names), 5, replace=False)
+        support = np.concatenate(
+            [rng.choice(np.flatnonzero(names == c), shots, replace=False) for c in classes]
+        )
+        pool = np.setdiff1d(np.arange(len(features)), support)
+        scored = pool[np.isin(names[pool], classes)]
+        truth = names[scored]
+        inductive = create_learner("soft_kmeans").fit(features[support], names[support])
+        semi = create_learner("soft_kmeans").fit(
+            features[support], names[support], unlabeled=features[pool]
+        )
+        gains.append(
+            (semi.predict(features[scored]) == truth).mean()
+            - (inductive.predict(features[scored]) == truth).mean()
+        )
+    assert np.mean(gains) >= -0.02
+
+
+def test_the_pool_adds_at_most_one_examples_worth_to_a_class():
+    """However many examples a class has, the pictures still to sort weigh at most
+    ``pool_weight`` examples in its centre; a class's weight is filled half from its most
+    confident pictures first and half in proportion to all its pictures' weights."""
+    support, targets = gaussian_blobs(5, 3, 16, seed=0, centre_seed=0)
+    pool, _ = gaussian_blobs(60, 3, 16, seed=1, centre_seed=0)
+    learner = SoftKMeans().fit(support, targets, unlabeled=pool)
+    shares = learner.shares_.sum(0)
+    assert (shares <= learner.pool_weight + 1e-5).all()
+    assert (shares > 0.5 * learner.pool_weight).all()  # 60 pictures a class fill the bound
+
+
+def test_a_classs_bound_is_filled_from_its_most_confident_pictures_first():
+    from fsl_app.learners.soft_kmeans import _shares
+
+    weights = torch.tensor([[0.3], [0.05], [0.2], [0.1]])
+    bound = torch.tensor([0.4])
+    confident = _shares(weights, bound, confident_share=1.0)
+    torch.testing.assert_close(confident, torch.tensor([[0.3], [0.0], [0.1], [0.0]]))
+    proportional = _shares(weights, bound, confident_share=0.0)
+    torch.testing.assert_close(proportional, weights * 0.4 / 0.65)
+    half = _shares(weights, bound, confident_share=0.5)
+    torch.testing.assert_close(half, (confident + proportional) / 2)
+    # Under the bound, every picture keeps its whole weight either way
+    torch.testing.assert_close(_shares(weights, torch.tensor([1.0]), 0.5), weights)
+
+
 def test_a_pool_picture_is_scored_against_centres_without_its_own_share(tux_embeddings):
     """A picture that pulled a class centre towards itself must not be sure of it for that
     reason: with a pool of one, that picture is scored against the examples' centres alone
