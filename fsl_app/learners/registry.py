@@ -192,14 +192,15 @@ LEARNERS: dict[str, LearnerEntry] = {
     )
 }
 # soft_kmeans learns from the pictures still to sort and is at or above its inductive self (within
-# noise) on the pools `benchmarks/learners.py --parts peers` tries: balanced, imbalanced, with
-# pictures of other classes, of one class (a few pictures or a whole folder), of one picture; not
-# yet on a pool of every other picture at 1 shot on Tux Paint photos (66.3 against 68.4; see its
-# docstring). On its 12 cells (200 episodes) it beats protonet by 1.9 points on average (77.9
-# against 76.0; up to 4.6 at 1 shot). Calibrated as the app uses it (python -m fsl_app evaluate,
-# 200 episodes: Tux Paint photos, Fashion-MNIST, held-out clip art, digits): ECE 0.009-0.057 from
-# 3 examples a class, 0.025-0.126 at 1 shot. It does not yet meet issue 12's target of the best
-# peer in every cell plus 2 points on average.
+# 0.6 points) on every pool tried: those of `benchmarks/learners.py --parts peers` (balanced,
+# imbalanced, with pictures of other classes, of one class: a few pictures or a whole folder, of
+# one picture, of every other picture of the data set) and whole folders and large pools of
+# held-out clip art and digits at 1-5 shots (see its docstring). On the 12 cells of
+# --parts peers (200 episodes) it beats protonet by 2.3 points on average (78.3 against 76.0; up
+# to 5.9 at 1 shot). Calibrated as the app uses it (python -m fsl_app evaluate, 200 episodes:
+# Tux Paint photos, Fashion-MNIST, held-out clip art, digits): ECE 0.010-0.049 from 3 examples a
+# class, 0.021-0.131 at 1 shot. It does not yet meet issue 12's target of the best peer in every
+# cell plus 2 points on average.
 DEFAULT_LEARNER = "soft_kmeans"
 
 
