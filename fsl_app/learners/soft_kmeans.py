@@ -241,17 +241,14 @@ class SoftKMeans(FewShotLearner):
         support, unlabeled = self._transform(support), self._transform(unlabeled)
         one_hot = F.one_hot(targets, n_classes).to(support.dtype)
         labeled_sums, labeled_counts = one_hot.T @ support, one_hot.sum(0)
-        # The claim test reads shares spread in proportion to the assignments; the centres
-        # then take part of each class's bound from its most confident pictures first.
-        shares = self._steps(labeled_sums, labeled_counts, unlabeled, torch.ones(n_classes), 0.0)
         self.claimed_ = torch.zeros(n_classes, dtype=torch.bool)
         if self.claims and len(unlabeled):
-            self.claimed_ = self._claimed(labeled_sums, labeled_counts, shares.T @ unlabeled)
-        if len(unlabeled) and (self.claimed_.any() or self.confident_share):
-            allowed = (~self.claimed_).to(support.dtype)
-            shares = self._steps(
-                labeled_sums, labeled_counts, unlabeled, allowed, self.confident_share
-            )
+            # The claim test reads shares spread in proportion to the assignments; the centres
+            # then take part of each class's bound from its most confident pictures first.
+            spread = self._steps(labeled_sums, labeled_counts, unlabeled, torch.ones(n_classes), 0)
+            self.claimed_ = self._claimed(labeled_sums, labeled_counts, spread.T @ unlabeled)
+        allowed = (~self.claimed_).to(support.dtype)
+        shares = self._steps(labeled_sums, labeled_counts, unlabeled, allowed, self.confident_share)
         # The centres' weighted sums (their direction is the prototypes'); for the leave-one-out
         # scores of pool pictures, also the pool in the transformed space and its rows by value.
         self.sums_ = labeled_sums + shares.T @ unlabeled
